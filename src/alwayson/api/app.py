@@ -1,0 +1,174 @@
+"""The REST API: every route but ``/healthz`` needs the bearer token."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from alwayson import __version__
+from alwayson.api.schemas import ChangesOut, MessageOut, ScaleBody, SpecBody
+from alwayson.control.controller import Controller
+from alwayson.util.errors import (
+    ConflictError,
+    NotFoundError,
+    PermanentError,
+    SpecError,
+    TemporaryError,
+)
+
+LOG_POLL = 0.2
+
+
+def create_app(
+    controller: Controller, token: str, on_down: Callable[[], None] | None = None
+) -> FastAPI:
+    app = FastAPI(
+        title="alwayson",
+        version=__version__,
+        description="Control plane of an alwayson platform. Send `Authorization: Bearer "
+        "<token>`; the token is in the state directory (`.alwayson/token`, mode 0600).",
+    )
+
+    def authorize(authorization: str = Header(default="")) -> None:
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), token):
+            raise HTTPException(401, "missing or wrong bearer token (see .alwayson/token)")
+
+    def actor(x_alwayson_command: str = Header(default="api")) -> str:
+        return x_alwayson_command
+
+    @app.exception_handler(SpecError)
+    async def _spec_error(_: Request, exc: SpecError) -> JSONResponse:
+        problems = [dataclasses.asdict(p) for p in exc.problems]
+        return JSONResponse({"error": str(exc), "problems": problems}, status_code=422)
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+
+    @app.exception_handler(ConflictError)
+    async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+
+    @app.exception_handler(PermanentError)
+    async def _permanent(_: Request, exc: PermanentError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(TemporaryError)
+    async def _temporary(_: Request, exc: TemporaryError) -> JSONResponse:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        return JSONResponse({"error": str(exc)}, status_code=503, headers=headers)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "verdict": controller.verdict}
+
+    guarded = [Depends(authorize)]
+
+    @app.get("/api/v1/status", dependencies=guarded)
+    async def status() -> dict[str, Any]:
+        return controller.status()
+
+    @app.post("/api/v1/plan", dependencies=guarded)
+    async def plan(body: SpecBody) -> ChangesOut:
+        return ChangesOut(changes=[str(c) for c in await controller.plan(body.text, body.path)])
+
+    @app.post("/api/v1/apply", dependencies=guarded)
+    async def apply(body: SpecBody, who: str = Depends(actor)) -> ChangesOut:
+        result = await controller.apply(body.text, body.path, who)
+        return ChangesOut(changes=[str(c) for c in result.changes], digest=result.digest)
+
+    @app.post("/api/v1/scale", dependencies=guarded)
+    async def scale(body: ScaleBody, who: str = Depends(actor)) -> MessageOut:
+        return MessageOut(
+            message=await controller.scale(body.service, body.replicas, body.site, who)
+        )
+
+    @app.post("/api/v1/down", dependencies=guarded)
+    async def down(who: str = Depends(actor)) -> MessageOut:
+        message = await controller.down(who)
+        if on_down is not None:
+            asyncio.get_running_loop().call_later(0.2, on_down)
+        return MessageOut(message=message)
+
+    @app.get("/api/v1/audit", dependencies=guarded)
+    async def audit(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
+        return [e.__dict__ for e in await controller.store.list_audit(limit)]
+
+    @app.get("/api/v1/events", dependencies=guarded)
+    async def events(
+        limit: int = Query(100, ge=1, le=10_000), kind: str | None = None
+    ) -> list[dict[str, Any]]:
+        return [e.__dict__ for e in await controller.store.list_events(limit, kind)]
+
+    @app.get("/api/v1/logs", dependencies=guarded)
+    async def logs(
+        service: str,
+        site: str | None = None,
+        tail: int = Query(50, ge=0, le=100_000),
+        follow: bool = False,
+    ) -> StreamingResponse:
+        files = _log_files(controller, service, site)
+        if not files:
+            raise NotFoundError(
+                f"no logs for service {service!r}"
+                + (f" in site {site!r}" if site else "")
+                + "; `alwayson status` lists services and sites"
+            )
+        return StreamingResponse(_stream(files, tail, follow), media_type="text/plain")
+
+    return app
+
+
+def _log_files(controller: Controller, service: str, site: str | None) -> dict[str, Path]:
+    known = {i.service for i in controller.desired().values()} | {
+        s.spec.service for s in controller.runtime.statuses()
+    }
+    if service not in known:
+        raise NotFoundError(f"unknown service {service!r} (services: {', '.join(sorted(known))})")
+    root = controller.state_dir / "logs"
+    files: dict[str, Path] = {}
+    for folder in sorted(root.iterdir()) if root.exists() else []:
+        if site is not None and folder.name != site:
+            continue
+        for path in sorted(folder.glob(f"{service}-{folder.name}-*.log")):
+            files[path.stem] = path
+        if service in ("gateway", "frontdoor"):
+            for path in sorted(folder.glob(f"{service}@*.log")):
+                files[path.stem] = path
+    return files
+
+
+async def _stream(files: dict[str, Path], tail: int, follow: bool) -> AsyncIterator[bytes]:
+    offsets: dict[str, int] = {}
+    for name, path in files.items():
+        data = path.read_bytes()
+        offsets[name] = len(data)
+        lines = data.splitlines()[-tail:] if tail else []
+        for line in lines:
+            yield f"[{name}] ".encode() + line + b"\n"
+    while follow:
+        await asyncio.sleep(LOG_POLL)
+        for name, path in files.items():
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size < offsets[name]:
+                offsets[name] = 0
+            if size > offsets[name]:
+                with path.open("rb") as handle:
+                    handle.seek(offsets[name])
+                    chunk = handle.read(size - offsets[name])
+                offsets[name] = size
+                complete, _, rest = chunk.rpartition(b"\n")
+                offsets[name] -= len(rest)
+                for line in complete.splitlines():
+                    yield f"[{name}] ".encode() + line + b"\n"

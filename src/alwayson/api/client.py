@@ -1,0 +1,152 @@
+"""The one typed client of the REST API; the CLI talks to the controller only through it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from alwayson.api.schemas import ChangesOut, MessageOut, ScaleBody, SpecBody
+from alwayson.util.errors import (
+    AlwaysonError,
+    ConflictError,
+    NotFoundError,
+    PermanentError,
+    SpecError,
+    SpecProblem,
+    TemporaryError,
+)
+
+
+class ControllerUnreachable(TemporaryError):
+    pass
+
+
+class ApiClient:
+    def __init__(self, api: str, token: str | None, command: str, timeout: float = 30.0) -> None:
+        self.api = api
+        headers = {"X-Alwayson-Command": command}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.AsyncClient(
+            base_url=f"http://{api}", headers=headers, timeout=timeout, trust_env=False
+        )
+
+    async def __aenter__(self) -> ApiClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ControllerUnreachable(
+                f"no controller answers at {self.api} ({exc.__class__.__name__}); "
+                "start it with `alwayson up`"
+            ) from exc
+        _raise_for(response)
+        return response
+
+    async def healthy(self) -> bool:
+        try:
+            response = await self._http.get("/healthz", timeout=1.0)
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200
+
+    async def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = (await self._request("GET", "/api/v1/status")).json()
+        return data
+
+    async def plan(self, text: str, path: str) -> ChangesOut:
+        body = SpecBody(text=text, path=path).model_dump()
+        return ChangesOut.model_validate(
+            (await self._request("POST", "/api/v1/plan", json=body)).json()
+        )
+
+    async def apply(self, text: str, path: str) -> ChangesOut:
+        body = SpecBody(text=text, path=path).model_dump()
+        response = await self._request("POST", "/api/v1/apply", json=body)
+        return ChangesOut.model_validate(response.json())
+
+    async def scale(self, service: str, replicas: int, site: str | None) -> MessageOut:
+        body = ScaleBody(service=service, replicas=replicas, site=site).model_dump()
+        response = await self._request("POST", "/api/v1/scale", json=body)
+        return MessageOut.model_validate(response.json())
+
+    async def down(self) -> MessageOut:
+        response = await self._request("POST", "/api/v1/down", timeout=120.0)
+        return MessageOut.model_validate(response.json())
+
+    async def events(self, limit: int = 100, kind: str | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if kind:
+            params["kind"] = kind
+        data: list[dict[str, Any]] = (
+            await self._request("GET", "/api/v1/events", params=params)
+        ).json()
+        return data
+
+    async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = (
+            await self._request("GET", "/api/v1/audit", params={"limit": limit})
+        ).json()
+        return data
+
+    async def logs(
+        self, service: str, site: str | None, tail: int, follow: bool
+    ) -> AsyncIterator[str]:
+        params: dict[str, Any] = {"service": service, "tail": tail, "follow": follow}
+        if site:
+            params["site"] = site
+        try:
+            async with self._http.stream(
+                "GET", "/api/v1/logs", params=params, timeout=None
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    _raise_for(response)
+                async for line in response.aiter_lines():
+                    yield line
+        except httpx.TransportError as exc:
+            raise ControllerUnreachable(f"no controller answers at {self.api}: {exc}") from exc
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text}
+    message = str(body.get("error") or body.get("detail") or body)
+    code = response.status_code
+    if code == 422 and "problems" in body:
+        raise SpecError([_problem(p) for p in body["problems"]])
+    if code == 404:
+        raise NotFoundError(message)
+    if code == 409:
+        raise ConflictError(message)
+    if code == 401:
+        raise PermanentError(f"the controller refused the token: {message}")
+    if code == 503:
+        raise TemporaryError(message)
+    if code < 500:
+        raise PermanentError(message)
+    raise AlwaysonError(f"controller error {code}: {message}")
+
+
+def _problem(data: dict[str, Any]) -> SpecProblem:
+    return SpecProblem(
+        str(data.get("file", "?")),
+        int(data.get("line", 1)),
+        int(data.get("column", 1)),
+        str(data.get("path", "")),
+        str(data.get("message", "")),
+    )

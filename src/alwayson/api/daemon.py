@@ -1,0 +1,132 @@
+"""The controller daemon: store + runtime + reconciler + API in one process.
+
+``alwayson up`` starts it in its own session (``spawn``); it adopts whatever instances a
+previous controller left running, then reconciles. Stopping it (SIGTERM, SIGKILL, an
+upgrade) leaves every instance and gateway running, so no client request is dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import uvicorn
+
+from alwayson.api.app import create_app
+from alwayson.api.tokens import ensure_token
+from alwayson.control.controller import Controller
+from alwayson.control.pushing import RoutePusher
+from alwayson.runtime.local import LocalRuntime
+from alwayson.store.sqlite import SQLiteStore
+from alwayson.util.addresses import split_hostport
+from alwayson.util.clocks import SystemClock
+
+PID_FILE = "controller.json"
+LOG_FILE = "controller.log"
+DEFAULT_ROOT_USER = "nobody"
+
+
+def controller_record(state_dir: Path) -> dict[str, object] | None:
+    """The running controller's pid record, or None when no live controller owns it."""
+    try:
+        record = json.loads((state_dir / PID_FILE).read_text())
+        proc = psutil.Process(int(record["pid"]))
+        if abs(proc.create_time() - float(record["start_time"])) > 0.05:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except (OSError, ValueError, KeyError, psutil.Error):
+        return None
+    return dict(record)
+
+
+def spawn(state_dir: Path, api: str) -> int:
+    """Start the daemon in its own session; returns its pid (readiness is polled by caller)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = (state_dir / LOG_FILE).open("ab")
+    with log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "alwayson.api.daemon",
+                "--state-dir",
+                str(state_dir),
+                "--api",
+                api,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return proc.pid
+
+
+async def serve(state_dir: Path, api: str) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token = ensure_token(state_dir)
+    host, port = split_hostport(api)
+    store = await SQLiteStore(state_dir / "state.db").open()
+    runtime = LocalRuntime(state_dir)
+    pusher = RoutePusher(token)
+    default_user = DEFAULT_ROOT_USER if os.geteuid() == 0 else None
+    controller = Controller(store, runtime, state_dir, SystemClock(), pusher, default_user)
+    await controller.load()
+    adopted = await runtime.adopt()
+    logging.getLogger("alwayson.controller").info(
+        "controller pid %d: adopted %d running processes", os.getpid(), len(adopted)
+    )
+    config = uvicorn.Config(
+        create_app(controller, token), host=host, port=port, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+
+    def stop() -> None:
+        server.should_exit = True
+
+    config.app = create_app(controller, token, on_down=stop)
+    proc = psutil.Process(os.getpid())
+    (state_dir / PID_FILE).write_text(
+        json.dumps({"pid": os.getpid(), "start_time": proc.create_time(), "api": api})
+    )
+    try:
+        async with asyncio.TaskGroup() as group:
+            loop_task = group.create_task(controller.run())
+            await server.serve()
+            controller.shutdown()
+            await loop_task
+    finally:
+        await runtime.close()
+        await pusher.close()
+        await store.close()
+        record = controller_record(state_dir)
+        if record is not None and record.get("pid") == os.getpid():
+            (state_dir / PID_FILE).unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m alwayson.api.daemon")
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--api", default="127.0.0.1:7070")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
+    logging.Formatter.converter = time.gmtime
+    asyncio.run(serve(args.state_dir.resolve(), args.api))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,501 @@
+"""``alwayson``: the command line. Every command that reports takes ``--json``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from alwayson.api.client import ApiClient
+from alwayson.api.daemon import LOG_FILE, controller_record, spawn
+from alwayson.api.tokens import read_token
+
+# GATEWAY_IMPORT
+from alwayson.spec.loading import LoadedSpec, load_spec_file
+from alwayson.spec.schemas import render_schema
+from alwayson.util.addresses import port_is_free, split_hostport
+from alwayson.util.errors import AlwaysonError, SpecError
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="alwayson",
+    help="Keep digital services always on across two datacenters, from one spec file.\n\n"
+    "Start with `alwayson up examples/digital-bank/alwayson.yaml`, then `alwayson status`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+# GATEWAY_TYPER
+console = Console()
+err = Console(stderr=True)
+
+FILE_HELP = "The platform spec (alwayson.yaml)."
+JSON_HELP = "Print machine-readable JSON instead of tables."
+SpecOpt = typer.Option(Path("alwayson.yaml"), "--file", "-f", help=FILE_HELP)
+JsonOpt = typer.Option(False, "--json", help=JSON_HELP)
+
+SAMPLE_CUSTOMER = {
+    "name": "Siti Rahma",
+    "email": "siti@example.com",
+    "id_number": "3174012304900001",
+    "city": "jakarta",
+}
+CONTROLLER_START_DEADLINE = 30.0
+CRASH_LOOP = 3
+DOWN_DEADLINE = 120.0
+
+
+class Failed(Exception):
+    """A command failed in a way already explained to the user."""
+
+    def __init__(self, code: int = 1) -> None:
+        self.code = code
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def wrapper() -> T:
+        return await coro
+
+    return asyncio.run(wrapper())
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _load(file: Path, check_commands: bool = True) -> LoadedSpec:
+    try:
+        return load_spec_file(file, check_commands=check_commands)
+    except SpecError as exc:
+        for problem in exc.problems:
+            err.print(str(problem), markup=False, highlight=False)
+        err.print(f"[red]{file}: {len(exc.problems)} problem(s); nothing was changed.[/red]")
+        raise Failed(2) from None
+
+
+def _pick(argument: Path | None, option: Path) -> Path:
+    return argument if argument is not None else option
+
+
+def _client(loaded: LoadedSpec, command: str) -> ApiClient:
+    return ApiClient(loaded.spec.controller.api, read_token(loaded.state_dir), command)
+
+
+async def _ensure_controller(loaded: LoadedSpec, quiet: bool) -> None:
+    """Start the controller daemon unless one already answers for this state directory."""
+    api = loaded.spec.controller.api
+    async with _client(loaded, "up") as probe:
+        if controller_record(loaded.state_dir) is not None and await probe.healthy():
+            return
+        host, port = split_hostport(api)
+        if controller_record(loaded.state_dir) is None and not port_is_free(host, port):
+            err.print(
+                f"{loaded.path}: controller.api: {api} is already in use by another process. "
+                "Stop it, or set controller.api to a free address in the spec."
+            )
+            raise Failed(1)
+        pid = spawn(loaded.state_dir, api)
+        if not quiet:
+            err.print(f"started controller pid {pid} (API http://{api}, state {loaded.state_dir})")
+        deadline = time.monotonic() + CONTROLLER_START_DEADLINE
+        while time.monotonic() < deadline:
+            if await probe.healthy():
+                return
+            if controller_record(loaded.state_dir) is None and not _pid_alive(pid):
+                break
+            await asyncio.sleep(0.05)
+    tail = _tail(loaded.state_dir / LOG_FILE, 15)
+    err.print(f"[red]the controller did not start; last lines of its log:[/red]\n{tail}")
+    raise Failed(1)
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+async def _wait_ready(client: ApiClient, quiet: bool, timeout: float) -> dict[str, Any]:
+    """Wait until every desired process is ready, showing progress per site."""
+    started = time.monotonic()
+    status = await client.status()
+    progress = Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} ready"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+        transient=False,
+    )
+    tasks = {
+        s["name"]: progress.add_task(s["name"], total=s["desired"])
+        for s in status["sites"]
+        if not s["witness"]
+    }
+    with progress:
+        while True:
+            for site in status["sites"]:
+                if site["name"] in tasks:
+                    progress.update(
+                        tasks[site["name"]], completed=site["ready"], total=site["desired"]
+                    )
+            if status["converged"]:
+                return status
+            failures = [
+                i
+                for i in status["instances"]
+                if i["desired"] and (i["start_failure"] or i["failures"] >= CRASH_LOOP)
+            ]
+            if failures or time.monotonic() - started > timeout:
+                progress.stop()
+                return status
+            await asyncio.sleep(0.1)
+            status = await client.status()
+
+
+def _report_not_ready(status: dict[str, Any]) -> None:
+    bad = [i for i in status["instances"] if i["desired"] and not i["ready"]]
+    err.print(f"[red]{len(bad)} process(es) are not ready; the rest keep running:[/red]")
+    for inst in bad[:20]:
+        why = inst["start_failure"] or inst["last_exit"] or inst["last_probe"] or inst["phase"]
+        err.print(f"  {inst['id']} ({inst['service']} in {inst['site']}): {why}", markup=False)
+        err.print(f"    log: {inst['log']}", markup=False)
+
+
+def _wrap(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Failed as exc:
+        raise typer.Exit(exc.code) from None
+    except SpecError as exc:
+        for problem in exc.problems:
+            err.print(str(problem), markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    except AlwaysonError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+# ---------------------------------------------------------------- commands
+
+
+@app.command()
+def up(
+    spec_path: Path | None = typer.Argument(None, help="Spec file (same as -f)."),
+    file: Path = SpecOpt,
+    as_json: bool = JsonOpt,
+    timeout: float = typer.Option(60.0, help="Seconds to wait for every instance to be ready."),
+) -> None:
+    """Bring the whole platform up (or converge it) and return when every instance is ready.
+
+    Starts the controller daemon if it is not running; running `up` twice is harmless.
+    """
+
+    def go() -> None:
+        loaded = _load(_pick(spec_path, file))
+        started = time.monotonic()
+
+        async def flow() -> dict[str, Any]:
+            await _ensure_controller(loaded, as_json)
+            async with _client(loaded, "up") as client:
+                result = await client.apply(loaded.text, str(loaded.path))
+                if not as_json:
+                    for change in result.changes:
+                        err.print(f"  {change}", markup=False)
+                return await _wait_ready(client, as_json, timeout)
+
+        status = _run(flow())
+        took = time.monotonic() - started
+        if as_json:
+            _emit_json({"seconds": round(took, 3), **status})
+        if not status["converged"]:
+            _report_not_ready(status)
+            raise Failed(1)
+        if not as_json:
+            _print_ready(status, took)
+
+    _wrap(go)
+
+
+def _print_ready(status: dict[str, Any], took: float) -> None:
+    console.print(
+        f"[green]platform {status['platform']} is up:[/green] {status['ready']}/"
+        f"{status['desired']} processes ready in {took:.1f}s"
+    )
+    console.print(f"front door: [bold]{status['front_door']}[/bold]")
+    console.print("try:")
+    spec = status["spec"]
+    console.print(f"  alwayson status -f {spec}", markup=False)
+    console.print(
+        f"  curl -s -XPOST {status['front_door']}/onboarding/register "
+        "-H 'content-type: application/json' "
+        "-d '" + json.dumps(SAMPLE_CUSTOMER) + "'",
+        markup=False,
+    )
+    console.print(f"  alwayson logs accounts --site jakarta -f {spec}", markup=False)
+    console.print(f"  alwayson down -f {spec}", markup=False)
+
+
+@app.command()
+def down(
+    spec_path: Path | None = typer.Argument(None, help="Spec file (same as -f)."),
+    file: Path = SpecOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Stop every instance, gateway and front door, then the controller."""
+
+    def go() -> None:
+        loaded = _load(_pick(spec_path, file), check_commands=False)
+
+        async def flow() -> str:
+            await _ensure_controller(loaded, quiet=True)
+            record = controller_record(loaded.state_dir)
+            async with _client(loaded, "down") as client:
+                message = (await client.down()).message
+            deadline = time.monotonic() + DOWN_DEADLINE
+            pid = int(str(record["pid"])) if record else None
+            while pid is not None and _pid_alive(pid) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return message
+
+        message = _run(flow())
+        if as_json:
+            _emit_json({"message": message})
+        else:
+            console.print(f"{message}; controller stopped")
+
+    _wrap(go)
+
+
+@app.command()
+def status(file: Path = SpecOpt, as_json: bool = JsonOpt) -> None:
+    """Sites, services and instances: health, version, address, pid."""
+
+    def go() -> None:
+        loaded = _load(file, check_commands=False)
+
+        async def flow() -> dict[str, Any]:
+            async with _client(loaded, "status") as client:
+                return await client.status()
+
+        data = _run(flow())
+        if as_json:
+            _emit_json(data)
+            return
+        _print_status(data)
+
+    _wrap(go)
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    if data["platform"] is None:
+        console.print("nothing is applied (run `alwayson up`)")
+        return
+    console.print(
+        f"[bold]{data['platform']}[/bold]  {data['ready']}/{data['desired']} ready  "
+        f"front door {data['front_door']}"
+    )
+    console.print(f"controller: {data['verdict']}", markup=False)
+    sites = Table("site", "subnet", "role", "ready")
+    for site in data["sites"]:
+        role = "witness" if site["witness"] else "workloads"
+        sites.add_row(site["name"], site["subnet"], role, f"{site['ready']}/{site['desired']}")
+    console.print(sites)
+    table = Table("service", "site", "instance", "version", "address", "pid", "health", "restarts")
+    for inst in data["instances"]:
+        health = "[green]ready[/green]" if inst["ready"] else f"[yellow]{inst['phase']}[/yellow]"
+        if not inst["desired"]:
+            health += " (not in spec)"
+        table.add_row(
+            inst["service"],
+            inst["site"],
+            inst["id"],
+            inst["version"],
+            inst["address"],
+            str(inst["pid"] or "-"),
+            health,
+            str(inst["restarts"]),
+        )
+    console.print(table)
+    for drift in data["drift"]:
+        console.print(
+            f"[yellow]drift:[/yellow] {drift['service']} in {drift['site']} scaled to "
+            f"{drift['replicas']} (`alwayson plan` shows it, `alwayson apply` restores the spec)"
+        )
+
+
+@app.command()
+def plan(file: Path = SpecOpt, as_json: bool = JsonOpt) -> None:
+    """Show what `apply` would change: the spec against what runs (including drift)."""
+
+    def go() -> None:
+        loaded = _load(file)
+
+        async def flow() -> list[str]:
+            async with _client(loaded, "plan") as client:
+                return (await client.plan(loaded.text, str(loaded.path))).changes
+
+        changes = _run(flow())
+        if as_json:
+            _emit_json({"changes": changes})
+        elif not changes:
+            console.print("no changes: what runs matches the spec")
+        else:
+            console.print(f"{len(changes)} change(s):")
+            for change in changes:
+                console.print(f"  {change}", markup=False)
+
+    _wrap(go)
+
+
+@app.command()
+def apply(
+    file: Path = SpecOpt,
+    as_json: bool = JsonOpt,
+    wait: bool = typer.Option(True, help="Wait until every instance is ready."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait with --wait."),
+) -> None:
+    """Converge the platform to a changed spec (clears drift from `scale`)."""
+
+    def go() -> None:
+        loaded = _load(file)
+
+        async def flow() -> tuple[list[str], dict[str, Any] | None]:
+            async with _client(loaded, "apply") as client:
+                changes = (await client.apply(loaded.text, str(loaded.path))).changes
+                if not as_json:
+                    for change in changes or ["no changes"]:
+                        err.print(f"  {change}", markup=False)
+                status = await _wait_ready(client, as_json, timeout) if wait else None
+                return changes, status
+
+        changes, status = _run(flow())
+        if as_json:
+            _emit_json({"changes": changes, "converged": status["converged"] if status else None})
+        if status is not None and not status["converged"]:
+            _report_not_ready(status)
+            raise Failed(1)
+        if not as_json:
+            console.print(f"applied {len(changes)} change(s)")
+
+    _wrap(go)
+
+
+@app.command()
+def scale(
+    service: str = typer.Argument(..., help="Service name."),
+    replicas: int = typer.Argument(..., help="Replicas per site."),
+    site: str | None = typer.Option(None, "--site", help="Only this site (default: every site)."),
+    file: Path = SpecOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Set a service's replicas now. Recorded as drift from the spec; `plan` shows it."""
+
+    def go() -> None:
+        loaded = _load(file, check_commands=False)
+
+        async def flow() -> str:
+            async with _client(loaded, "scale") as client:
+                return (await client.scale(service, replicas, site)).message
+
+        message = _run(flow())
+        if as_json:
+            _emit_json({"message": message})
+        else:
+            console.print(message, markup=False)
+
+    _wrap(go)
+
+
+@app.command()
+def logs(
+    service: str = typer.Argument(..., help="Service (or `gateway`, `frontdoor`)."),
+    site: str | None = typer.Option(None, "--site", help="Only this site."),
+    follow: bool = typer.Option(False, "--follow", help="Keep printing new lines."),
+    tail: int = typer.Option(50, "--tail", help="Lines of history per instance."),
+    file: Path = SpecOpt,
+) -> None:
+    """Print the logs of every instance of a service, each line prefixed by its instance."""
+
+    def go() -> None:
+        loaded = _load(file, check_commands=False)
+
+        async def flow() -> None:
+            async with _client(loaded, "logs") as client:
+                async for line in client.logs(service, site, tail, follow):
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+
+        with contextlib.suppress(KeyboardInterrupt):
+            _run(flow())
+
+    _wrap(go)
+
+
+@app.command()
+def validate(
+    spec_path: Path | None = typer.Argument(None, help="Spec file (same as -f)."),
+    file: Path = SpecOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check a spec: prints `file:line:column: path: message` for every problem."""
+    path = _pick(spec_path, file)
+    try:
+        loaded = load_spec_file(path)
+    except SpecError as exc:
+        if as_json:
+            _emit_json({"valid": False, "problems": [dataclasses.asdict(p) for p in exc.problems]})
+        else:
+            for problem in exc.problems:
+                err.print(str(problem), markup=False, highlight=False)
+            err.print(f"[red]{len(exc.problems)} problem(s)[/red]")
+        raise typer.Exit(1) from None
+    if as_json:
+        _emit_json({"valid": True, "platform": loaded.spec.platform, "digest": loaded.digest})
+    else:
+        spec = loaded.spec
+        console.print(
+            f"{path}: valid: platform {spec.platform}, {len(spec.sites)} sites, "
+            f"{len(spec.services)} services",
+            markup=False,
+        )
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of alwayson.yaml (for editors and CI checks)."""
+    sys.stdout.write(render_schema())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The reconciler: observe → plan → act, one verdict per cycle."""

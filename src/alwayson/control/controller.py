@@ -1,0 +1,491 @@
+"""The controller: holds the desired state, drives reconcile cycles, answers the API.
+
+Observe (runtime statuses + events) → decide (``reconciling.decide``, pure) → act (stop,
+start, push routes). Each cycle ends in one verdict sentence, logged when it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alwayson.control.backoff import CrashRecord
+from alwayson.control.desired import (
+    Context,
+    allocate_slots,
+    desired_instances,
+    listen_addresses,
+)
+from alwayson.control.pushing import RoutePusher, write_table
+from alwayson.control.reconciling import Decision, Observed, Snapshot, decide
+from alwayson.control.routing import Table, frontdoor_table, same_table, site_table
+from alwayson.runtime.base import EventKind, InstanceSpec, InstanceStatus, Kind, Phase
+from alwayson.runtime.local import LocalRuntime, check_user_can_run
+from alwayson.spec.loading import LoadedSpec, load_spec_text
+from alwayson.spec.planning import Change, Overrides, plan
+from alwayson.store.base import AuditEntry, Event, StateStore
+from alwayson.util.addresses import port_is_free, split_hostport
+from alwayson.util.clocks import Clock
+from alwayson.util.errors import NotFoundError, PermanentError, TemporaryError
+
+log = logging.getLogger("alwayson.controller")
+
+DESIRED_KEY = "desired"
+SLOTS_KEY = "addressing"
+STOP_ORDER = (Kind.FRONTDOOR, Kind.GATEWAY, Kind.WORKLOAD)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    changes: list[Change]
+    digest: str
+
+
+class Controller:
+    def __init__(
+        self,
+        store: StateStore,
+        runtime: LocalRuntime,
+        state_dir: Path,
+        clock: Clock,
+        pusher: RoutePusher,
+        default_user: str | None,
+        interval: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.state_dir = state_dir
+        self.clock = clock
+        self.pusher = pusher
+        self.default_user = default_user
+        self.interval = interval
+        self.loaded: LoadedSpec | None = None
+        self.overrides: Overrides = {}
+        self.slots: dict[str, int] = {}
+        self.crashes: dict[str, CrashRecord] = {}
+        self.start_failures: dict[str, str] = {}
+        self.stopping: set[str] = set()
+        self.pushed: dict[str, Table] = {}
+        self.generation = 0
+        self.verdict = "starting"
+        self.cycles = 0
+        self._wake = asyncio.Event()
+        self._done = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------ desired state
+
+    async def load(self) -> None:
+        record = await self.store.get(DESIRED_KEY)
+        slots = await self.store.get(SLOTS_KEY)
+        self.slots = {k: int(v) for k, v in (slots.value if slots else {}).items()}
+        if record is None:
+            return
+        value = record.value
+        self.loaded = load_spec_text(value["text"], Path(value["path"]), check_commands=False)
+        self.overrides = {(s, site): int(n) for s, site, n in value.get("overrides", [])}
+
+    async def _save(self) -> None:
+        if self.loaded is None:
+            await self.store.delete(DESIRED_KEY)
+            return
+        await self.store.put(
+            DESIRED_KEY,
+            {
+                "text": self.loaded.text,
+                "path": str(self.loaded.path),
+                "overrides": [[s, site, n] for (s, site), n in sorted(self.overrides.items())],
+                "applied_at": self.clock.wall(),
+            },
+        )
+        await self.store.put(SLOTS_KEY, dict(self.slots))
+
+    def _context(self, loaded: LoadedSpec, slots: dict[str, int]) -> Context:
+        user = loaded.spec.runtime.user or self.default_user
+        return Context(loaded.folder, self.state_dir, user, slots)
+
+    def desired(self) -> dict[str, InstanceSpec]:
+        if self.loaded is None:
+            return {}
+        ctx = self._context(self.loaded, self.slots)
+        return desired_instances(self.loaded.spec, self.overrides, ctx)
+
+    async def plan(self, text: str, path: str) -> list[Change]:
+        loaded = load_spec_text(text, Path(path))
+        return plan(loaded.spec, self.loaded.spec if self.loaded else None, self.overrides)
+
+    async def apply(self, text: str, path: str, actor: str) -> ApplyResult:
+        """Validate everything first; only then replace the desired state (all or nothing)."""
+        loaded = load_spec_text(text, Path(path))
+        async with self._lock:
+            changes = plan(loaded.spec, self.loaded.spec if self.loaded else None, self.overrides)
+            slots = allocate_slots(loaded.spec, self.slots)
+            new = desired_instances(loaded.spec, {}, self._context(loaded, slots))
+            self._preflight(loaded, new)
+            self.loaded, self.slots, self.overrides = loaded, slots, {}
+            self.start_failures.clear()
+            for ident in [i for i in self.crashes if i not in new]:
+                del self.crashes[ident]
+            await self._save()
+            await self._audit(actor, "apply", {"spec": str(loaded.path), "changes": changes})
+        self._wake.set()
+        return ApplyResult(changes, loaded.digest)
+
+    def _preflight(self, loaded: LoadedSpec, new: dict[str, InstanceSpec]) -> None:
+        running = {s.spec.id: s for s in self.runtime.statuses() if s.phase is not Phase.EXITED}
+        taken: list[str] = []
+        for ident, inst in new.items():
+            current = running.get(ident)
+            if current is not None and listen_addresses(current.spec) == listen_addresses(inst):
+                continue
+            mine = {a for s in running.values() for a in listen_addresses(s.spec)}
+            for address in listen_addresses(inst):
+                host, port = split_hostport(address)
+                if address not in mine and not port_is_free(host, port):
+                    taken.append(f"{address} ({_field_of(inst)})")
+        if taken:
+            raise PermanentError(
+                f"{loaded.path}: address already in use by another process: "
+                + ", ".join(sorted(set(taken)))
+                + ". Stop that process or change the port in the spec; nothing was changed."
+            )
+        user = loaded.spec.runtime.user or self.default_user
+        workloads = [i for i in new.values() if i.kind is Kind.WORKLOAD]
+        if workloads:
+            problem = check_user_can_run(user, workloads[0].argv[0], workloads[0].cwd)
+            if problem:
+                raise PermanentError(f"{loaded.path}: runtime.user: {problem}")
+
+    async def scale(self, service: str, replicas: int, site: str | None, actor: str) -> str:
+        if self.loaded is None:
+            raise NotFoundError("nothing is applied yet; run `alwayson up` first")
+        spec = self.loaded.spec
+        if service not in {s.name for s in spec.services}:
+            known = ", ".join(s.name for s in spec.services)
+            raise NotFoundError(f"unknown service {service!r} (services: {known})")
+        sites = [s.name for s in spec.workload_sites]
+        if site is not None and site not in sites:
+            raise NotFoundError(f"unknown workload site {site!r} (sites: {', '.join(sites)})")
+        if not 0 <= replicas <= 200:
+            raise PermanentError("replicas must be between 0 and 200")
+        async with self._lock:
+            for name in [site] if site else sites:
+                self.overrides[(service, name)] = replicas
+            await self._save()
+            await self._audit(
+                actor, "scale", {"service": service, "replicas": replicas, "site": site}
+            )
+        self._wake.set()
+        where = site or "every workload site"
+        return f"{service}: {replicas} replicas in {where} (drift from the spec until `apply`)"
+
+    # ------------------------------------------------------------ loop
+
+    async def run(self) -> None:
+        """Reconcile until ``shutdown``; every task started here is awaited here."""
+        try:
+            while not self._done.is_set():
+                await self._drain_events()
+                try:
+                    await self.cycle()
+                except (TemporaryError, OSError) as exc:
+                    log.warning("cycle failed, will retry: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.interval):
+                        await self._wait_for_work()
+                self._wake.clear()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _wait_for_work(self) -> None:
+        wake = asyncio.ensure_future(self._wake.wait())
+        event = asyncio.ensure_future(self._peek_event())
+        done = asyncio.ensure_future(self._done.wait())
+        try:
+            await asyncio.wait({wake, event, done}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (wake, event, done):
+                fut.cancel()
+            await asyncio.gather(wake, event, done, return_exceptions=True)
+
+    async def _peek_event(self) -> None:
+        item = await self.runtime.events.get()
+        self.runtime.events.put_nowait(item)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def cycle(self) -> Decision:
+        desired = self.desired()
+        now = self.clock.monotonic()
+        observed = {
+            s.spec.id: Observed(
+                s.spec.id, s.spec.site, s.spec.service, s.spec.template_hash(), s.phase
+            )
+            for s in self.runtime.statuses()
+            if s.phase is not Phase.EXITED
+        }
+        snap = Snapshot(
+            now=now,
+            desired=desired,
+            observed=observed,
+            stopping=frozenset(self.stopping),
+            blocked_until={k: c.next_start_at for k, c in self.crashes.items()},
+            crash_reasons={
+                k: f"{c.last_reason}; backoff {c.delay:g}s"
+                for k, c in self.crashes.items()
+                if c.failures
+            },
+        )
+        decision = decide(snap)
+        for stop in decision.stops:
+            self.stopping.add(stop.id)
+            self._spawn(self._stop(stop.id, stop.reason))
+        if decision.starts:
+            self._write_initial_tables(decision.starts)
+            await asyncio.gather(*(self._start(s.spec, s.reason) for s in decision.starts))
+        await self._push_routes()
+        self.cycles += 1
+        if decision.verdict != self.verdict:
+            log.info("cycle %d: %s", self.cycles, decision.verdict)
+            self.verdict = decision.verdict
+        return decision
+
+    async def _start(self, spec: InstanceSpec, reason: str) -> None:
+        try:
+            if spec.kind is Kind.WORKLOAD and not port_is_free(spec.host, spec.port):
+                raise PermanentError(
+                    f"{spec.id}: address {spec.host}:{spec.port} is in use by another process "
+                    f"(service {spec.service}, port {spec.port})"
+                )
+            status = await self.runtime.start(spec)
+        except PermanentError as exc:
+            record = self.crashes.setdefault(spec.id, CrashRecord())
+            delay = record.crashed(self.clock.monotonic(), str(exc), None, 0.0)
+            self.start_failures[spec.id] = str(exc)
+            log.error("cannot start %s: %s (retry in %.1fs)", spec.id, exc, delay)
+            await self._event("start-failed", spec.id, str(exc))
+            return
+        log.debug("started %s pid %d (%s)", spec.id, status.pid, reason)
+
+    async def _stop(self, ident: str, reason: str) -> None:
+        try:
+            await self.runtime.stop(ident)
+            await self._event("stopped", ident, reason)
+        except NotFoundError:
+            pass
+        finally:
+            self.stopping.discard(ident)
+            self.pushed.pop(ident, None)
+            self._wake.set()
+
+    # ------------------------------------------------------------ events
+
+    async def _drain_events(self) -> None:
+        while not self.runtime.events.empty():
+            event = self.runtime.events.get_nowait()
+            await self._handle(event.kind, event.instance_id, event.detail, event)
+
+    async def _handle(self, kind: EventKind, ident: str, detail: str, event: Any) -> None:
+        now = self.clock.monotonic()
+        if kind is EventKind.EXITED:
+            expected = bool(event.data.get("expected"))
+            status = next((s for s in self.runtime.statuses() if s.spec.id == ident), None)
+            self.pushed.pop(ident, None)
+            if not expected and ident in self.desired():
+                ran_for = time.time() - status.started_at if status else 0.0
+                record = self.crashes.setdefault(ident, CrashRecord())
+                delay = record.crashed(now, detail, event.exit_code, ran_for)
+                log.warning("%s %s; restarting in %.1fs", ident, detail, delay)
+                await self._event("crashed", ident, f"{detail}; restart in {delay:.1f}s")
+            if not expected:
+                self.runtime.forget(ident)
+        elif kind in (EventKind.UNHEALTHY, EventKind.START_TIMEOUT):
+            record = self.crashes.setdefault(ident, CrashRecord())
+            delay = record.crashed(now, detail, None, 0.0)
+            if kind is EventKind.START_TIMEOUT:
+                self.start_failures[ident] = detail
+            log.warning("%s: %s; restarting in %.1fs", ident, detail, delay)
+            await self._event(kind.value, ident, detail)
+            if ident not in self.stopping:
+                self.stopping.add(ident)
+                self._spawn(self._stop(ident, detail))
+        elif kind is EventKind.READY:
+            self.start_failures.pop(ident, None)
+            self.pushed.pop(ident, None)
+        self._wake.set()
+
+    async def _event(self, kind: str, subject: str, message: str) -> None:
+        await self.store.append_event(Event(self.clock.wall(), kind, subject, message))
+
+    async def _audit(self, actor: str, action: str, detail: dict[str, Any]) -> None:
+        safe = {k: [str(c) for c in v] if k == "changes" else v for k, v in detail.items()}
+        await self.store.append_audit(AuditEntry(self.clock.wall(), actor, action, safe))
+
+    # ------------------------------------------------------------ routes
+
+    def _tables(self) -> dict[str, tuple[InstanceStatus | None, InstanceSpec, Table]]:
+        if self.loaded is None:
+            return {}
+        spec = self.loaded.spec
+        statuses = self.runtime.statuses()
+        by_id = {s.spec.id: s for s in statuses}
+        out: dict[str, tuple[InstanceStatus | None, InstanceSpec, Table]] = {}
+        for ident, inst in self.desired().items():
+            if inst.kind is Kind.GATEWAY:
+                table = site_table(spec, inst.site, statuses)
+            elif inst.kind is Kind.FRONTDOOR:
+                table = frontdoor_table(spec, inst.site, statuses)
+            else:
+                continue
+            out[ident] = (by_id.get(ident), inst, table)
+        return out
+
+    def _next_generation(self) -> int:
+        self.generation = max(self.generation + 1, int(self.clock.wall() * 1000))
+        return self.generation
+
+    def _write_initial_tables(self, starts: list[Any]) -> None:
+        tables = self._tables()
+        for start in starts:
+            if start.spec.id in tables:
+                _, inst, table = tables[start.spec.id]
+                table = dict(table, generation=self._next_generation())
+                write_table(_routes_file(inst), table)
+                self.pushed[inst.id] = table
+
+    async def _push_routes(self) -> None:
+        pushes = []
+        for ident, (status, inst, table) in self._tables().items():
+            if status is None or not status.ready or same_table(self.pushed.get(ident), table):
+                continue
+            table = dict(table, generation=self._next_generation())
+            pushes.append(self._push_one(ident, inst, table))
+        await asyncio.gather(*pushes)
+
+    async def _push_one(self, ident: str, inst: InstanceSpec, table: Table) -> None:
+        try:
+            await self.pusher.push(f"{inst.host}:{inst.port}", table)
+        except TemporaryError as exc:
+            log.warning("routes not pushed to %s: %s", ident, exc)
+            return
+        self.pushed[ident] = table
+
+    # ------------------------------------------------------------ views and shutdown
+
+    def status(self) -> dict[str, Any]:
+        spec = self.loaded.spec if self.loaded else None
+        desired = self.desired()
+        statuses = {s.spec.id: s for s in self.runtime.statuses()}
+        instances = []
+        for ident in sorted(set(desired) | set(statuses)):
+            status = statuses.get(ident)
+            inst = desired.get(ident) or (status.spec if status else None)
+            if inst is None:
+                continue
+            crash = self.crashes.get(ident)
+            row: dict[str, Any] = {
+                "id": ident,
+                "kind": inst.kind.value,
+                "site": inst.site,
+                "service": inst.service,
+                "version": inst.version,
+                "address": f"{inst.host}:{inst.port}",
+                "desired": ident in desired,
+                "pid": status.pid if status else None,
+                "phase": status.phase.value if status else "pending",
+                "ready": bool(status and status.ready),
+                "adopted": bool(status and status.adopted),
+                "started_at": status.started_at if status else None,
+                "restarts": crash.total_restarts if crash else 0,
+                "failures": crash.failures if crash else 0,
+                "last_exit": crash.last_reason if crash else "",
+                "last_probe": status.last_probe if status else "",
+                "start_failure": self.start_failures.get(ident, ""),
+                "log": self.runtime.log_path(inst.site, ident),
+            }
+            instances.append(row)
+        sites = []
+        for site in spec.sites if spec else []:
+            rows = [i for i in instances if i["site"] == site.name and i["desired"]]
+            sites.append(
+                {
+                    "name": site.name,
+                    "witness": site.witness,
+                    "subnet": spec.subnet_of(site.name) if spec else "",
+                    "desired": len(rows),
+                    "ready": sum(1 for r in rows if r["ready"]),
+                }
+            )
+        services = []
+        for svc in spec.services if spec else []:
+            rows = [i for i in instances if i["service"] == svc.name and i["desired"]]
+            services.append(
+                {
+                    "name": svc.name,
+                    "version": svc.version,
+                    "port": svc.port,
+                    "desired": len(rows),
+                    "ready": sum(1 for r in rows if r["ready"]),
+                    "routes": [r.model_dump(exclude_none=True) for r in svc.routes],
+                }
+            )
+        ready = sum(1 for i in instances if i["desired"] and i["ready"])
+        return {
+            "platform": spec.platform if spec else None,
+            "spec": str(self.loaded.path) if self.loaded else None,
+            "digest": self.loaded.digest if self.loaded else None,
+            "front_door": f"http://{spec.front_door.listen}" if spec else None,
+            "verdict": self.verdict,
+            "cycles": self.cycles,
+            "desired": len(desired),
+            "ready": ready,
+            "converged": bool(desired) and ready == len(desired),
+            "drift": [
+                {"service": s, "site": site, "replicas": n}
+                for (s, site), n in sorted(self.overrides.items())
+            ],
+            "sites": sites,
+            "services": services,
+            "instances": instances,
+        }
+
+    async def down(self, actor: str) -> str:
+        """Stop every process (front doors, then gateways, then workloads) and forget the spec."""
+        async with self._lock:
+            await self._audit(actor, "down", {})
+            self.loaded = None
+            self.overrides = {}
+            await self._save()
+        statuses = [s for s in self.runtime.statuses() if s.phase is not Phase.EXITED]
+        for kind in STOP_ORDER:
+            tier = [s.spec.id for s in statuses if s.spec.kind is kind]
+            self.stopping.update(tier)
+            await asyncio.gather(*(self._stop(i, "down") for i in tier))
+        return f"stopped {len(statuses)} processes"
+
+    def shutdown(self) -> None:
+        self._done.set()
+
+
+def _routes_file(inst: InstanceSpec) -> Path:
+    return Path(inst.argv[inst.argv.index("--routes-file") + 1])
+
+
+def _field_of(inst: InstanceSpec) -> str:
+    if inst.kind is Kind.FRONTDOOR:
+        return "front_door.listen / gateway.admin_port"
+    if inst.kind is Kind.GATEWAY:
+        return "gateway.port / gateway.admin_port"
+    return f"services.{inst.service}.port"

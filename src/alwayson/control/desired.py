@@ -1,0 +1,189 @@
+"""From spec to the exact set of processes that should run (pure functions).
+
+Every workload site gets one gateway and one front-door process. The front-door processes
+of all sites share the front door's address (SO_REUSEPORT), so losing one site's process
+leaves the other accepting, and each prefers its own site's gateway.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from alwayson.runtime.base import InstanceSpec, Kind
+from alwayson.spec.commands import resolve_command
+from alwayson.spec.models import PlatformSpec, Probe, Service
+from alwayson.spec.planning import Overrides, effective_replicas
+
+GATEWAY_ADDRESS = (0, 1)
+FRONTDOOR_ADMIN_ADDRESS = (0, 2)
+MAX_ORDINAL = 254
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the desired state depends on besides the spec."""
+
+    spec_folder: Path
+    state_dir: Path
+    user: str | None
+    service_slots: dict[str, int]
+
+
+def instance_id(service: str, site: str, ordinal: int) -> str:
+    return f"{service}-{site}-{ordinal}"
+
+
+def gateway_id(site: str) -> str:
+    return f"gateway@{site}"
+
+
+def frontdoor_id(site: str) -> str:
+    return f"frontdoor@{site}"
+
+
+def allocate_slots(spec: PlatformSpec, slots: dict[str, int]) -> dict[str, int]:
+    """Give each service a stable third octet (1..250), kept across spec edits."""
+    result = dict(slots)
+    used = set(result.values())
+    for svc in spec.services:
+        if svc.name in result:
+            continue
+        slot = next(n for n in range(1, 251) if n not in used)
+        result[svc.name] = slot
+        used.add(slot)
+    return result
+
+
+def desired_instances(
+    spec: PlatformSpec, overrides: Overrides, ctx: Context
+) -> dict[str, InstanceSpec]:
+    out: dict[str, InstanceSpec] = {}
+    for site in spec.workload_sites:
+        for svc in spec.services:
+            count = min(effective_replicas(spec, overrides, svc.name, site.name), MAX_ORDINAL)
+            for ordinal in range(1, count + 1):
+                inst = workload_instance(spec, svc, site.name, ordinal, ctx)
+                out[inst.id] = inst
+        gw = gateway_instance(spec, site.name, ctx)
+        fd = frontdoor_instance(spec, site.name, ctx)
+        out[gw.id] = gw
+        out[fd.id] = fd
+    return out
+
+
+def workload_instance(
+    spec: PlatformSpec, svc: Service, site: str, ordinal: int, ctx: Context
+) -> InstanceSpec:
+    host = spec.site_address(site, ctx.service_slots[svc.name], ordinal)
+    ident = instance_id(svc.name, site, ordinal)
+    gateway = f"http://{spec.gateway_address(site)}:{spec.gateway.port}"
+    env = {
+        "PYTHONUNBUFFERED": "1",
+        **svc.env,
+        "HOST": host,
+        "PORT": str(svc.port),
+        "ALWAYSON_SITE": site,
+        "ALWAYSON_SERVICE": svc.name,
+        "ALWAYSON_INSTANCE": ident,
+        "ALWAYSON_VERSION": svc.version,
+        "ALWAYSON_GATEWAY": gateway,
+        "ALWAYSON_PLATFORM": spec.platform,
+    }
+    return InstanceSpec(
+        id=ident,
+        kind=Kind.WORKLOAD,
+        site=site,
+        service=svc.name,
+        version=svc.version,
+        argv=resolve_command(svc.run, ctx.spec_folder),
+        cwd=str(ctx.spec_folder),
+        env=env,
+        host=host,
+        port=svc.port,
+        readiness=svc.health,
+        liveness=svc.liveness_probe(),
+        stop_grace=svc.stop_grace,
+        user=ctx.user,
+    )
+
+
+def _component(
+    spec: PlatformSpec,
+    site: str,
+    ident: str,
+    kind: Kind,
+    listen: list[str],
+    admin: tuple[str, int],
+    ctx: Context,
+    reuse_port: bool,
+) -> InstanceSpec:
+    routes_file = ctx.state_dir / "run" / "routes" / f"{ident}.json"
+    argv = [sys.executable, "-m", "alwayson.gateway"]
+    for address in listen:
+        argv += ["--listen", address]
+    if reuse_port:
+        argv.append("--reuse-port")
+    argv += [
+        "--admin",
+        f"{admin[0]}:{admin[1]}",
+        "--site",
+        site,
+        "--routes-file",
+        str(routes_file),
+        "--token-file",
+        str(ctx.state_dir / "token"),
+    ]
+    return InstanceSpec(
+        id=ident,
+        kind=kind,
+        site=site,
+        service=kind.value,
+        version="builtin",
+        argv=argv,
+        cwd=str(ctx.state_dir),
+        env={"PYTHONUNBUFFERED": "1"},
+        host=admin[0],
+        port=admin[1],
+        readiness=Probe(http="/healthz", interval=1.0, timeout=0.5, start_timeout=20.0),
+        liveness=Probe(http="/healthz", interval=1.0, timeout=0.5, failure_threshold=5),
+        stop_grace=10.0,
+        user=None,
+    )
+
+
+def gateway_instance(spec: PlatformSpec, site: str, ctx: Context) -> InstanceSpec:
+    host = spec.gateway_address(site)
+    return _component(
+        spec,
+        site,
+        gateway_id(site),
+        Kind.GATEWAY,
+        [f"{host}:{spec.gateway.port}"],
+        (host, spec.gateway.admin_port),
+        ctx,
+        reuse_port=False,
+    )
+
+
+def frontdoor_instance(spec: PlatformSpec, site: str, ctx: Context) -> InstanceSpec:
+    admin_host = spec.site_address(site, *FRONTDOOR_ADMIN_ADDRESS)
+    return _component(
+        spec,
+        site,
+        frontdoor_id(site),
+        Kind.FRONTDOOR,
+        [spec.front_door.listen],
+        (admin_host, spec.gateway.admin_port),
+        ctx,
+        reuse_port=True,
+    )
+
+
+def listen_addresses(inst: InstanceSpec) -> list[str]:
+    """Addresses a process binds (for checking they are free before starting it)."""
+    if inst.kind is Kind.WORKLOAD:
+        return [f"{inst.host}:{inst.port}"]
+    out = [inst.argv[i + 1] for i, a in enumerate(inst.argv) if a in ("--listen", "--admin")]
+    return out

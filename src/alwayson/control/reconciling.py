@@ -1,0 +1,138 @@
+"""One reconcile cycle as a pure function: snapshot in, actions and a verdict out.
+
+Converging follows one rule: stop what is redundant first, then start what is missing. A
+changed instance (new version, command, env) is replaced one at a time per service and
+site, and only while the rest of that group is ready, so capacity never drops to zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from alwayson.runtime.base import InstanceSpec, Phase
+
+SHOWN = 3
+
+
+@dataclass(frozen=True)
+class Observed:
+    id: str
+    site: str
+    service: str
+    template: str
+    phase: Phase
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float
+    desired: Mapping[str, InstanceSpec]
+    observed: Mapping[str, Observed]
+    stopping: frozenset[str] = frozenset()
+    blocked_until: Mapping[str, float] = field(default_factory=dict)
+    crash_reasons: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stop:
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Start:
+    spec: InstanceSpec
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    stops: list[Stop]
+    starts: list[Start]
+    waiting: list[str]
+    verdict: str
+
+    @property
+    def acted(self) -> bool:
+        return bool(self.stops or self.starts)
+
+
+def decide(snap: Snapshot) -> Decision:
+    stops: list[Stop] = []
+    for ident in sorted(snap.observed):
+        if ident not in snap.desired and ident not in snap.stopping:
+            stops.append(Stop(ident, "no longer in the spec"))
+    stops.extend(_replacements(snap))
+
+    starts: list[Start] = []
+    waiting: list[str] = []
+    for ident in sorted(snap.desired):
+        if ident in snap.observed or ident in snap.stopping:
+            continue
+        due = snap.blocked_until.get(ident, 0.0)
+        if due > snap.now:
+            reason = snap.crash_reasons.get(ident, "crashed")
+            waiting.append(f"{ident} waits to restart ({reason})")
+            continue
+        why = f"after {snap.crash_reasons[ident]}" if ident in snap.crash_reasons else "missing"
+        starts.append(Start(snap.desired[ident], why))
+    return Decision(stops, starts, waiting, _verdict(snap, stops, starts, waiting))
+
+
+def _replacements(snap: Snapshot) -> list[Stop]:
+    groups: dict[tuple[str, str], list[Observed]] = {}
+    for obs in snap.observed.values():
+        groups.setdefault((obs.service, obs.site), []).append(obs)
+    out: list[Stop] = []
+    for members in groups.values():
+        changed = sorted(
+            (
+                m
+                for m in members
+                if m.id in snap.desired
+                and m.id not in snap.stopping
+                and snap.desired[m.id].template_hash() != m.template
+            ),
+            key=lambda m: m.id,
+        )
+        if not changed:
+            continue
+        busy = any(m.id in snap.stopping for m in members)
+        missing = any(
+            ident not in snap.observed
+            for ident, spec in snap.desired.items()
+            if (spec.service, spec.site) == (members[0].service, members[0].site)
+        )
+        others_ready = all(m.phase is Phase.READY for m in members if m.id != changed[0].id)
+        if busy or missing or not others_ready:
+            continue
+        out.append(Stop(changed[0].id, "replaced: its spec changed"))
+    return out
+
+
+def _names(ids: list[str]) -> str:
+    shown = ", ".join(ids[:SHOWN])
+    return shown + (f" +{len(ids) - SHOWN} more" if len(ids) > SHOWN else "")
+
+
+def _verdict(snap: Snapshot, stops: list[Stop], starts: list[Start], waiting: list[str]) -> str:
+    parts: list[str] = []
+    for reason in sorted({s.reason for s in stops}):
+        ids = [s.id for s in stops if s.reason == reason]
+        parts.append(f"stopped {len(ids)} ({reason}): {_names(ids)}")
+    fresh = [s.spec.id for s in starts if s.reason == "missing"]
+    restarted = [s for s in starts if s.reason != "missing"]
+    if fresh:
+        parts.append(f"started {len(fresh)}: {_names(fresh)}")
+    for start in restarted:
+        parts.append(f"restarted {start.spec.id} ({start.reason})")
+    if waiting:
+        parts.append("waiting: " + "; ".join(waiting[:SHOWN]))
+    if not parts:
+        ready = sum(1 for o in snap.observed.values() if o.phase is Phase.READY)
+        total = len(snap.desired)
+        if ready == total:
+            return f"steady: {ready}/{total} processes ready"
+        return f"converging: {ready}/{total} processes ready, nothing to start or stop"
+    return "; ".join(parts)

@@ -1,0 +1,1 @@
+"""Starting, stopping and inspecting instances in a site (drivers: local)."""

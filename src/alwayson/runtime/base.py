@@ -1,0 +1,158 @@
+"""The ``Runtime`` protocol: what the controller needs from whatever runs instances.
+
+A runtime starts processes described by ``InstanceSpec``, watches them (exit, readiness,
+liveness) and reports what happens as ``RuntimeEvent``s on a queue the controller drains.
+Instances outlive the controller: a new runtime over the same state ``adopt``s them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from alwayson.spec.models import Probe
+
+
+class Kind(StrEnum):
+    WORKLOAD = "workload"
+    GATEWAY = "gateway"
+    FRONTDOOR = "frontdoor"
+
+
+class Phase(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    UNREADY = "unready"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    id: str
+    kind: Kind
+    site: str
+    service: str
+    version: str
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    host: str
+    port: int
+    readiness: Probe
+    liveness: Probe | None = None
+    stop_grace: float = 10.0
+    user: str | None = None
+
+    def template_hash(self) -> str:
+        """Identity of what runs: a change of any of these means a new process."""
+        fields = {
+            "argv": self.argv,
+            "cwd": self.cwd,
+            "env": self.env,
+            "version": self.version,
+            "port": self.port,
+            "user": self.user,
+        }
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        data["readiness"] = self.readiness.model_dump(mode="json")
+        data["liveness"] = self.liveness.model_dump(mode="json") if self.liveness else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InstanceSpec:
+        data = dict(data)
+        data["kind"] = Kind(data["kind"])
+        data["readiness"] = Probe.model_validate(data["readiness"])
+        data["liveness"] = Probe.model_validate(data["liveness"]) if data["liveness"] else None
+        return cls(**data)
+
+
+@dataclass
+class InstanceStatus:
+    spec: InstanceSpec
+    pid: int
+    start_time: float
+    started_at: float
+    phase: Phase = Phase.STARTING
+    adopted: bool = False
+    ready_since: float | None = None
+    exit_code: int | None = None
+    exit_reason: str = ""
+    last_probe: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY
+
+    @property
+    def address(self) -> str:
+        return f"{self.spec.host}:{self.spec.port}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.spec.id,
+            "kind": self.spec.kind.value,
+            "site": self.spec.site,
+            "service": self.spec.service,
+            "version": self.spec.version,
+            "address": self.address,
+            "pid": self.pid,
+            "phase": self.phase.value,
+            "ready": self.ready,
+            "adopted": self.adopted,
+            "started_at": self.started_at,
+            "ready_since": self.ready_since,
+            "exit_code": self.exit_code,
+            "exit_reason": self.exit_reason,
+            "last_probe": self.last_probe,
+        }
+
+
+class EventKind(StrEnum):
+    EXITED = "exited"
+    READY = "ready"
+    UNREADY = "unready"
+    UNHEALTHY = "unhealthy"
+    START_TIMEOUT = "start-timeout"
+
+
+@dataclass(frozen=True)
+class RuntimeEvent:
+    kind: EventKind
+    instance_id: str
+    detail: str
+    exit_code: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Runtime(Protocol):
+    events: asyncio.Queue[RuntimeEvent]
+
+    async def adopt(self) -> list[InstanceStatus]:
+        """Take over instances left running by a previous controller; never restart them."""
+        ...
+
+    async def start(self, spec: InstanceSpec) -> InstanceStatus: ...
+
+    async def stop(self, instance_id: str, grace: float | None = None) -> None:
+        """SIGTERM (drain), then SIGKILL after ``grace``; returns once the process is gone."""
+        ...
+
+    async def signal(self, instance_id: str, signum: int) -> None: ...
+
+    def statuses(self) -> list[InstanceStatus]: ...
+
+    def log_path(self, site: str, instance_id: str) -> str: ...
+
+    async def close(self) -> None:
+        """Stop watching; running instances keep running."""
+        ...

@@ -1,0 +1,438 @@
+"""The ``local`` runtime: instances are processes on this machine.
+
+Each process runs in its own session (so a signal to its group reaches its children), its
+output goes to a log file under the state directory, and it is recorded in a pid file with
+its start time. Exits are watched with a pidfd, which works for processes we did not start
+too, so a restarted controller adopts running instances instead of restarting them. Only
+processes we started ourselves have a known exit code; an adopted one that exits is
+reported with the code unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import pwd
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from alwayson.runtime.base import (
+    EventKind,
+    InstanceSpec,
+    InstanceStatus,
+    Phase,
+    RuntimeEvent,
+)
+from alwayson.runtime.probing import Thresholds, run_probe
+from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
+
+log = logging.getLogger(__name__)
+
+START_TIME_TOLERANCE = 0.05
+STARTUP_PROBE_PERIOD = 0.1
+BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+@dataclass
+class _Watched:
+    status: InstanceStatus
+    pidfd: int
+    popen: subprocess.Popen[bytes] | None
+    exited: asyncio.Future[None]
+    prober: asyncio.Task[None] | None = None
+    stopping: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exited while adopted (exit code unknown)"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class LocalRuntime:
+    def __init__(self, state_dir: Path) -> None:
+        self.events: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
+        self._run_dir = state_dir / "run" / "instances"
+        self._log_dir = state_dir / "logs"
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        self._watched: dict[str, _Watched] = {}
+
+    # ----------------------------------------------------------------- queries
+
+    def statuses(self) -> list[InstanceStatus]:
+        return [w.status for w in self._watched.values()]
+
+    def status(self, instance_id: str) -> InstanceStatus:
+        try:
+            return self._watched[instance_id].status
+        except KeyError:
+            raise NotFoundError(f"no instance {instance_id!r}") from None
+
+    def log_path(self, site: str, instance_id: str) -> str:
+        return str(self._log_dir / site / f"{instance_id}.log")
+
+    # ----------------------------------------------------------------- adopt
+
+    async def adopt(self) -> list[InstanceStatus]:
+        adopted: list[InstanceStatus] = []
+        for pidfile in sorted(self._run_dir.glob("*.json")):
+            try:
+                record = json.loads(pidfile.read_text())
+                spec = InstanceSpec.from_json(record["spec"])
+                pid, start_time = int(record["pid"]), float(record["start_time"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring unreadable pid file %s: %s", pidfile, exc)
+                pidfile.unlink(missing_ok=True)
+                continue
+            if spec.id in self._watched:
+                continue
+            if not _alive_with_start_time(pid, start_time):
+                pidfile.unlink(missing_ok=True)
+                await self.events.put(
+                    RuntimeEvent(
+                        EventKind.EXITED,
+                        spec.id,
+                        "exited while the controller was down (exit code unknown)",
+                        data={"expected": False, "spec": spec.to_json()},
+                    )
+                )
+                continue
+            status = InstanceStatus(
+                spec=spec,
+                pid=pid,
+                start_time=start_time,
+                started_at=float(record.get("started_at", start_time)),
+                adopted=True,
+            )
+            try:
+                self._watch(status, popen=None, probe_first=False)
+            except ProcessLookupError:
+                pidfile.unlink(missing_ok=True)
+                continue
+            adopted.append(status)
+        # One probe round before anyone routes on our view, so adoption never drops
+        # healthy instances out of the gateways' tables.
+        results = await asyncio.gather(
+            *(run_probe(s.spec.readiness, s.spec.host, s.spec.port, s.spec.cwd) for s in adopted)
+        )
+        for status, result in zip(adopted, results, strict=True):
+            status.last_probe = result.detail
+            if result.ok:
+                status.phase = Phase.READY
+                status.ready_since = time.time()
+            self._start_prober(self._watched[status.spec.id], already_ready=result.ok)
+        return adopted
+
+    # ----------------------------------------------------------------- start
+
+    async def start(self, spec: InstanceSpec) -> InstanceStatus:
+        current = self._watched.get(spec.id)
+        if current is not None and not current.exited.done():
+            raise ConflictError(f"instance {spec.id} already runs (pid {current.status.pid})")
+        log_file = Path(self.log_path(spec.site, spec.id))
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        ident = _identity(spec.user)
+        env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
+        env.update(spec.env)
+        with log_file.open("ab") as out:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            out.write(f"--- {stamp} alwayson: starting {spec.id}: {' '.join(spec.argv)}\n".encode())
+            out.flush()
+            try:
+                popen = subprocess.Popen(
+                    spec.argv,
+                    cwd=spec.cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                    user=ident.uid,
+                    group=ident.gid,
+                    extra_groups=ident.extra_groups,
+                )
+            except FileNotFoundError as exc:
+                raise PermanentError(
+                    f"{spec.service}: cannot start {spec.argv[0]!r}: no such file "
+                    f"(working directory {spec.cwd})"
+                ) from exc
+            except PermissionError as exc:
+                raise PermanentError(
+                    f"{spec.service}: cannot start {spec.argv[0]!r}: permission denied "
+                    f"({exc}); if workloads run as an unprivileged user, it must be able to "
+                    "read the program and its folder"
+                ) from exc
+        try:
+            start_time = psutil.Process(popen.pid).create_time()
+        except psutil.NoSuchProcess:
+            start_time = time.time()
+        status = InstanceStatus(
+            spec=spec, pid=popen.pid, start_time=start_time, started_at=time.time()
+        )
+        self._write_pidfile(status)
+        self._watch(status, popen=popen, probe_first=True)
+        return status
+
+    def _write_pidfile(self, status: InstanceStatus) -> None:
+        record = {
+            "pid": status.pid,
+            "start_time": status.start_time,
+            "started_at": status.started_at,
+            "spec": status.spec.to_json(),
+        }
+        target = self._run_dir / f"{status.spec.id}.json"
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(target)
+
+    def _watch(
+        self, status: InstanceStatus, popen: subprocess.Popen[bytes] | None, probe_first: bool
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            pidfd = os.pidfd_open(status.pid)
+        except ProcessLookupError:
+            if popen is None:
+                raise
+            pidfd = -1
+        watched = _Watched(status=status, pidfd=pidfd, popen=popen, exited=loop.create_future())
+        self._watched[status.spec.id] = watched
+        if pidfd < 0:
+            loop.call_soon(self._on_exit, status.spec.id)
+        else:
+            loop.add_reader(pidfd, self._on_exit, status.spec.id)
+        if probe_first:
+            self._start_prober(watched, already_ready=False)
+
+    def _start_prober(self, watched: _Watched, already_ready: bool) -> None:
+        watched.prober = asyncio.get_running_loop().create_task(
+            self._probe_loop(watched, already_ready), name=f"probe:{watched.status.spec.id}"
+        )
+
+    # ----------------------------------------------------------------- exit
+
+    def _on_exit(self, instance_id: str) -> None:
+        watched = self._watched.get(instance_id)
+        if watched is None or watched.exited.done():
+            return
+        loop = asyncio.get_running_loop()
+        if watched.pidfd >= 0:
+            loop.remove_reader(watched.pidfd)
+            os.close(watched.pidfd)
+            watched.pidfd = -1
+        code: int | None = None
+        if watched.popen is not None:
+            code = watched.popen.wait()
+        status = watched.status
+        status.phase = Phase.EXITED
+        status.exit_code = code
+        status.exit_reason = describe_exit(code)
+        if watched.prober is not None:
+            watched.prober.cancel()
+        (self._run_dir / f"{instance_id}.json").unlink(missing_ok=True)
+        watched.exited.set_result(None)
+        self.events.put_nowait(
+            RuntimeEvent(
+                EventKind.EXITED,
+                instance_id,
+                status.exit_reason,
+                exit_code=code,
+                data={"expected": watched.stopping},
+            )
+        )
+
+    # ----------------------------------------------------------------- stop
+
+    async def stop(self, instance_id: str, grace: float | None = None) -> None:
+        watched = self._watched.get(instance_id)
+        if watched is None:
+            raise NotFoundError(f"no instance {instance_id!r}")
+        if watched.exited.done():
+            self._watched.pop(instance_id, None)
+            return
+        watched.stopping = True
+        watched.status.phase = Phase.STOPPING
+        if watched.prober is not None:
+            watched.prober.cancel()
+        grace = watched.status.spec.stop_grace if grace is None else grace
+        self._signal_group(watched, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(watched.exited), timeout=grace)
+        except TimeoutError:
+            log.warning("%s did not stop within %.1fs; sending SIGKILL", instance_id, grace)
+            self._signal_group(watched, signal.SIGKILL)
+            await asyncio.wait_for(asyncio.shield(watched.exited), timeout=10)
+        self._watched.pop(instance_id, None)
+
+    async def signal(self, instance_id: str, signum: int) -> None:
+        watched = self._watched.get(instance_id)
+        if watched is None or watched.exited.done():
+            raise NotFoundError(f"no running instance {instance_id!r}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(watched.status.pid, signum)
+
+    def forget(self, instance_id: str) -> None:
+        """Drop an exited instance from the table (the controller has seen its exit)."""
+        watched = self._watched.get(instance_id)
+        if watched is not None and watched.exited.done():
+            del self._watched[instance_id]
+
+    def _signal_group(self, watched: _Watched, signum: int) -> None:
+        if watched.exited.done():
+            return
+        try:
+            os.killpg(watched.status.pid, signum)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(watched.status.pid, signum)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        probers = [w.prober for w in self._watched.values() if w.prober is not None]
+        for task in probers:
+            task.cancel()
+        await asyncio.gather(*probers, return_exceptions=True)
+        for watched in self._watched.values():
+            if watched.pidfd >= 0:
+                loop.remove_reader(watched.pidfd)
+                os.close(watched.pidfd)
+                watched.pidfd = -1
+        self._watched.clear()
+
+    # ----------------------------------------------------------------- probes
+
+    async def _probe_loop(self, watched: _Watched, already_ready: bool) -> None:
+        status = watched.status
+        spec = status.spec
+        readiness = Thresholds(spec.readiness.success_threshold, spec.readiness.failure_threshold)
+        readiness.healthy = already_ready
+        liveness_probe = spec.liveness
+        shared = liveness_probe is None or _same_target(liveness_probe, spec)
+        live = Thresholds(1, (liveness_probe or spec.readiness).failure_threshold, healthy=True)
+        deadline = time.monotonic() + spec.readiness.start_timeout
+        while not already_ready and not readiness.healthy:
+            result = await run_probe(spec.readiness, spec.host, spec.port, spec.cwd)
+            status.last_probe = result.detail
+            if readiness.record(result.ok):
+                status.phase = Phase.READY
+                status.ready_since = time.time()
+                await self.events.put(RuntimeEvent(EventKind.READY, spec.id, result.detail))
+                break
+            if time.monotonic() > deadline:
+                await self.events.put(
+                    RuntimeEvent(
+                        EventKind.START_TIMEOUT,
+                        spec.id,
+                        f"not ready {spec.readiness.start_timeout:g}s after start "
+                        f"(last probe: {result.detail})",
+                    )
+                )
+                deadline = time.monotonic() + spec.readiness.start_timeout
+            await asyncio.sleep(STARTUP_PROBE_PERIOD)
+        while True:
+            await asyncio.sleep(spec.readiness.interval)
+            result = await run_probe(spec.readiness, spec.host, spec.port, spec.cwd)
+            status.last_probe = result.detail
+            flipped = readiness.record(result.ok)
+            if flipped is True:
+                status.phase = Phase.READY
+                status.ready_since = time.time()
+                await self.events.put(RuntimeEvent(EventKind.READY, spec.id, result.detail))
+            elif flipped is False:
+                status.phase = Phase.UNREADY
+                await self.events.put(RuntimeEvent(EventKind.UNREADY, spec.id, result.detail))
+            live_ok = result.ok
+            if not shared and liveness_probe is not None:
+                live_ok = (await run_probe(liveness_probe, spec.host, spec.port, spec.cwd)).ok
+            if live.record(live_ok) is False:
+                await self.events.put(
+                    RuntimeEvent(
+                        EventKind.UNHEALTHY,
+                        spec.id,
+                        f"liveness failed {live.failure_threshold} times (last: {result.detail})",
+                    )
+                )
+
+
+def _same_target(liveness: object, spec: InstanceSpec) -> bool:
+    r = spec.readiness
+    return (
+        getattr(liveness, "http", None) == r.http
+        and getattr(liveness, "tcp", None) == r.tcp
+        and getattr(liveness, "exec", None) == r.exec
+        and getattr(liveness, "interval", None) == r.interval
+    )
+
+
+def _alive_with_start_time(pid: int, start_time: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return abs(proc.create_time() - start_time) < START_TIME_TOLERANCE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+@dataclass(frozen=True)
+class _Identity:
+    uid: int | None = None
+    gid: int | None = None
+    extra_groups: list[int] | None = None
+
+
+def _identity(user: str | None) -> _Identity:
+    if user is None or os.geteuid() != 0:
+        return _Identity()
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise PermanentError(
+            f"runtime.user {user!r} does not exist on this machine; create it or set "
+            "runtime.user in the spec"
+        ) from None
+    return _Identity(entry.pw_uid, entry.pw_gid, [])
+
+
+def check_user_can_run(user: str | None, argv0: str, cwd: str) -> str | None:
+    """Return why ``user`` cannot run ``argv0`` in ``cwd``, or None when it can."""
+    if user is None or os.geteuid() != 0:
+        return None
+    ident = _identity(user)
+    try:
+        result = subprocess.run(
+            ["/bin/sh", "-c", 'test -x "$0" && cd "$1"', argv0, cwd],
+            timeout=10,
+            capture_output=True,
+            user=ident.uid,
+            group=ident.gid,
+            extra_groups=ident.extra_groups,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if result.returncode != 0:
+        return (
+            f"user {user!r} cannot execute {argv0} or enter {cwd} (a parent folder is not "
+            "readable by others, e.g. /root is 0700). Create the environment with a Python "
+            "every user can run (the quick start uses /usr/bin/python3), or set "
+            "runtime.user in the spec"
+        )
+    return None

@@ -1,0 +1,1 @@
+"""The spec layer: models, loading with precise errors, JSON Schema and plan."""

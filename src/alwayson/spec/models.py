@@ -1,0 +1,320 @@
+"""The spec: one YAML file, ``alwayson.yaml``, the only source of truth of a platform.
+
+These pydantic models are the reference; the JSON Schema shipped with the package is
+generated from them (``alwayson schema``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from alwayson.util.addresses import split_hostport
+from alwayson.util.durations import DURATION_PATTERN, format_duration, parse_duration
+
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$|^[a-z]$"
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": DURATION_PATTERN},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "A duration: '500ms', '2s', '1m30s', '1h', or a number of seconds.",
+        }
+    ),
+]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+def _check_listen(value: str) -> str:
+    host, port = split_hostport(value)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: the host must be an IP address like 127.0.0.1") from exc
+    return f"{host}:{port}"
+
+
+ListenAddress = Annotated[
+    str,
+    BeforeValidator(lambda v: _check_listen(str(v))),
+    WithJsonSchema({"type": "string", "description": "host:port, e.g. 127.0.0.1:8080"}),
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Site(Strict):
+    """A datacenter. Workload sites run instances; the witness site only breaks ties."""
+
+    name: Name
+    witness: bool = False
+    subnet: str | None = Field(
+        default=None,
+        description="Loopback /16 owned by the site; default 127.N.0.0/16 by order in the file.",
+    )
+
+    @field_validator("subnet")
+    @classmethod
+    def _loopback_16(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        net = ipaddress.ip_network(value, strict=True)
+        if not net.is_loopback or net.prefixlen != 16 or net.version != 4:
+            raise ValueError(f"{value!r} must be a /16 inside 127.0.0.0/8, like 127.1.0.0/16")
+        return str(net)
+
+
+class Probe(Strict):
+    """A health check. Exactly one of ``http``, ``tcp`` or ``exec``."""
+
+    http: str | None = Field(default=None, description="Path probed with GET; 2xx/3xx is healthy.")
+    tcp: bool = Field(default=False, description="Healthy when the port accepts a connection.")
+    exec: str | None = Field(default=None, description="Command run in the instance's folder.")
+    interval: Duration = 1.0
+    timeout: Duration = 0.5
+    success_threshold: int = Field(default=1, ge=1)
+    failure_threshold: int = Field(default=3, ge=1)
+    start_timeout: Duration = Field(
+        default=30.0, description="An instance not ready this long after start has failed."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> Probe:
+        kinds = [k for k, v in (("http", self.http), ("tcp", self.tcp), ("exec", self.exec)) if v]
+        if len(kinds) != 1:
+            raise ValueError(
+                "give exactly one of http: /path, tcp: true or exec: 'command'"
+                + (f" (found {', '.join(kinds)})" if kinds else "")
+            )
+        if self.http is not None and not self.http.startswith("/"):
+            raise ValueError(f"http: {self.http!r} must be a path starting with '/'")
+        if self.timeout > self.interval:
+            raise ValueError("timeout must not be longer than interval")
+        return self
+
+
+class Route(Strict):
+    """Traffic for this service: by host, by path prefix, or both."""
+
+    host: str | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Route:
+        if self.host is None and self.path is None:
+            raise ValueError("a route needs a host, a path, or both")
+        if self.path is not None and not self.path.startswith("/"):
+            raise ValueError(f"path {self.path!r} must start with '/'")
+        return self
+
+
+Replicas = int | dict[str, int]
+
+
+class Service(Strict):
+    """A stateless micro-service run as a command in every workload site."""
+
+    name: Name
+    version: str = Field(min_length=1, max_length=64)
+    run: str = Field(
+        min_length=1,
+        description="Command line, run in the spec's folder; a leading 'python' is the "
+        "Python environment alwayson itself runs in.",
+    )
+    port: int = Field(ge=1, le=65535)
+    env: dict[str, str] = Field(default_factory=dict)
+    replicas: Replicas = Field(
+        default=1, description="Per workload site: one number for every site, or {site: n}."
+    )
+    health: Probe = Field(default_factory=lambda: Probe(tcp=True))
+    liveness: Probe | None = Field(
+        default=None,
+        description="Restart the instance when this fails; default: the health check with a "
+        "failure threshold three times as high.",
+    )
+    routes: list[Route] = Field(default_factory=list)
+    stop_grace: Duration = Field(default=10.0, description="SIGTERM, then SIGKILL after this.")
+
+    @field_validator("replicas")
+    @classmethod
+    def _non_negative(cls, value: Replicas) -> Replicas:
+        counts = [value] if isinstance(value, int) else list(value.values())
+        if any(c < 0 or c > 200 for c in counts):
+            raise ValueError("replicas must be between 0 and 200")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return value
+
+    def replicas_in(self, site: str) -> int:
+        if isinstance(self.replicas, int):
+            return self.replicas
+        return self.replicas.get(site, 0)
+
+    def liveness_probe(self) -> Probe:
+        if self.liveness is not None:
+            return self.liveness
+        return self.health.model_copy(
+            update={"failure_threshold": self.health.failure_threshold * 3}
+        )
+
+
+class Controller(Strict):
+    api: ListenAddress = Field(default="127.0.0.1:7070", description="REST API and dashboard.")
+    state_dir: str = Field(default=".alwayson", description="Relative to the spec's folder.")
+    reconcile_interval: Duration = 1.0
+
+
+class FrontDoor(Strict):
+    listen: ListenAddress = "127.0.0.1:8080"
+
+
+class Gateway(Strict):
+    port: int = Field(default=8080, ge=1, le=65535, description="Per-site gateway port.")
+    admin_port: int = Field(default=9901, ge=1, le=65535, description="Metrics and routes.")
+
+
+class Runtime(Strict):
+    driver: Literal["local"] = "local"
+    user: str | None = Field(
+        default=None,
+        description="Unprivileged user for workloads when alwayson runs as root "
+        "(default 'nobody').",
+    )
+
+
+class PlatformSpec(Strict):
+    """The whole platform: what ``alwayson.yaml`` declares."""
+
+    platform: Name
+    sites: list[Site] = Field(min_length=1)
+    services: list[Service] = Field(default_factory=list)
+    controller: Controller = Field(default_factory=Controller)
+    front_door: FrontDoor = Field(default_factory=FrontDoor)
+    gateway: Gateway = Field(default_factory=Gateway)
+    runtime: Runtime = Field(default_factory=Runtime)
+
+    @property
+    def workload_sites(self) -> list[Site]:
+        return [s for s in self.sites if not s.witness]
+
+    def service(self, name: str) -> Service:
+        for svc in self.services:
+            if svc.name == name:
+                return svc
+        raise KeyError(name)
+
+    def subnet_of(self, site: str) -> str:
+        for index, candidate in enumerate(self.sites, start=1):
+            if candidate.name == site:
+                return candidate.subnet or f"127.{index}.0.0/16"
+        raise KeyError(site)
+
+    def site_address(self, site: str, third: int, fourth: int) -> str:
+        """An address inside a site's /16: ``127.N.third.fourth``."""
+        base = ipaddress.ip_network(self.subnet_of(site)).network_address
+        return str(base + third * 256 + fourth)
+
+    def gateway_address(self, site: str) -> str:
+        return self.site_address(site, 0, 1)
+
+
+Location = tuple[str | int, ...]
+
+
+def consistency_problems(spec: PlatformSpec) -> list[tuple[Location, str]]:
+    """Faults no single field can see. Each comes with the path of the field to fix."""
+    problems: list[tuple[Location, str]] = []
+    problems += _duplicates([s.name for s in spec.sites], "sites")
+    problems += _duplicates([s.name for s in spec.services], "services")
+    workload = [s.name for s in spec.sites if not s.witness]
+    if not workload:
+        problems.append((("sites",), "at least one site must run workloads (witness: false)"))
+    witnesses = [i for i, s in enumerate(spec.sites) if s.witness]
+    for extra in witnesses[1:]:
+        problems.append((("sites", extra, "witness"), "at most one site can be the witness"))
+    if len(spec.sites) > 250:
+        problems.append((("sites",), "at most 250 sites"))
+    if len(spec.services) > 250:
+        problems.append((("services",), "at most 250 services"))
+    subnets: dict[str, str] = {}
+    for index, site in enumerate(spec.sites):
+        subnet = spec.subnet_of(site.name)
+        if subnet in subnets and subnets[subnet] != site.name:
+            problems.append(
+                (("sites", index, "subnet"), f"{subnet} is already the subnet of {subnets[subnet]}")
+            )
+        subnets[subnet] = site.name
+    seen: dict[tuple[str | None, str | None], str] = {}
+    for s_index, svc in enumerate(spec.services):
+        if isinstance(svc.replicas, dict):
+            for site_name in svc.replicas:
+                if site_name not in workload:
+                    problems.append(
+                        (
+                            ("services", s_index, "replicas", site_name),
+                            f"{site_name!r} is not a workload site (workload sites: "
+                            f"{', '.join(workload)})",
+                        )
+                    )
+        for r_index, route in enumerate(svc.routes):
+            key = (route.host, route.path)
+            if key in seen and seen[key] != svc.name:
+                problems.append(
+                    (
+                        ("services", s_index, "routes", r_index),
+                        f"host={route.host} path={route.path} is already routed to {seen[key]}",
+                    )
+                )
+            seen[key] = svc.name
+    ports = {
+        "front_door.listen": spec.front_door.listen,
+        "controller.api": spec.controller.api,
+    }
+    if len(set(ports.values())) != len(ports):
+        problems.append((("front_door", "listen"), "must differ from controller.api"))
+    if spec.gateway.port == spec.gateway.admin_port:
+        problems.append((("gateway", "admin_port"), "must differ from gateway.port"))
+    return problems
+
+
+def _duplicates(names: list[str], where: str) -> list[tuple[Location, str]]:
+    out: list[tuple[Location, str]] = []
+    first: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in first:
+            out.append(
+                ((where, index, "name"), f"duplicate name {name!r} (also at index {first[name]})")
+            )
+        else:
+            first[name] = index
+    return out
+
+
+def dump_spec(spec: PlatformSpec) -> dict[str, Any]:
+    return spec.model_dump(mode="json")

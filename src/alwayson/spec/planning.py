@@ -1,0 +1,114 @@
+"""``plan``: the difference between a spec and what the platform runs now.
+
+What runs is described by the spec the controller applied last plus the drift recorded
+since (``alwayson scale``). The plan lists what ``apply`` of the new spec would change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from alwayson.spec.models import PlatformSpec, Service
+
+
+class ChangeKind(StrEnum):
+    ADD = "add"
+    REMOVE = "remove"
+    CHANGE = "change"
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: ChangeKind
+    target: str
+    detail: str
+
+    def __str__(self) -> str:
+        sign = {ChangeKind.ADD: "+", ChangeKind.REMOVE: "-", ChangeKind.CHANGE: "~"}[self.kind]
+        return f"{sign} {self.target}: {self.detail}"
+
+
+Overrides = dict[tuple[str, str], int]
+"""Replica counts set by ``alwayson scale``: (service, site) → replicas."""
+
+
+def effective_replicas(spec: PlatformSpec, overrides: Overrides, service: str, site: str) -> int:
+    if (service, site) in overrides:
+        return overrides[(service, site)]
+    return spec.service(service).replicas_in(site)
+
+
+def plan(new: PlatformSpec, current: PlatformSpec | None, overrides: Overrides) -> list[Change]:
+    """Changes that applying ``new`` makes to ``current`` (with its drift)."""
+    if current is None:
+        return [
+            Change(ChangeKind.ADD, f"service {svc.name}", _describe(new, svc))
+            for svc in new.services
+        ]
+    changes: list[Change] = []
+    old_sites = {s.name for s in current.sites}
+    new_sites = {s.name for s in new.sites}
+    for site in sorted(new_sites - old_sites):
+        changes.append(Change(ChangeKind.ADD, f"site {site}", "new site"))
+    for site in sorted(old_sites - new_sites):
+        changes.append(Change(ChangeKind.REMOVE, f"site {site}", "its instances stop"))
+    old_services = {s.name: s for s in current.services}
+    for svc in new.services:
+        old = old_services.pop(svc.name, None)
+        if old is None:
+            changes.append(Change(ChangeKind.ADD, f"service {svc.name}", _describe(new, svc)))
+            continue
+        changes.extend(_service_changes(new, current, overrides, old, svc))
+    for name in sorted(old_services):
+        changes.append(Change(ChangeKind.REMOVE, f"service {name}", "every instance stops"))
+    for field in ("front_door", "gateway", "controller", "runtime"):
+        if getattr(new, field) != getattr(current, field):
+            changes.append(
+                Change(
+                    ChangeKind.CHANGE,
+                    field,
+                    f"{getattr(current, field).model_dump(mode='json')} → "
+                    f"{getattr(new, field).model_dump(mode='json')}",
+                )
+            )
+    return changes
+
+
+def _service_changes(
+    new: PlatformSpec, current: PlatformSpec, overrides: Overrides, old: Service, svc: Service
+) -> list[Change]:
+    out: list[Change] = []
+    target = f"service {svc.name}"
+    for site in new.workload_sites:
+        want = svc.replicas_in(site.name)
+        has = (
+            effective_replicas(current, overrides, svc.name, site.name)
+            if site.name in {s.name for s in current.sites}
+            else 0
+        )
+        if want != has:
+            why = " (drift: set by `alwayson scale`)" if (svc.name, site.name) in overrides else ""
+            out.append(
+                Change(ChangeKind.CHANGE, target, f"replicas in {site.name} {has} → {want}{why}")
+            )
+    for field in ("version", "run", "port", "env", "health", "liveness", "routes", "stop_grace"):
+        before, after = getattr(old, field), getattr(svc, field)
+        if before != after:
+            out.append(
+                Change(ChangeKind.CHANGE, target, f"{field} {_show(before)} → {_show(after)}")
+            )
+    return out
+
+
+def _show(value: object) -> str:
+    if hasattr(value, "model_dump"):
+        return str(value.model_dump(mode="json", exclude_defaults=True))
+    if isinstance(value, list):
+        return str([_show(v) for v in value])
+    return repr(value)
+
+
+def _describe(spec: PlatformSpec, svc: Service) -> str:
+    counts = ", ".join(f"{s.name}={svc.replicas_in(s.name)}" for s in spec.workload_sites)
+    return f"version {svc.version}, port {svc.port}, replicas {counts}"

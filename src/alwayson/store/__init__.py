@@ -1,0 +1,1 @@
+"""The controller's durable state: desired state, history, audit log."""

@@ -1,0 +1,68 @@
+"""A small HTTP service for tests: answers every path with JSON naming its instance.
+
+Honours HOST and PORT like every alwayson workload. Behaviour switches (env):
+ECHO_FAIL_START=1 exits at once with code 3; ECHO_NEVER_READY=1 answers /healthz with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            length = 0
+            for line in lines[1:]:
+                if line.lower().startswith("content-length:"):
+                    length = int(line.split(":", 1)[1])
+            body = await reader.readexactly(length) if length else b""
+            status = 200
+            if path.startswith("/healthz") and os.environ.get("ECHO_NEVER_READY"):
+                status = 503
+            payload = json.dumps(
+                {
+                    "instance": os.environ.get("ALWAYSON_INSTANCE", "?"),
+                    "site": os.environ.get("ALWAYSON_SITE", "?"),
+                    "version": os.environ.get("ALWAYSON_VERSION", "?"),
+                    "method": method,
+                    "path": path,
+                    "body_bytes": len(body),
+                }
+            ).encode()
+            writer.write(
+                f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n".encode()
+                + payload
+            )
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main() -> None:
+    if os.environ.get("ECHO_FAIL_START"):
+        print("echo: failing on purpose (ECHO_FAIL_START)", flush=True)
+        sys.exit(3)
+    server = await asyncio.start_server(
+        handle, os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8000"))
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    print(f"echo listening on {os.environ.get('HOST')}:{os.environ.get('PORT')}", flush=True)
+    async with server:
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
