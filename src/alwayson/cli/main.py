@@ -459,6 +459,64 @@ def logs(
 
 
 @app.command()
+def audit(
+    limit: int = typer.Option(50, help="How many entries, newest first."),
+    file: Path = SpecOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The audit log: every change to the platform, when, and from which command."""
+
+    def go() -> None:
+        loaded = _load(file, check_commands=False)
+
+        async def flow() -> list[dict[str, Any]]:
+            async with _client(loaded, "audit") as client:
+                return await client.audit(limit)
+
+        entries = _run(flow())
+        if as_json:
+            _emit_json(entries)
+            return
+        table = Table("when (UTC)", "command", "action", "detail")
+        for entry in entries:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry["at"]))
+            detail = json.dumps(entry["detail"], ensure_ascii=False)
+            table.add_row(when, entry["actor"], entry["action"], detail[:160])
+        console.print(table)
+
+    _wrap(go)
+
+
+@app.command()
+def events(
+    limit: int = typer.Option(50, help="How many events, newest first."),
+    kind: str | None = typer.Option(None, help="Only this kind (crashed, stopped, …)."),
+    file: Path = SpecOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """What happened to instances: crashes with exit codes, restarts, stops, failed starts."""
+
+    def go() -> None:
+        loaded = _load(file, check_commands=False)
+
+        async def flow() -> list[dict[str, Any]]:
+            async with _client(loaded, "events") as client:
+                return await client.events(limit, kind)
+
+        rows = _run(flow())
+        if as_json:
+            _emit_json(rows)
+            return
+        table = Table("when (UTC)", "kind", "instance", "message")
+        for row in rows:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["at"]))
+            table.add_row(when, row["kind"], row["subject"], row["message"])
+        console.print(table)
+
+    _wrap(go)
+
+
+@app.command()
 def validate(
     spec_path: Path | None = typer.Argument(None, help="Spec file (same as -f)."),
     file: Path = SpecOpt,

@@ -25,7 +25,14 @@ from alwayson.control.desired import (
 from alwayson.control.pushing import RoutePusher, write_table
 from alwayson.control.reconciling import Decision, Observed, Snapshot, decide
 from alwayson.control.routing import Table, frontdoor_table, same_table, site_table
-from alwayson.runtime.base import EventKind, InstanceSpec, InstanceStatus, Kind, Phase
+from alwayson.runtime.base import (
+    EventKind,
+    InstanceSpec,
+    InstanceStatus,
+    Kind,
+    Phase,
+    RuntimeEvent,
+)
 from alwayson.runtime.local import LocalRuntime, check_user_can_run
 from alwayson.spec.loading import LoadedSpec, load_spec_text
 from alwayson.spec.planning import Change, Overrides, plan
@@ -199,16 +206,19 @@ class Controller:
                     log.warning("cycle failed, will retry: %s", exc)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.interval):
-                        await self._wait_for_work()
+                        event = await self._wait_for_work()
+                        if event is not None:
+                            await self._handle(event)
                 self._wake.clear()
         finally:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _wait_for_work(self) -> None:
+    async def _wait_for_work(self) -> RuntimeEvent | None:
+        """Return at a wake-up, at shutdown, or with the next runtime event."""
         wake = asyncio.ensure_future(self._wake.wait())
-        event = asyncio.ensure_future(self._peek_event())
+        event = asyncio.ensure_future(self.runtime.events.get())
         done = asyncio.ensure_future(self._done.wait())
         try:
             await asyncio.wait({wake, event, done}, return_when=asyncio.FIRST_COMPLETED)
@@ -216,10 +226,9 @@ class Controller:
             for fut in (wake, event, done):
                 fut.cancel()
             await asyncio.gather(wake, event, done, return_exceptions=True)
-
-    async def _peek_event(self) -> None:
-        item = await self.runtime.events.get()
-        self.runtime.events.put_nowait(item)
+        if event.done() and not event.cancelled() and event.exception() is None:
+            return event.result()
+        return None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -294,10 +303,10 @@ class Controller:
 
     async def _drain_events(self) -> None:
         while not self.runtime.events.empty():
-            event = self.runtime.events.get_nowait()
-            await self._handle(event.kind, event.instance_id, event.detail, event)
+            await self._handle(self.runtime.events.get_nowait())
 
-    async def _handle(self, kind: EventKind, ident: str, detail: str, event: Any) -> None:
+    async def _handle(self, event: RuntimeEvent) -> None:
+        kind, ident, detail = event.kind, event.instance_id, event.detail
         now = self.clock.monotonic()
         if kind is EventKind.EXITED:
             expected = bool(event.data.get("expected"))

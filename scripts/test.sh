@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Sets everything up and runs every check: lint, format, types, layers, unit, integration, e2e.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k spec, or -m soak for soak runs).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/scripts/setup.sh"
+cd "$ROOT"
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+say "ruff (lint + format)"
+.venv/bin/ruff check src tests benchmarks examples
+.venv/bin/ruff format --check src tests benchmarks examples
+say "mypy --strict src"
+.venv/bin/mypy src
+say "import-linter (layer order of ARCHITECTURE.md)"
+.venv/bin/lint-imports
+say "pytest"
+exec .venv/bin/pytest -q "$@"

@@ -1,0 +1,282 @@
+"""Fixtures shared by integration and e2e tests: real platforms on private loopback subnets.
+
+Every platform a test starts is torn down by ``alwayson down`` and then, whatever happened,
+every process recorded in its state directory is killed by pid (checked against its start
+time), so a failing test leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from ruamel.yaml import YAML
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+# Subnets no demo uses: 127.1/127.2 belong to the sample bank's default sites.
+_SUBNETS = itertools.count(60 + (os.getpid() % 40) * 4)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    what: str, check: Callable[[], Any], timeout: float = 30.0, every: float = 0.05
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Platform:
+    spec_path: Path
+    state_dir: Path
+    api: str
+    front_door: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "alwayson.cli.main", *args]
+        if (
+            not any(a in ("-f", "--file") for a in args)
+            and args
+            and args[0]
+            not in (
+                "validate",
+                "schema",
+                "gateway",
+            )
+        ):
+            cmd += ["-f", str(self.spec_path)]
+        result = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "COLUMNS": "200", **self.env},
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"`alwayson {' '.join(args)}` exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.cli("status", "--json").stdout)
+
+    def instances(self, **match: Any) -> list[dict[str, Any]]:
+        return [
+            i for i in self.status()["instances"] if all(i.get(k) == v for k, v in match.items())
+        ]
+
+    def controller_pid(self) -> int | None:
+        try:
+            return int(json.loads((self.state_dir / "controller.json").read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def recorded_processes(self) -> list[tuple[int, float]]:
+        out = []
+        for path in [
+            *self.state_dir.glob("run/instances/*.json"),
+            self.state_dir / "controller.json",
+        ]:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                record = json.loads(path.read_text())
+                out.append((int(record["pid"]), float(record["start_time"])))
+        return out
+
+    def kill_everything(self) -> list[int]:
+        """Last-resort cleanup by pid (never by name), checked against start times."""
+        killed = []
+        for pid, start in self.recorded_processes():
+            try:
+                proc = psutil.Process(pid)
+                if abs(proc.create_time() - start) > 0.05:
+                    continue
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                proc.kill()
+                killed.append(pid)
+            except psutil.Error:
+                continue
+        return killed
+
+
+def write_spec(path: Path, data: dict[str, Any]) -> None:
+    yaml = YAML()
+    with path.open("w") as out:
+        yaml.dump(data, out)
+
+
+def isolate(data: dict[str, Any]) -> dict[str, Any]:
+    """Give a spec private ports and loopback subnets so tests never collide."""
+    data = dict(data)
+    data["controller"] = {"api": f"127.0.0.1:{free_port()}"}
+    data["front_door"] = {"listen": f"127.0.0.1:{free_port()}"}
+    data["gateway"] = {"port": free_port(), "admin_port": free_port()}
+    sites = []
+    for site in data["sites"]:
+        site = dict(site)
+        site["subnet"] = f"127.{next(_SUBNETS) % 250 + 3}.0.0/16"
+        sites.append(site)
+    data["sites"] = sites
+    return data
+
+
+@pytest.fixture
+def make_platform(tmp_path: Path) -> Iterator[Callable[..., Platform]]:
+    made: list[Platform] = []
+
+    def make(
+        data: dict[str, Any], folder: Path | None = None, name: str = "alwayson.yaml"
+    ) -> Platform:
+        root = folder or tmp_path
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o755)
+        with contextlib.suppress(OSError):
+            os.chmod(tmp_path.parent, 0o755)
+            os.chmod(tmp_path.parent.parent, 0o755)
+        data = isolate(data)
+        spec_path = root / name
+        write_spec(spec_path, data)
+        platform = Platform(
+            spec_path=spec_path,
+            state_dir=root / ".alwayson",
+            api=data["controller"]["api"],
+            front_door=f"http://{data['front_door']['listen']}",
+        )
+        made.append(platform)
+        return platform
+
+    yield make
+    for platform in made:
+        if platform.controller_pid() is not None:
+            with contextlib.suppress(Exception):
+                platform.cli("down", check=False, timeout=60)
+        platform.kill_everything()
+
+
+def echo_service(name: str, port: int, replicas: Any = 2, **extra: Any) -> dict[str, Any]:
+    service = {
+        "name": name,
+        "version": "1.0.0",
+        "run": "python echo.py",
+        "port": port,
+        "replicas": replicas,
+        "health": {"http": "/healthz", "interval": "500ms", "timeout": "400ms"},
+        "routes": [{"path": f"/{name}"}],
+        "stop_grace": "3s",
+    }
+    service.update(extra)
+    return service
+
+
+def three_service_spec() -> dict[str, Any]:
+    return {
+        "platform": "test-bank",
+        "sites": [{"name": "jakarta"}, {"name": "surabaya"}, {"name": "witness", "witness": True}],
+        "services": [
+            echo_service("accounts", 8000),
+            echo_service("cards", 8001),
+            echo_service("payments", 8002),
+        ],
+    }
+
+
+@pytest.fixture
+def echo_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "platform"
+    folder.mkdir()
+    (folder / "echo.py").write_text((APPS / "echo.py").read_text())
+    return folder
+
+
+class Stream:
+    """A steady stream of GETs in a background thread, counting every failure."""
+
+    def __init__(self, url: str, paths: list[str], rate: float = 100.0) -> None:
+        self.url, self.paths, self.period = url, paths, 1.0 / rate
+        self.sent = 0
+        self.failures: list[str] = []
+        self.longest_gap = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Stream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        last_ok = time.monotonic()
+        with httpx.Client(base_url=self.url, timeout=10.0, trust_env=False) as client:
+            for n in itertools.count():
+                if self._stop.is_set():
+                    return
+                path = self.paths[n % len(self.paths)]
+                self.sent += 1
+                try:
+                    response = client.get(path)
+                    if response.status_code != 200:
+                        self.failures.append(
+                            f"{path}: HTTP {response.status_code} {response.text[:120]}"
+                        )
+                    else:
+                        now = time.monotonic()
+                        self.longest_gap = max(self.longest_gap, now - last_ok)
+                        last_ok = now
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"{path}: {exc!r}")
+                time.sleep(self.period)
+
+    def wait_sent(self, count: int, timeout: float = 30.0) -> None:
+        target = self.sent + count
+        wait_for(f"{count} more requests", lambda: self.sent >= target, timeout)
+
+
+@pytest.fixture
+def running_small(make_platform: Callable[..., Platform], echo_folder: Path) -> Platform:
+    """One service, one replica per site: the cheapest running platform."""
+    data = three_service_spec()
+    data["services"] = [echo_service("accounts", 8000, replicas=1)]
+    platform = make_platform(data, folder=echo_folder)
+    platform.cli("up", "--timeout", "60")
+    return platform
