@@ -1,6 +1,6 @@
 """Register one customer through the front door and show which instances served each hop.
 
-    python examples/digital-bank/register.py [--front-door http://127.0.0.1:8080] [--name ...]
+python examples/digital-bank/register.py [--front-door http://127.0.0.1:8080] [--name ...]
 """
 
 from __future__ import annotations
