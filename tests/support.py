@@ -168,9 +168,10 @@ def make_platform(tmp_path: Path) -> Iterator[Callable[..., Platform]]:
         root = folder or tmp_path
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o755)
-        with contextlib.suppress(OSError):
-            os.chmod(tmp_path.parent, 0o755)
-            os.chmod(tmp_path.parent.parent, 0o755)
+        # Workloads run as `nobody` under root: they must be able to enter the folder.
+        for folder_up in (tmp_path, tmp_path.parent, tmp_path.parent.parent):
+            with contextlib.suppress(OSError):
+                os.chmod(folder_up, 0o755)
         data = isolate(data)
         spec_path = root / name
         write_spec(spec_path, data)

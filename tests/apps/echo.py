@@ -20,9 +20,12 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             lines = head.decode("latin-1").split("\r\n")
             method, path, _ = lines[0].split(" ", 2)
             length = 0
+            seen: dict[str, str] = {}
             for line in lines[1:]:
-                if line.lower().startswith("content-length:"):
-                    length = int(line.split(":", 1)[1])
+                name, _, value = line.partition(":")
+                seen[name.strip().lower()] = value.strip()
+                if name.lower() == "content-length":
+                    length = int(value)
             body = await reader.readexactly(length) if length else b""
             status = 200
             if path.startswith("/healthz") and os.environ.get("ECHO_NEVER_READY"):
@@ -35,6 +38,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     "method": method,
                     "path": path,
                     "body_bytes": len(body),
+                    "request_id": seen.get("x-request-id"),
+                    "forwarded_for": seen.get("x-forwarded-for"),
                 }
             ).encode()
             writer.write(

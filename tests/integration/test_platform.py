@@ -44,7 +44,8 @@ def test_every_instance_ready_and_reachable_through_the_front_door(running: Plat
             body = response.json()
             assert body["path"] == path
             seen.setdefault(path, set()).add(body["instance"])
-            assert "x-request-id" in {k.lower() for k in response.headers}
+            assert body["request_id"], "the gateway adds X-Request-Id"
+            assert body["forwarded_for"].startswith("127.0.0.1"), body["forwarded_for"]
     assert all(len(instances) >= 2 for instances in seen.values()), seen
 
 

@@ -13,7 +13,8 @@ def backoff_delay(failures: int, base: float = BASE_DELAY, cap: float = MAX_DELA
     """Delay before restart number ``failures`` (1 = first crash → ``base``)."""
     if failures <= 0:
         return 0.0
-    return float(min(cap, base * 2 ** (failures - 1)))
+    # The exponent is bounded first: 2**1024 does not fit a float.
+    return float(min(cap, base * 2 ** min(failures - 1, 32)))
 
 
 @dataclass

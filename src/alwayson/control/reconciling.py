@@ -63,7 +63,7 @@ def decide(snap: Snapshot) -> Decision:
     for ident in sorted(snap.observed):
         if ident not in snap.desired and ident not in snap.stopping:
             stops.append(Stop(ident, "no longer in the spec"))
-    stops.extend(_replacements(snap))
+    stops.extend(_replacements(snap, {s.id for s in stops}))
 
     starts: list[Start] = []
     waiting: list[str] = []
@@ -80,7 +80,7 @@ def decide(snap: Snapshot) -> Decision:
     return Decision(stops, starts, waiting, _verdict(snap, stops, starts, waiting))
 
 
-def _replacements(snap: Snapshot) -> list[Stop]:
+def _replacements(snap: Snapshot, stopping_now: set[str]) -> list[Stop]:
     groups: dict[tuple[str, str], list[Observed]] = {}
     for obs in snap.observed.values():
         groups.setdefault((obs.service, obs.site), []).append(obs)
@@ -98,7 +98,7 @@ def _replacements(snap: Snapshot) -> list[Stop]:
         )
         if not changed:
             continue
-        busy = any(m.id in snap.stopping for m in members)
+        busy = any(m.id in snap.stopping or m.id in stopping_now for m in members)
         missing = any(
             ident not in snap.observed
             for ident, spec in snap.desired.items()

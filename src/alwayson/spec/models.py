@@ -298,6 +298,20 @@ def consistency_problems(spec: PlatformSpec) -> list[tuple[Location, str]]:
     }
     if len(set(ports.values())) != len(ports):
         problems.append((("front_door", "listen"), "must differ from controller.api"))
+    for index, site in enumerate(spec.sites):
+        if site.witness:
+            continue
+        for port in (spec.gateway.port, spec.gateway.admin_port):
+            address = f"{spec.gateway_address(site.name)}:{port}"
+            if address in (spec.front_door.listen, spec.controller.api):
+                problems.append(
+                    (
+                        ("front_door", "listen")
+                        if address == spec.front_door.listen
+                        else ("controller", "api"),
+                        f"{address} is site {site.name}'s gateway address; pick another",
+                    )
+                )
     if spec.gateway.port == spec.gateway.admin_port:
         problems.append((("gateway", "admin_port"), "must differ from gateway.port"))
     return problems

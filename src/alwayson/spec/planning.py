@@ -41,7 +41,7 @@ def effective_replicas(spec: PlatformSpec, overrides: Overrides, service: str, s
 
 def plan(new: PlatformSpec, current: PlatformSpec | None, overrides: Overrides) -> list[Change]:
     """Changes that applying ``new`` makes to ``current`` (with its drift)."""
-    if current is None:
+    if current is None or new.platform != current.platform:
         return [
             Change(ChangeKind.ADD, f"service {svc.name}", _describe(new, svc))
             for svc in new.services
@@ -53,6 +53,18 @@ def plan(new: PlatformSpec, current: PlatformSpec | None, overrides: Overrides) 
         changes.append(Change(ChangeKind.ADD, f"site {site}", "new site"))
     for site in sorted(old_sites - new_sites):
         changes.append(Change(ChangeKind.REMOVE, f"site {site}", "its instances stop"))
+    for site in sorted(old_sites & new_sites):
+        before = (current.subnet_of(site), next(s.witness for s in current.sites if s.name == site))
+        after = (new.subnet_of(site), next(s.witness for s in new.sites if s.name == site))
+        if before != after and not (before[1] and after[1]):
+            changes.append(
+                Change(
+                    ChangeKind.CHANGE,
+                    f"site {site}",
+                    f"subnet/witness {before[0]}/{before[1]} → {after[0]}/{after[1]} "
+                    "(its instances are replaced)",
+                )
+            )
     old_services = {s.name: s for s in current.services}
     for svc in new.services:
         old = old_services.pop(svc.name, None)
@@ -105,7 +117,7 @@ def _show(value: object) -> str:
     if hasattr(value, "model_dump"):
         return str(value.model_dump(mode="json", exclude_defaults=True))
     if isinstance(value, list):
-        return str([_show(v) for v in value])
+        return "[" + ", ".join(_show(v) for v in value) + "]"
     return repr(value)
 
 

@@ -37,13 +37,17 @@ class MemoryStore:
         self._data.pop(key, None)
 
     async def append_audit(self, entry: AuditEntry) -> None:
-        self._audit.append(replace(entry, id=len(self._audit) + 1))
+        self._audit.append(
+            replace(entry, id=len(self._audit) + 1, detail=copy.deepcopy(entry.detail))
+        )
 
     async def list_audit(self, limit: int = 100) -> list[AuditEntry]:
         return list(reversed(self._audit))[:limit]
 
     async def append_event(self, event: Event) -> None:
-        self._events.append(replace(event, id=len(self._events) + 1))
+        self._events.append(
+            replace(event, id=len(self._events) + 1, data=copy.deepcopy(event.data))
+        )
 
     async def list_events(self, limit: int = 100, kind: str | None = None) -> list[Event]:
         picked = [e for e in reversed(self._events) if kind is None or e.kind == kind]

@@ -12,6 +12,8 @@ def split_hostport(text: str, default_port: int | None = None) -> tuple[str, int
     if text.startswith("http://"):
         text = text[len("http://") :].rstrip("/")
     if text.isdigit():
+        if not 0 < int(text) < 65536:
+            raise ValueError(f"{text!r}: port must be a number from 1 to 65535")
         return "127.0.0.1", int(text)
     host, sep, port = text.rpartition(":")
     if not sep:

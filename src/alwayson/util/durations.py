@@ -26,9 +26,11 @@ def parse_duration(value: str | float | int) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:g}s"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs}s" if secs else f"{minutes}m"
+    """The shortest exact spelling: ``500ms``, ``1.5s``, ``2m``, ``1m30s``."""
+    millis = seconds * 1000
+    if seconds < 1 and millis == int(millis):
+        return f"{int(millis)}ms"
+    if seconds >= 60 and seconds == int(seconds):
+        minutes, secs = divmod(int(seconds), 60)
+        return f"{minutes}m{secs}s" if secs else f"{minutes}m"
+    return f"{seconds:.6f}".rstrip("0").rstrip(".") + "s"
