@@ -298,7 +298,7 @@ def consistency_problems(spec: PlatformSpec) -> list[tuple[Location, str]]:
     }
     if len(set(ports.values())) != len(ports):
         problems.append((("front_door", "listen"), "must differ from controller.api"))
-    for index, site in enumerate(spec.sites):
+    for site in spec.sites:
         if site.witness:
             continue
         for port in (spec.gateway.port, spec.gateway.admin_port):
