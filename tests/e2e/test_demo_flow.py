@@ -61,5 +61,13 @@ def test_sample_bank_demo_flow(make_platform: Callable[..., Platform], tmp_path:
     pids = [pid for pid, _ in platform.recorded_processes()]
     assert len(pids) == services * 4 + 4 + 1
     platform.cli("down")
-    assert [p for p in pids if psutil.pid_exists(p)] == []
+    assert [p for p in pids if _running(p)] == []
     assert list(platform.state_dir.glob("run/instances/*.json")) == []
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a dead orphan waits for init to reap it)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,0 +1,327 @@
+"""Helpers of the gateway integration tests: a tiny upstream server and process handling.
+
+Run as a script, this module is the upstream server:
+``python test_gateway_support.py --listen 127.1.1.1:8000 --name accounts-jakarta-1``.
+It answers every request with JSON describing what it received (its name, the method,
+path, a few headers and the body size), with keep-alive. Special paths:
+
+- ``/slow/<ms>``        answers after that many milliseconds
+- ``/status/<code>``    answers with that status
+- ``/chunked``          answers with a chunked body
+- ``/close``            answers with ``Connection: close`` and closes
+- ``/big/<bytes>``      answers with a body of that many bytes
+
+The helpers below start processes in their own session, wait for readiness by polling a
+condition with a deadline, and stop every process by its pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+SUPPORT_SCRIPT = Path(__file__).resolve()
+
+
+# -- the upstream server (runs in its own process) -------------------------------------
+
+
+class _UpstreamProtocol(asyncio.Protocol):
+    def __init__(self, name: str) -> None:
+        import httptools
+
+        self.name = name
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body_size = 0
+        self.body_hash = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except Exception:
+            if self.transport is not None:
+                self.transport.close()
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = {}
+        self.body_size = 0
+        self.body_hash = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode().lower()
+        if key in self.headers:
+            self.headers[key] += ", " + value.decode()
+        else:
+            self.headers[key] = value.decode()
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        for byte in body[:16]:
+            self.body_hash = (self.body_hash * 31 + byte) % 1_000_003
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method().decode()
+        keep_alive = self.parser.should_keep_alive()
+        path = self.url.decode()
+        document = {
+            "name": self.name,
+            "method": method,
+            "path": path,
+            "headers": self.headers,
+            "body_size": self.body_size,
+        }
+        asyncio.get_running_loop().create_task(self._respond(path, method, document, keep_alive))
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    async def _respond(self, path: str, method: str, document: dict[str, object], ka: bool) -> None:
+        transport = self.transport
+        assert transport is not None
+        status = 200
+        body = json.dumps(document).encode()
+        chunked = False
+        close = not ka
+        if path.startswith("/slow/"):
+            await asyncio.sleep(int(path.split("/")[2]) / 1000)
+        elif path.startswith("/status/"):
+            status = int(path.split("/")[2])
+        elif path.startswith("/chunked"):
+            chunked = True
+        elif path.startswith("/close"):
+            close = True
+        elif path.startswith("/big/"):
+            body = b"x" * int(path.split("/")[2])
+        if transport.is_closing():
+            return
+        head = [f"HTTP/1.1 {status} Whatever", "content-type: application/json"]
+        head.append(f"x-upstream: {self.name}")
+        if chunked:
+            head.append("transfer-encoding: chunked")
+        elif status not in (204, 304):
+            head.append(f"content-length: {len(body)}")
+        if close:
+            head.append("connection: close")
+        data = ("\r\n".join(head) + "\r\n\r\n").encode()
+        if method != "HEAD" and status not in (204, 304):
+            if chunked:
+                half = len(body) // 2
+                for part in (body[:half], body[half:]):
+                    data += b"%x\r\n%s\r\n" % (len(part), part)
+                data += b"0\r\n\r\n"
+            else:
+                data += body
+        transport.write(data)
+        if close:
+            transport.close()
+        else:
+            transport.resume_reading()
+
+
+async def _serve_upstream(host: str, port: int, name: str) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _UpstreamProtocol(name), host, port)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def _upstream_main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--name", required=True)
+    args = parser.parse_args()
+    host, _, port = args.listen.rpartition(":")
+    asyncio.run(_serve_upstream(host, int(port), args.name))
+
+
+# -- process handling for the tests ------------------------------------------------------
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+
+
+def accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Processes:
+    """Every process a test starts; ``stop_all`` kills them by pid (session leaders)."""
+
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+        handle = log.open("wb")
+        try:
+            process = subprocess.Popen(
+                args, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        finally:
+            handle.close()
+        self.started.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, sig)
+            try:
+                return process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+        return process.wait(timeout=5)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[Processes]:
+    group = Processes()
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+def start_upstream(
+    group: Processes, host: str, name: str, logs: Path, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = port or free_port(host)
+    process = group.start(
+        [sys.executable, str(SUPPORT_SCRIPT), "--listen", f"{host}:{port}", "--name", name],
+        logs / f"upstream-{name}.log",
+    )
+    wait_until(lambda: accepts(host, port) or process.poll() is not None, what=f"upstream {name}")
+    assert process.poll() is None, (logs / f"upstream-{name}.log").read_text()
+    return process, port
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    admin_port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.host}:{self.admin_port}"
+
+
+def start_gateway(
+    group: Processes,
+    logs: Path,
+    *,
+    site: str = "jakarta",
+    host: str = "127.1.0.1",
+    port: int | None = None,
+    admin_port: int | None = None,
+    extra: list[str] | None = None,
+    name: str = "gateway",
+) -> GatewayProcess:
+    port = port or free_port(host)
+    admin_port = admin_port or free_port(host)
+    log = logs / f"{name}.log"
+    args = [
+        sys.executable,
+        "-m",
+        "alwayson.gateway",
+        "--listen",
+        f"{host}:{port}",
+        "--admin",
+        f"{host}:{admin_port}",
+        "--site",
+        site,
+        *(extra or []),
+    ]
+    process = group.start(args, log)
+    gateway = GatewayProcess(process, host, port, admin_port, log)
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"gateway exited early:\n{log.read_text()}")
+        return http("GET", gateway.admin_url + "/healthz")[0] == 200
+
+    wait_until(healthy, what=f"{name} /healthz")
+    return gateway
+
+
+def http(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 5.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request with urllib (a new connection each time); (0, {}, b"") if it failed."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, _lower(response.headers.items()), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, _lower(exc.headers.items()), exc.read()
+    except (OSError, urllib.error.URLError):
+        return 0, {}, b""
+
+
+def _lower(items: object) -> dict[str, str]:
+    return {str(name).lower(): str(value) for name, value in items}  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    _upstream_main()
