@@ -1,7 +1,8 @@
 """A small HTTP service for tests: answers every path with JSON naming its instance.
 
 Honours HOST and PORT like every alwayson workload. Behaviour switches (env):
-ECHO_FAIL_START=1 exits at once with code 3; ECHO_NEVER_READY=1 answers /healthz with 503.
+ECHO_FAIL_START=1 exits at once with code 3; ECHO_NEVER_READY=1 answers /healthz with 503;
+a file named sick-<instance> in the working directory makes /healthz answer 503 too.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     length = int(value)
             body = await reader.readexactly(length) if length else b""
             status = 200
-            if path.startswith("/healthz") and os.environ.get("ECHO_NEVER_READY"):
+            sick = f"sick-{os.environ.get('ALWAYSON_INSTANCE', '')}"
+            if path.startswith("/healthz") and (
+                os.environ.get("ECHO_NEVER_READY") or os.path.exists(sick)
+            ):
                 status = 503
             payload = json.dumps(
                 {

@@ -20,15 +20,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client as http_client
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,6 +320,105 @@ def http(
         return exc.code, _lower(exc.headers.items()), exc.read()
     except (OSError, urllib.error.URLError):
         return 0, {}, b""
+
+
+class SteadyLoad:
+    """Client threads sending GETs back to back until stopped; counts every outcome.
+
+    With ``new_connections`` each request opens its own connection (what a load balancer
+    in front of the front door sees); otherwise each thread keeps one keep-alive
+    connection and reconnects only after a failure.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        threads: int = 4,
+        path: str = "/",
+        new_connections: bool = False,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.path = path
+        self.new_connections = new_connections
+        self.ok = 0
+        self.failures: list[str] = []
+        self.seen: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> SteadyLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return self.ok + len(self.failures)
+
+    def _run(self) -> None:
+        conn: http_client.HTTPConnection | None = None
+        while not self._stop.is_set():
+            if conn is None:
+                conn = http_client.HTTPConnection(self.host, self.port, timeout=10)
+            try:
+                conn.request("GET", self.path)
+                response = conn.getresponse()
+                body = response.read()
+                outcome = None if response.status == 200 else f"{response.status} {body!r}"
+                name = json.loads(body).get("name", "?") if outcome is None else ""
+            except (OSError, http_client.HTTPException, ValueError) as exc:
+                outcome, name = repr(exc), ""
+            with self._lock:
+                if outcome is None:
+                    self.ok += 1
+                    self.seen[name] += 1
+                else:
+                    self.failures.append(outcome)
+            if outcome is not None or self.new_connections:
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> None:
+        """Block until ``count`` more requests have completed (either way)."""
+        target = self.total + count
+        wait_until(lambda: self.total >= target, timeout=timeout, what=f"{count} requests")
+
+
+def write_table(path: Path, document: dict[str, object]) -> Path:
+    path.write_text(json.dumps(document))
+    return path
+
+
+def route_table(site: str, generation: int, *routes: dict[str, object]) -> dict[str, object]:
+    return {"generation": generation, "site": site, "routes": list(routes)}
+
+
+def backend_entry(
+    name: str, host: str, port: int, site: str = "jakarta", weight: int = 100
+) -> dict[str, object]:
+    address = f"{host}:{port}"
+    return {"id": name, "address": address, "site": site, "version": "1.0.0", "weight": weight}
+
+
+def metric_value(text: str, prefix: str) -> float:
+    """Sum of the samples whose line starts with ``prefix`` (name and some labels)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def _lower(items: object) -> dict[str, str]:

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from alwayson.gateway.balancing import compile_table
-from alwayson.gateway.exchanges import CoarseClock, Exchange
+from alwayson.gateway.exchanges import CoarseClock, Exchange, ProxyContext
 from alwayson.gateway.headers import RequestIds
 from alwayson.gateway.metrics import GatewayMetrics
-from alwayson.gateway.proxying import ClientConnection, ProxyContext
+from alwayson.gateway.proxying import ClientConnection
 from alwayson.gateway.routes import Backend, Route, RouteTable
 from alwayson.gateway.upstreams import Upstream, UpstreamConnection
 
@@ -515,3 +515,34 @@ def test_backend_connection_close_is_not_pooled() -> None:
     _, headers, _ = split(downstream.take())
     assert "connection" not in headers  # the client's connection stays open
     assert upstream.closed and h.pools[A].idle == []
+
+
+def test_gateway_without_any_route_answers_503() -> None:
+    h = Harness(RouteTable(generation=0, site="jakarta", routes=[]))
+    client, downstream = h.client()
+    client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, document = error_of(downstream.take())
+    assert status == 503 and document["error"] == "this gateway has no route table yet"
+
+
+def test_early_response_before_the_whole_body_is_not_pooled() -> None:
+    h = Harness(table(backend("a", A)))
+    conn, upstream = h.idle(A)
+    client, downstream = h.client()
+    client.data_received(b"PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+    conn.data_received(b"HTTP/1.1 413 Too Large\r\ncontent-length: 0\r\n\r\n")
+    assert split(downstream.take())[0] == "HTTP/1.1 413 Too Large"
+    assert upstream.closed and h.pools[A].idle == []
+    assert downstream.closed  # the rest of the body cannot be told from a next request
+
+
+def test_client_half_close_after_its_request_still_gets_the_response() -> None:
+    h = Harness(table(backend("a", A)))
+    conn, _ = h.idle(A)
+    client, downstream = h.client()
+    client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert client.eof_received() is True  # keep the transport open for the answer
+    conn.data_received(OK_RESPONSE)
+    assert downstream.take().endswith(b"hello") and downstream.closed
+    idle_client, _ = h.client()
+    assert idle_client.eof_received() is False

@@ -20,8 +20,7 @@ from rich.table import Table
 from alwayson.api.client import ApiClient
 from alwayson.api.daemon import LOG_FILE, controller_record, spawn
 from alwayson.api.tokens import read_token
-
-# GATEWAY_IMPORT
+from alwayson.cli import gateways
 from alwayson.spec.loading import LoadedSpec, load_spec_file
 from alwayson.spec.schemas import render_schema
 from alwayson.util.addresses import port_is_free, split_hostport
@@ -37,7 +36,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-# GATEWAY_TYPER
+app.add_typer(gateways.app, name="gateway")
 console = Console()
 err = Console(stderr=True)
 

@@ -1,0 +1,29 @@
+"""The data plane: an HTTP/1.1 reverse proxy on asyncio, uvloop and httptools.
+
+One process per site routes client traffic to healthy instances by a table the controller
+pushes (``PUT /routes`` on the admin port); the front door is the same program with a
+one-route table whose backends are the site gateways.
+
+Modules, from the bottom up:
+
+- ``routes``     the table's pydantic models, validation and file copy
+- ``matching``   (host, path) → route, precomputed
+- ``headers``    hop-by-hop rules, forwarding headers, request ids, canned responses
+- ``retrying``   when a failed attempt may be tried again (pure)
+- ``metrics``    counters on the hot path, Prometheus text on scrape
+- ``exchanges``  the state of one request crossing the gateway
+- ``upstreams``  keep-alive pools to backends and the response relay
+- ``balancing``  locality, weights, power of two choices, ejection
+- ``proxying``   the client connection protocol
+- ``admin``      the admin HTTP endpoint
+- ``serving``    configuration, lifecycle, ``run``
+
+Errors: bad tables raise ``routes.InvalidRouteTable`` (a ``PermanentError``), older ones
+``routes.StaleRouteTable`` (a ``ConflictError``); a gateway that cannot bind raises
+``PermanentError``. Socket errors on the data path never escape: they become 502/503/504
+answers or retries.
+"""
+
+from alwayson.gateway.serving import GatewayConfig, run
+
+__all__ = ["GatewayConfig", "run"]

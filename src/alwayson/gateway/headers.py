@@ -1,0 +1,166 @@
+"""HTTP/1.1 header rules of a proxy: hop-by-hop removal, forwarding headers, request ids,
+framing and the few canned responses the gateway writes itself.
+
+Header names are classified by one dict lookup on the lower-cased name; everything the
+hot path needs is precomputed bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from http import HTTPStatus
+
+# What the request side does with a header (codes of REQUEST_HEADER_ACTIONS).
+KEEP = 0
+DROP = 1
+HOST = 2
+CONNECTION = 3
+CONTENT_LENGTH = 4
+TRANSFER_ENCODING = 5
+FORWARDED_FOR = 6
+REQUEST_ID = 7
+EXPECT = 8
+UPGRADE = 9
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"transfer-encoding",
+    }
+)
+
+REQUEST_HEADER_ACTIONS: dict[bytes, int] = {name: DROP for name in HOP_BY_HOP}
+REQUEST_HEADER_ACTIONS.update(
+    {
+        b"host": HOST,
+        b"connection": CONNECTION,
+        b"content-length": CONTENT_LENGTH,
+        b"transfer-encoding": TRANSFER_ENCODING,
+        b"x-forwarded-for": FORWARDED_FOR,
+        b"x-request-id": REQUEST_ID,
+        b"expect": EXPECT,
+        b"upgrade": UPGRADE,
+    }
+)
+
+# The response side keeps Content-Length (a body with a length is relayed as is).
+RESPONSE_HEADER_ACTIONS: dict[bytes, int] = {name: DROP for name in HOP_BY_HOP}
+RESPONSE_HEADER_ACTIONS.update(
+    {
+        b"connection": CONNECTION,
+        b"content-length": CONTENT_LENGTH,
+        b"transfer-encoding": TRANSFER_ENCODING,
+    }
+)
+
+# Tokens of a Connection header that name no other header.
+CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CHUNKED_END = b"0\r\n\r\n"
+
+
+def is_dropped_by_prefix(lower_name: bytes) -> bool:
+    """``Proxy-*`` headers never cross a proxy."""
+    return lower_name.startswith(b"proxy-")
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    """Header names listed by a Connection header (RFC 9110 §7.6.1), minus its options."""
+    tokens = {token.strip().lower() for token in value.split(b",")}
+    return {token for token in tokens if token and token not in CONNECTION_OPTIONS}
+
+
+def drop_named(parts: list[bytes], names: set[bytes]) -> list[bytes]:
+    """Remove headers by name from a flat ``[name, b": ", value, b"\\r\\n", ...]`` list."""
+    kept: list[bytes] = []
+    for index in range(0, len(parts), 4):
+        if parts[index].lower() not in names:
+            kept.extend(parts[index : index + 4])
+    return kept
+
+
+def is_chunked(transfer_encoding: bytes) -> bool:
+    """Chunked must be the last coding (RFC 9112 §6.1); anything else is not framed by it."""
+    return transfer_encoding.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+
+
+def forwarded_for(previous: bytes | None, client_ip: bytes) -> bytes:
+    return previous + b", " + client_ip if previous else client_ip
+
+
+def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """One chunk of a chunked body, as three pieces to append to an output list."""
+    return (b"%x\r\n" % len(data), data, b"\r\n")
+
+
+class RequestIds:
+    """Short ids unique across processes and restarts: a random prefix and a counter."""
+
+    __slots__ = ("_counter", "_prefix")
+
+    def __init__(self, prefix: bytes | None = None) -> None:
+        self._prefix = prefix if prefix is not None else os.urandom(5).hex().encode() + b"-"
+        self._counter = itertools.count(1)
+
+    def next(self) -> bytes:
+        return b"%s%x" % (self._prefix, next(self._counter))
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = HTTPStatus(code).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {code} {phrase}\r\n".encode()
+
+
+# b"HTTP/1.1 200 " for every code; the reason phrase of the upstream follows it.
+STATUS_PREFIXES: list[bytes] = [b"HTTP/1.1 %d " % code for code in range(1000)]
+STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
+
+
+def status_line(code: int, reason: bytes) -> bytes:
+    if 0 <= code < 1000:
+        return STATUS_PREFIXES[code] + reason + b"\r\n"
+    return b"HTTP/1.1 %d %s\r\n" % (code, reason)
+
+
+def error_response(
+    status: int,
+    message: str,
+    request_id: bytes,
+    *,
+    close: bool,
+    head_only: bool = False,
+) -> bytes:
+    """A complete JSON error response written by the gateway itself."""
+    body = json.dumps({"error": message, "request_id": request_id.decode("latin-1")}).encode()
+    head = [
+        STATUS_LINES.get(status) or _status_line(status),
+        b"content-type: application/json\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"x-request-id: ",
+        request_id,
+        b"\r\n",
+    ]
+    if close:
+        head.append(b"connection: close\r\n")
+    head.append(b"\r\n")
+    if not head_only:
+        head.append(body)
+    return b"".join(head)
+
+
+def status_class(code: int) -> str:
+    """``2xx`` … ``5xx``, the ``code`` label of the request counter."""
+    return f"{code // 100}xx"

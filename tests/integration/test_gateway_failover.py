@@ -1,0 +1,159 @@
+"""Killing things under load: a backend, a front door, a whole site's gateway.
+Every request of the steady load must succeed."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+try:
+    from test_gateway_support import (
+        Processes,
+        SteadyLoad,
+        backend_entry,
+        free_port,
+        http,
+        metric_value,
+        processes,
+        route_table,
+        start_gateway,
+        start_upstream,
+        write_table,
+    )
+except ImportError:  # collected as part of a package
+    from .test_gateway_support import (
+        Processes,
+        SteadyLoad,
+        backend_entry,
+        free_port,
+        http,
+        metric_value,
+        processes,
+        route_table,
+        start_gateway,
+        start_upstream,
+        write_table,
+    )
+
+
+@pytest.fixture
+def procs() -> Iterator[Processes]:
+    with processes() as group:
+        yield group
+
+
+def test_sigkill_of_a_backend_under_load_fails_no_request(procs: Processes, tmp_path: Path) -> None:
+    first, port1 = start_upstream(procs, "127.1.1.1", "accounts-1", tmp_path)
+    _, port2 = start_upstream(procs, "127.1.1.2", "accounts-2", tmp_path)
+    table = route_table(
+        "jakarta",
+        1,
+        {
+            "service": "accounts",
+            "path_prefix": "/accounts",
+            "backends": [
+                backend_entry("accounts-1", "127.1.1.1", port1),
+                backend_entry("accounts-2", "127.1.1.2", port2),
+            ],
+        },
+    )
+    routes = write_table(tmp_path / "routes.json", table)
+    gateway = start_gateway(procs, tmp_path, extra=["--routes-file", str(routes)])
+
+    with (
+        SteadyLoad(gateway.host, gateway.port, threads=4, path="/accounts/1") as keep_alive,
+        SteadyLoad(
+            gateway.host, gateway.port, threads=2, path="/accounts/2", new_connections=True
+        ) as fresh,
+    ):
+        keep_alive.wait_for(300)
+        assert set(keep_alive.seen) == {"accounts-1", "accounts-2"}
+        procs.stop(first, signal.SIGKILL)
+        keep_alive.wait_for(50)  # answers already on their way when it died
+        before = keep_alive.seen["accounts-1"]
+        keep_alive.wait_for(600)
+        fresh.wait_for(100)
+        assert keep_alive.seen["accounts-1"] == before  # nothing answered by the dead one
+
+    assert keep_alive.failures == [] and fresh.failures == []
+    metrics = http("GET", gateway.admin_url + "/metrics")[2].decode()
+    retried = metric_value(metrics, 'alwayson_gateway_retries_total{service="accounts"}')
+    connect_errors = metric_value(metrics, "alwayson_gateway_upstream_connect_errors_total")
+    assert retried >= 1 and connect_errors >= 1
+    assert metric_value(metrics, 'alwayson_gateway_requests_total{code="5xx"') == 0
+
+
+def frontdoor_table(site: str, gateways: dict[str, tuple[str, int]]) -> dict[str, object]:
+    backends = [
+        backend_entry(f"gateway-{name}", host, port, site=name)
+        for name, (host, port) in gateways.items()
+    ]
+    return route_table(
+        site, 1, {"service": "frontdoor", "hosts": [], "path_prefix": None, "backends": backends}
+    )
+
+
+def test_front_doors_share_an_address_and_survive_losses(procs: Processes, tmp_path: Path) -> None:
+    # one upstream and one gateway per site
+    _, port_j = start_upstream(procs, "127.1.1.1", "accounts-jakarta", tmp_path)
+    _, port_s = start_upstream(procs, "127.2.1.1", "accounts-surabaya", tmp_path)
+    site_gateways = {
+        "jakarta": start_gateway(
+            procs,
+            tmp_path,
+            site="jakarta",
+            host="127.1.0.1",
+            extra=["--upstream", f"127.1.1.1:{port_j}"],
+            name="gateway-jakarta",
+        ),
+        "surabaya": start_gateway(
+            procs,
+            tmp_path,
+            site="surabaya",
+            host="127.2.0.1",
+            extra=["--upstream", f"127.2.1.1:{port_s}"],
+            name="gateway-surabaya",
+        ),
+    }
+    addresses = {site: (g.host, g.port) for site, g in site_gateways.items()}
+
+    # two front doors, one per site, on the same address
+    front_port = free_port("127.0.0.1")
+    front_doors = {}
+    for site in ("jakarta", "surabaya"):
+        routes = write_table(tmp_path / f"frontdoor-{site}.json", frontdoor_table(site, addresses))
+        front_doors[site] = start_gateway(
+            procs,
+            tmp_path,
+            site=site,
+            host="127.0.0.1",
+            port=front_port,
+            extra=["--reuse-port", "--routes-file", str(routes)],
+            name=f"frontdoor-{site}",
+        )
+
+    def frontdoor_requests(site: str) -> float:
+        text = http("GET", front_doors[site].admin_url + "/metrics")[2].decode()
+        return metric_value(text, "alwayson_gateway_requests_total")
+
+    with SteadyLoad("127.0.0.1", front_port, threads=4, new_connections=True) as load:
+        load.wait_for(400)
+        # the kernel spread new connections over both front doors, each preferring its site
+        assert frontdoor_requests("jakarta") > 0 and frontdoor_requests("surabaya") > 0
+        assert set(load.seen) == {"accounts-jakarta", "accounts-surabaya"}
+
+    # lose the jakarta front door: new connections keep succeeding through the other one
+    procs.stop(front_doors["jakarta"].process, signal.SIGKILL)
+    with SteadyLoad("127.0.0.1", front_port, threads=4, new_connections=True) as load:
+        load.wait_for(300)
+        # then lose the surabaya site's gateway: its front door fails over to jakarta
+        procs.stop(site_gateways["surabaya"].process, signal.SIGKILL)
+        load.wait_for(50)
+        seen_before = load.seen["accounts-surabaya"]
+        load.wait_for(400)
+        assert load.seen["accounts-surabaya"] == seen_before
+        assert load.seen["accounts-jakarta"] > 0
+    assert load.failures == []
