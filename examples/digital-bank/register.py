@@ -19,7 +19,9 @@ def main() -> int:
     parser.add_argument("--name", default="Siti Rahma")
     parser.add_argument("--city", default="jakarta", choices=["jakarta", "surabaya"])
     args = parser.parse_args()
-    nik = "3174" + "".join(random.choice("0123456789") for _ in range(12))
+    # A NIK: 6 digits of region, the birth date as DDMMYY, then a 4-digit serial.
+    birth = f"{random.randint(1, 28):02d}{random.randint(1, 12):02d}{random.randint(60, 99)}"
+    nik = "317401" + birth + f"{random.randint(1, 9999):04d}"
     customer = {
         "name": args.name,
         "email": f"{args.name.split()[0].lower()}.{nik[-6:]}@example.com",
