@@ -230,8 +230,11 @@ def echo_folder(tmp_path: Path) -> Path:
 class Stream:
     """A steady stream of GETs in a background thread, counting every failure."""
 
-    def __init__(self, url: str, paths: list[str], rate: float = 100.0) -> None:
+    def __init__(
+        self, url: str, paths: list[str], rate: float = 100.0, post_every: int = 0
+    ) -> None:
         self.url, self.paths, self.period = url, paths, 1.0 / rate
+        self.post_every = post_every
         self.sent = 0
         self.failures: list[str] = []
         self.longest_gap = 0.0
@@ -255,7 +258,10 @@ class Stream:
                 path = self.paths[n % len(self.paths)]
                 self.sent += 1
                 try:
-                    response = client.get(path)
+                    if self.post_every and n % self.post_every == 0:
+                        response = client.post(path, content=b'{"amount": 1}')
+                    else:
+                        response = client.get(path)
                     if response.status_code != 200:
                         self.failures.append(
                             f"{path}: HTTP {response.status_code} {response.text[:120]}"

@@ -13,11 +13,15 @@ import os
 import signal
 import sys
 
+BUSY: set[asyncio.Task[None] | None] = set()
+
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    me = asyncio.current_task()
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
+            BUSY.add(me)
             lines = head.decode("latin-1").split("\r\n")
             method, path, _ = lines[0].split(" ", 2)
             length = 0
@@ -52,6 +56,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 + payload
             )
             await writer.drain()
+            BUSY.discard(me)
     except (asyncio.IncompleteReadError, ConnectionError, ValueError):
         pass
     finally:
@@ -71,6 +76,12 @@ async def main() -> None:
     print(f"echo listening on {os.environ.get('HOST')}:{os.environ.get('PORT')}", flush=True)
     async with server:
         await stop.wait()
+        server.close()
+        # Drain: let requests in progress finish (bounded), then exit.
+        for _ in range(100):
+            if not BUSY:
+                break
+            await asyncio.sleep(0.05)
 
 
 if __name__ == "__main__":

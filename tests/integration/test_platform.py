@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Callable
@@ -109,3 +110,18 @@ def test_controller_restart_adopts_instances_without_restarting_them(running: Pl
     assert all(i["adopted"] for i in after["instances"])
     assert after["converged"] is True
     assert stream.failures == [], stream.failures[:5]
+
+
+def test_scaling_down_drains_first_and_drops_nothing(running: Platform) -> None:
+    with Stream(running.front_door, PATHS, rate=150, post_every=2) as stream:
+        stream.wait_sent(100)
+        running.cli("scale", "accounts", "1")
+        wait_for(
+            "accounts to have one instance per site",
+            lambda: len(running.instances(service="accounts")) == 2,
+            30,
+        )
+        stream.wait_sent(100)
+    assert stream.failures == [], stream.failures[:5]
+    events = json.loads(running.cli("events", "--json", "--kind", "stopped").stdout)
+    assert {e["subject"] for e in events} == {"accounts-jakarta-2", "accounts-surabaya-2"}

@@ -46,6 +46,8 @@ log = logging.getLogger("alwayson.controller")
 DESIRED_KEY = "desired"
 SLOTS_KEY = "addressing"
 STOP_ORDER = (Kind.FRONTDOOR, Kind.GATEWAY, Kind.WORKLOAD)
+DRAIN_PUSH_DEADLINE = 5.0
+DRAIN_RETRY = 0.1
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class Controller:
         self.crashes: dict[str, CrashRecord] = {}
         self.start_failures: dict[str, str] = {}
         self.stopping: set[str] = set()
+        self.draining: set[str] = set()
         self.pushed: dict[str, Table] = {}
         self.generation = 0
         self.verdict = "starting"
@@ -288,16 +291,45 @@ class Controller:
             return
         log.debug("started %s pid %d (%s)", spec.id, status.pid, reason)
 
-    async def _stop(self, ident: str, reason: str) -> None:
+    async def _stop(self, ident: str, reason: str, drain: bool = True) -> None:
+        """Take the process out of every routing table first, then SIGTERM it (drain)."""
         try:
+            if drain:
+                await self._drain(ident)
             await self.runtime.stop(ident)
             await self._event("stopped", ident, reason)
         except NotFoundError:
             pass
         finally:
             self.stopping.discard(ident)
+            self.draining.discard(ident)
             self.pushed.pop(ident, None)
             self._wake.set()
+
+    async def _drain(self, ident: str) -> None:
+        """Wait until every ready gateway has a table without ``ident`` (bounded)."""
+        self.draining.add(ident)
+        deadline = self.clock.monotonic() + DRAIN_PUSH_DEADLINE
+        while True:
+            await self._push_routes()
+            if not self._still_routed(ident):
+                return
+            if self.clock.monotonic() > deadline:
+                log.warning("%s: not every gateway confirmed its removal; stopping anyway", ident)
+                return
+            await asyncio.sleep(DRAIN_RETRY)
+
+    def _still_routed(self, ident: str) -> bool:
+        for status in self.runtime.statuses():
+            if status.spec.kind not in (Kind.GATEWAY, Kind.FRONTDOOR) or not status.ready:
+                continue
+            table = self.pushed.get(status.spec.id)
+            if table is None:
+                return True
+            for route in table["routes"]:
+                if any(b["id"] == ident for b in route["backends"]):
+                    return True
+        return False
 
     # ------------------------------------------------------------ events
 
@@ -348,8 +380,9 @@ class Controller:
         if self.loaded is None:
             return {}
         spec = self.loaded.spec
-        statuses = self.runtime.statuses()
-        by_id = {s.spec.id: s for s in statuses}
+        everything = self.runtime.statuses()
+        by_id = {s.spec.id: s for s in everything}
+        statuses = [s for s in everything if s.spec.id not in self.draining]
         out: dict[str, tuple[InstanceStatus | None, InstanceSpec, Table]] = {}
         for ident, inst in self.desired().items():
             if inst.kind is Kind.GATEWAY:
@@ -481,7 +514,7 @@ class Controller:
         for kind in STOP_ORDER:
             tier = [s.spec.id for s in statuses if s.spec.kind is kind]
             self.stopping.update(tier)
-            await asyncio.gather(*(self._stop(i, "down") for i in tier))
+            await asyncio.gather(*(self._stop(i, "down", drain=False) for i in tier))
         return f"stopped {len(statuses)} processes"
 
     def shutdown(self) -> None:
