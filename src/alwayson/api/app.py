@@ -13,7 +13,14 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from alwayson import __version__
-from alwayson.api.schemas import ChangesOut, MessageOut, ScaleBody, SpecBody
+from alwayson.api.schemas import (
+    ChangesOut,
+    MessageOut,
+    ReplacedOut,
+    ScaleBody,
+    SiteBody,
+    SpecBody,
+)
 from alwayson.control.controller import Controller
 from alwayson.util.errors import (
     ConflictError,
@@ -90,6 +97,11 @@ def create_app(
         return MessageOut(
             message=await controller.scale(body.service, body.replicas, body.site, who)
         )
+
+    @app.post("/api/v1/gateways/restart", dependencies=guarded)
+    async def restart_gateways(body: SiteBody, who: str = Depends(actor)) -> list[ReplacedOut]:
+        results = await controller.restart_gateways(body.site, who)
+        return [ReplacedOut.model_validate(r) for r in results]
 
     @app.post("/api/v1/down", dependencies=guarded)
     async def down(who: str = Depends(actor)) -> MessageOut:

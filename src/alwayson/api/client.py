@@ -8,7 +8,14 @@ from typing import Any
 
 import httpx
 
-from alwayson.api.schemas import ChangesOut, MessageOut, ScaleBody, SpecBody
+from alwayson.api.schemas import (
+    ChangesOut,
+    MessageOut,
+    ReplacedOut,
+    ScaleBody,
+    SiteBody,
+    SpecBody,
+)
 from alwayson.util.errors import (
     AlwaysonError,
     ConflictError,
@@ -79,6 +86,11 @@ class ApiClient:
         body = ScaleBody(service=service, replicas=replicas, site=site).model_dump()
         response = await self._request("POST", "/api/v1/scale", json=body)
         return MessageOut.model_validate(response.json())
+
+    async def restart_gateways(self, site: str | None) -> list[ReplacedOut]:
+        body = SiteBody(site=site).model_dump()
+        response = await self._request("POST", "/api/v1/gateways/restart", json=body, timeout=120.0)
+        return [ReplacedOut.model_validate(r) for r in response.json()]
 
     async def down(self) -> MessageOut:
         response = await self._request("POST", "/api/v1/down", timeout=120.0)

@@ -21,5 +21,16 @@ class ScaleBody(BaseModel):
     site: str | None = None
 
 
+class SiteBody(BaseModel):
+    site: str | None = None
+
+
+class ReplacedOut(BaseModel):
+    id: str
+    old_pid: int | None
+    new_pid: int
+    seconds: float
+
+
 class MessageOut(BaseModel):
     message: str

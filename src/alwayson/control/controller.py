@@ -20,7 +20,10 @@ from alwayson.control.desired import (
     Context,
     allocate_slots,
     desired_instances,
+    frontdoor_id,
+    gateway_id,
     listen_addresses,
+    takeover_args,
 )
 from alwayson.control.pushing import RoutePusher, write_table
 from alwayson.control.reconciling import Decision, Observed, Snapshot, decide
@@ -39,7 +42,13 @@ from alwayson.spec.planning import Change, Overrides, plan
 from alwayson.store.base import AuditEntry, Event, StateStore
 from alwayson.util.addresses import port_is_free, split_hostport
 from alwayson.util.clocks import Clock
-from alwayson.util.errors import NotFoundError, PermanentError, TemporaryError
+from alwayson.util.errors import (
+    AlwaysonError,
+    ConflictError,
+    NotFoundError,
+    PermanentError,
+    TemporaryError,
+)
 
 log = logging.getLogger("alwayson.controller")
 
@@ -48,6 +57,7 @@ SLOTS_KEY = "addressing"
 STOP_ORDER = (Kind.FRONTDOOR, Kind.GATEWAY, Kind.WORKLOAD)
 DRAIN_PUSH_DEADLINE = 5.0
 DRAIN_RETRY = 0.1
+REPLACE_READY_DEADLINE = 20.0
 
 
 @dataclass(frozen=True)
@@ -233,8 +243,17 @@ class Controller:
             return event.result()
         return None
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        """Run an action in the background, owned here (awaited at shutdown), errors logged."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except AlwaysonError as exc:
+                log.error("%s", exc)
+                await self._event("action-failed", "controller", str(exc))
+
+        task = asyncio.get_running_loop().create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -263,7 +282,10 @@ class Controller:
         decision = decide(snap)
         for stop in decision.stops:
             self.stopping.add(stop.id)
-            self._spawn(self._stop(stop.id, stop.reason))
+            if self._can_hand_over(stop.id, desired):
+                self._spawn(self._replace(desired[stop.id], stop.reason))
+            else:
+                self._spawn(self._stop(stop.id, stop.reason))
         if decision.starts:
             self._write_initial_tables(decision.starts)
             await asyncio.gather(*(self._start(s.spec, s.reason) for s in decision.starts))
@@ -305,6 +327,60 @@ class Controller:
             self.draining.discard(ident)
             self.pushed.pop(ident, None)
             self._wake.set()
+
+    def _can_hand_over(self, ident: str, desired: dict[str, InstanceSpec]) -> bool:
+        """A gateway whose addresses stay the same is replaced by socket handover."""
+        new = desired.get(ident)
+        old = next((s for s in self.runtime.statuses() if s.spec.id == ident), None)
+        return (
+            new is not None
+            and old is not None
+            and new.kind in (Kind.GATEWAY, Kind.FRONTDOOR)
+            and listen_addresses(new) == listen_addresses(old.spec)
+        )
+
+    async def _replace(self, spec: InstanceSpec, reason: str) -> dict[str, Any]:
+        """Start a successor that takes the listening sockets over; the old one drains."""
+        old = next((s for s in self.runtime.statuses() if s.spec.id == spec.id), None)
+        started = self.clock.monotonic()
+        self.stopping.add(spec.id)
+        try:
+            new = await self.runtime.replace(spec, takeover_args(spec))
+            await self._event(
+                "replaced", spec.id, f"{reason}: pid {old.pid if old else '-'} → {new.pid}"
+            )
+        finally:
+            self.stopping.discard(spec.id)
+            self.pushed.pop(spec.id, None)
+            self._wake.set()
+        deadline = self.clock.monotonic() + REPLACE_READY_DEADLINE
+        while not new.ready and new.phase is not Phase.EXITED:
+            if self.clock.monotonic() > deadline:
+                raise TemporaryError(f"{spec.id}: the new process (pid {new.pid}) is not ready")
+            await asyncio.sleep(DRAIN_RETRY)
+        return {
+            "id": spec.id,
+            "old_pid": old.pid if old else None,
+            "new_pid": new.pid,
+            "seconds": round(self.clock.monotonic() - started, 3),
+        }
+
+    async def restart_gateways(self, site: str | None, actor: str) -> list[dict[str, Any]]:
+        """Replace each site's gateway, then its front door, handing sockets over."""
+        if self.loaded is None:
+            raise NotFoundError("nothing is applied yet; run `alwayson up` first")
+        sites = [s.name for s in self.loaded.spec.workload_sites]
+        if site is not None and site not in sites:
+            raise NotFoundError(f"unknown workload site {site!r} (sites: {', '.join(sites)})")
+        await self._audit(actor, "gateway-restart", {"site": site})
+        desired = self.desired()
+        results = []
+        for name in [site] if site else sites:
+            for ident in (gateway_id(name), frontdoor_id(name)):
+                if ident in self.stopping:
+                    raise ConflictError(f"{ident} is already being stopped or replaced")
+                results.append(await self._replace(desired[ident], "restart requested"))
+        return results
 
     async def _drain(self, ident: str) -> None:
         """Wait until every ready gateway has a table without ``ident`` (bounded)."""

@@ -181,6 +181,16 @@ def frontdoor_instance(spec: PlatformSpec, site: str, ctx: Context) -> InstanceS
     )
 
 
+def handover_path(ident: str) -> str:
+    """Relative to the state directory (the gateway's working directory), so the Unix
+    socket path stays short whatever the state directory's length."""
+    return f"run/handover/{ident}.sock"
+
+
+def takeover_args(inst: InstanceSpec) -> list[str]:
+    return ["--takeover", handover_path(inst.id)]
+
+
 def listen_addresses(inst: InstanceSpec) -> list[str]:
     """Addresses a process binds (for checking they are free before starting it)."""
     if inst.kind is Kind.WORKLOAD:

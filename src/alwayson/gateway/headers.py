@@ -23,6 +23,8 @@ FORWARDED_FOR = 6
 REQUEST_ID = 7
 EXPECT = 8
 UPGRADE = 9
+FORWARDED_PROTO = 10
+FORWARDED_HOST = 11
 
 HOP_BY_HOP = frozenset(
     {
@@ -49,6 +51,8 @@ REQUEST_HEADER_ACTIONS.update(
         b"x-request-id": REQUEST_ID,
         b"expect": EXPECT,
         b"upgrade": UPGRADE,
+        b"x-forwarded-proto": FORWARDED_PROTO,
+        b"x-forwarded-host": FORWARDED_HOST,
     }
 )
 
@@ -59,8 +63,22 @@ RESPONSE_HEADER_ACTIONS.update(
         b"connection": CONNECTION,
         b"content-length": CONTENT_LENGTH,
         b"transfer-encoding": TRANSFER_ENCODING,
+        b"x-request-id": REQUEST_ID,
+        b"upgrade": UPGRADE,
     }
 )
+
+VIA = b"via: 1.1 alwayson\r\n"
+
+# Characters a Host header may hold: reg-name, IPv4, [IPv6] and a port (RFC 3986 §3.2.2).
+HOST_CHARACTERS = (
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]%"
+)
+
+
+def is_valid_host(value: bytes) -> bool:
+    """Whether a Host header value could name a host (empty is allowed by RFC 9112 §3.2)."""
+    return not value.translate(None, HOST_CHARACTERS)
 
 # Tokens of a Connection header that name no other header.
 CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
@@ -87,6 +105,12 @@ def drop_named(parts: list[bytes], names: set[bytes]) -> list[bytes]:
         if parts[index].lower() not in names:
             kept.extend(parts[index : index + 4])
     return kept
+
+
+def is_plain_chunked(transfer_encoding: bytes) -> bool:
+    """A request's only acceptable transfer coding: ``chunked`` alone. ``gzip, chunked``
+    passes llhttp but forwarding it re-chunked would silently drop the gzip coding."""
+    return transfer_encoding.strip().lower() == b"chunked"
 
 
 def is_chunked(transfer_encoding: bytes) -> bool:

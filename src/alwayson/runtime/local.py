@@ -144,6 +144,56 @@ class LocalRuntime:
         current = self._watched.get(spec.id)
         if current is not None and not current.exited.done():
             raise ConflictError(f"instance {spec.id} already runs (pid {current.status.pid})")
+        return self._launch(spec, [])
+
+    async def replace(
+        self, spec: InstanceSpec, extra_args: list[str], timeout: float = 30.0
+    ) -> InstanceStatus:
+        """Start a successor beside the running process, which hands over and exits.
+
+        Used for processes that pass their listening sockets on (gateways): ``extra_args``
+        tells the successor where to take them from. Succeeds when the old process has
+        exited and the new one still runs; if the new one dies first, the old one is kept.
+        """
+        old = self._watched.get(spec.id)
+        if old is None or old.exited.done():
+            return await self.start(spec)
+        old.stopping = True
+        old.status.phase = Phase.STOPPING
+        if old.prober is not None:
+            old.prober.cancel()
+        new_status = self._launch(spec, extra_args)
+        new = self._watched[spec.id]
+        done, _ = await asyncio.wait(
+            {old.exited, new.exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if new.exited in done and not old.exited.done():
+            self._watched[spec.id] = old
+            old.stopping = False
+            old.status.phase = Phase.READY
+            self._start_prober(old, already_ready=True)
+            self._write_pidfile(old.status)
+            raise PermanentError(
+                f"{spec.id}: the successor {new_status.exit_reason}; pid {old.status.pid} "
+                f"keeps serving (log: {self.log_path(spec.site, spec.id)})"
+            )
+        if not done:
+            log.warning(
+                "%s: pid %d did not hand over in %.0fs; stopping it",
+                spec.id,
+                old.status.pid,
+                timeout,
+            )
+            self._signal_group(old, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(old.exited), timeout=old.status.spec.stop_grace
+                )
+            except TimeoutError:
+                self._signal_group(old, signal.SIGKILL)
+        return new_status
+
+    def _launch(self, spec: InstanceSpec, extra_args: list[str]) -> InstanceStatus:
         log_file = Path(self.log_path(spec.site, spec.id))
         log_file.parent.mkdir(parents=True, exist_ok=True)
         ident = _identity(spec.user)
@@ -151,11 +201,12 @@ class LocalRuntime:
         env.update(spec.env)
         with log_file.open("ab") as out:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            out.write(f"--- {stamp} alwayson: starting {spec.id}: {' '.join(spec.argv)}\n".encode())
+            argv = [*spec.argv, *extra_args]
+            out.write(f"--- {stamp} alwayson: starting {spec.id}: {' '.join(argv)}\n".encode())
             out.flush()
             try:
                 popen = subprocess.Popen(
-                    spec.argv,
+                    argv,
                     cwd=spec.cwd,
                     env=env,
                     stdin=subprocess.DEVNULL,
@@ -214,9 +265,9 @@ class LocalRuntime:
         watched = _Watched(status=status, pidfd=pidfd, popen=popen, exited=loop.create_future())
         self._watched[status.spec.id] = watched
         if pidfd < 0:
-            loop.call_soon(self._on_exit, status.spec.id)
+            loop.call_soon(self._on_exit, watched)
         else:
-            loop.add_reader(pidfd, self._on_exit, status.spec.id)
+            loop.add_reader(pidfd, self._on_exit, watched)
         if probe_first:
             self._start_prober(watched, already_ready=False)
 
@@ -227,10 +278,11 @@ class LocalRuntime:
 
     # ----------------------------------------------------------------- exit
 
-    def _on_exit(self, instance_id: str) -> None:
-        watched = self._watched.get(instance_id)
-        if watched is None or watched.exited.done():
+    def _on_exit(self, watched: _Watched) -> None:
+        if watched.exited.done():
             return
+        instance_id = watched.status.spec.id
+        current = self._watched.get(instance_id) is watched
         loop = asyncio.get_running_loop()
         if watched.pidfd >= 0:
             loop.remove_reader(watched.pidfd)
@@ -245,7 +297,8 @@ class LocalRuntime:
         status.exit_reason = describe_exit(code)
         if watched.prober is not None:
             watched.prober.cancel()
-        (self._run_dir / f"{instance_id}.json").unlink(missing_ok=True)
+        if current:
+            (self._run_dir / f"{instance_id}.json").unlink(missing_ok=True)
         watched.exited.set_result(None)
         self.events.put_nowait(
             RuntimeEvent(
@@ -253,7 +306,7 @@ class LocalRuntime:
                 instance_id,
                 status.exit_reason,
                 exit_code=code,
-                data={"expected": watched.stopping},
+                data={"expected": watched.stopping, "replaced": not current},
             )
         )
 
