@@ -95,6 +95,17 @@ def _client(loaded: LoadedSpec, command: str) -> ApiClient:
     return ApiClient(loaded.spec.controller.api, read_token(loaded.state_dir), command)
 
 
+def _call(file: Path, command: str, fn: Callable[[ApiClient], Awaitable[T]]) -> T:
+    """One request to the controller of the platform that ``file`` declares."""
+    loaded = _load(file, check_commands=False)
+
+    async def flow() -> T:
+        async with _client(loaded, command) as client:
+            return await fn(client)
+
+    return _run(flow())
+
+
 async def _ensure_controller(loaded: LoadedSpec, quiet: bool) -> None:
     """Start the controller daemon unless one already answers for this state directory."""
     api = loaded.spec.controller.api
@@ -297,13 +308,7 @@ def status(file: Path = SpecOpt, as_json: bool = JsonOpt) -> None:
     """Sites, services and instances: health, version, address, pid."""
 
     def go() -> None:
-        loaded = _load(file, check_commands=False)
-
-        async def flow() -> dict[str, Any]:
-            async with _client(loaded, "status") as client:
-                return await client.status()
-
-        data = _run(flow())
+        data = _call(file, "status", lambda client: client.status())
         if as_json:
             _emit_json(data)
             return
@@ -417,13 +422,8 @@ def scale(
     """Set a service's replicas now. Recorded as drift from the spec; `plan` shows it."""
 
     def go() -> None:
-        loaded = _load(file, check_commands=False)
-
-        async def flow() -> str:
-            async with _client(loaded, "scale") as client:
-                return (await client.scale(service, replicas, site)).message
-
-        message = _run(flow())
+        reply = _call(file, "scale", lambda client: client.scale(service, replicas, site))
+        message = reply.message
         if as_json:
             _emit_json({"message": message})
         else:
@@ -466,13 +466,7 @@ def audit(
     """The audit log: every change to the platform, when, and from which command."""
 
     def go() -> None:
-        loaded = _load(file, check_commands=False)
-
-        async def flow() -> list[dict[str, Any]]:
-            async with _client(loaded, "audit") as client:
-                return await client.audit(limit)
-
-        entries = _run(flow())
+        entries = _call(file, "audit", lambda client: client.audit(limit))
         if as_json:
             _emit_json(entries)
             return
@@ -496,13 +490,7 @@ def events(
     """What happened to instances: crashes with exit codes, restarts, stops, failed starts."""
 
     def go() -> None:
-        loaded = _load(file, check_commands=False)
-
-        async def flow() -> list[dict[str, Any]]:
-            async with _client(loaded, "events") as client:
-                return await client.events(limit, kind)
-
-        rows = _run(flow())
+        rows = _call(file, "events", lambda client: client.events(limit, kind))
         if as_json:
             _emit_json(rows)
             return
