@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -154,6 +155,11 @@ class Service(Strict):
     )
     routes: list[Route] = Field(default_factory=list)
     stop_grace: Duration = Field(default=10.0, description="SIGTERM, then SIGKILL after this.")
+    max_body: ByteSize | None = Field(
+        default=None,
+        description="Largest request body the gateway accepts for this service's routes "
+        "(e.g. '1MiB'); larger gets 413. Default: the gateway's 10 MiB.",
+    )
 
     @field_validator("replicas")
     @classmethod

@@ -104,7 +104,8 @@ def _service_changes(
             out.append(
                 Change(ChangeKind.CHANGE, target, f"replicas in {site.name} {has} → {want}{why}")
             )
-    for field in ("version", "run", "port", "env", "health", "liveness", "routes", "stop_grace"):
+    fields = ("version", "run", "port", "env", "health", "liveness", "routes", "stop_grace")
+    for field in (*fields, "max_body"):
         before, after = getattr(old, field), getattr(svc, field)
         if before != after:
             out.append(
