@@ -8,6 +8,7 @@ time), so a failing test leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,8 +31,26 @@ from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
-# Subnets no demo uses: 127.1/127.2 belong to the sample bank's default sites.
-_SUBNETS = itertools.count(60 + (os.getpid() % 40) * 4)
+# Subnets no demo uses (127.1/127.2 belong to the sample bank's default sites), each held
+# by a lock file for the life of this test process so concurrent test runs never share one.
+_SUBNET_LOCKS = Path(tempfile.gettempdir()) / "alwayson-test-subnets"
+_held: list[int] = []
+
+
+def reserve_subnet() -> int:
+    _SUBNET_LOCKS.mkdir(exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.chmod(_SUBNET_LOCKS, 0o777)
+    for octet in range(20, 250):
+        fd = os.open(_SUBNET_LOCKS / f"{octet}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _held.append(fd)  # released when this process exits
+        return octet
+    raise RuntimeError("no free test subnet in 127.20-249.0.0/16")
 
 
 def free_port() -> int:
@@ -69,16 +89,8 @@ class Platform:
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "alwayson.cli.main", *args]
-        if (
-            not any(a in ("-f", "--file") for a in args)
-            and args
-            and args[0]
-            not in (
-                "validate",
-                "schema",
-                "gateway",
-            )
-        ):
+        local = args[:1] in (("validate",), ("schema",)) or args[:2] == ("gateway", "serve")
+        if args and not local and not any(a in ("-f", "--file") for a in args):
             cmd += ["-f", str(self.spec_path)]
         result = subprocess.run(
             cmd,
@@ -152,7 +164,7 @@ def isolate(data: dict[str, Any]) -> dict[str, Any]:
     sites = []
     for site in data["sites"]:
         site = dict(site)
-        site["subnet"] = f"127.{next(_SUBNETS) % 250 + 3}.0.0/16"
+        site["subnet"] = f"127.{reserve_subnet()}.0.0/16"
         sites.append(site)
     data["sites"] = sites
     return data
