@@ -10,6 +10,10 @@ path, a few headers and the body size), with keep-alive. Special paths:
 - ``/chunked``          answers with a chunked body
 - ``/close``            answers with ``Connection: close`` and closes
 - ``/big/<bytes>``      answers with a body of that many bytes
+- ``/garbage``          answers with bytes that are not HTTP
+- ``/reset``            resets the connection instead of answering
+- an upgrade request (``Connection: Upgrade``) is answered ``101`` and then every byte
+  is echoed back until the client closes
 
 The helpers below start processes in their own session, wait for readiness by polling a
 condition with a deadline, and stop every process by its pid.
@@ -54,17 +58,33 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self.body_size = 0
         self.body_hash = 0
+        self.echoing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        import httptools
+
+        transport = self.transport
+        assert transport is not None
+        if self.echoing:
+            transport.write(data)
+            return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.echoing = True
+            upgrade = self.headers.get("upgrade", "websocket")
+            transport.write(
+                f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: {upgrade}\r\n"
+                f"Connection: Upgrade\r\nX-Upstream: {self.name}\r\n\r\n".encode()
+                + data[exc.args[0] :]
+            )
+            transport.resume_reading()
         except Exception:
-            if self.transport is not None:
-                self.transport.close()
+            transport.close()
 
     def on_message_begin(self) -> None:
         self.url = b""
@@ -88,6 +108,8 @@ class _UpstreamProtocol(asyncio.Protocol):
             self.body_hash = (self.body_hash * 31 + byte) % 1_000_003
 
     def on_message_complete(self) -> None:
+        if self.parser.should_upgrade():
+            return  # answered in data_received, which gets the bytes after the head
         method = self.parser.get_method().decode()
         keep_alive = self.parser.should_keep_alive()
         path = self.url.decode()
@@ -119,6 +141,12 @@ class _UpstreamProtocol(asyncio.Protocol):
             close = True
         elif path.startswith("/big/"):
             body = b"x" * int(path.split("/")[2])
+        elif path.startswith("/garbage"):
+            transport.write(b"SPDY/9 whatever\r\n\r\n")
+            return
+        elif path.startswith("/reset"):
+            transport.abort()
+            return
         if transport.is_closing():
             return
         head = [f"HTTP/1.1 {status} Whatever", "content-type: application/json"]
@@ -304,6 +332,34 @@ def start_gateway(
     return gateway
 
 
+def start_successor(
+    group: Processes,
+    logs: Path,
+    previous: GatewayProcess,
+    *,
+    extra: list[str],
+    site: str = "jakarta",
+    name: str = "successor",
+) -> GatewayProcess:
+    """A gateway on the same addresses as ``previous`` (it takes them over: pass
+    ``--takeover``); returns at once, since ``/healthz`` may still be the old one's."""
+    log = logs / f"{name}.log"
+    args = [
+        sys.executable,
+        "-m",
+        "alwayson.gateway",
+        "--listen",
+        f"{previous.host}:{previous.port}",
+        "--admin",
+        f"{previous.host}:{previous.admin_port}",
+        "--site",
+        site,
+        *extra,
+    ]
+    process = group.start(args, log)
+    return GatewayProcess(process, previous.host, previous.port, previous.admin_port, log)
+
+
 def http(
     method: str,
     url: str,
@@ -396,6 +452,153 @@ class SteadyLoad:
         wait_until(lambda: self.total >= target, timeout=timeout, what=f"{count} requests")
 
 
+class KeepAliveLoad:
+    """``connections`` keep-alive connections sending GETs and POSTs back to back, from an
+    event loop in its own thread; counts every outcome.
+
+    A response with ``Connection: close`` ends its connection normally; the client then
+    reconnects (``reconnect=True``) or that connection stops. Anything else is a failure:
+    a refused connect, a reset or an early close before a whole response, a non-2xx.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connections: int = 8,
+        body_size: int = 2000,
+        reconnect: bool = True,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.connections = connections
+        self.body = b"p" * body_size
+        self.reconnect = reconnect
+        self.ok = 0
+        self.closes = 0  # responses with Connection: close
+        self.failures: list[str] = []
+        self.by_method: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> KeepAliveLoad:
+        self._thread.start()
+        self._started.wait(10)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(timeout=20)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return self.ok + len(self.failures)
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> None:
+        target = self.total + count
+        wait_until(lambda: self.total >= target, timeout=timeout, what=f"{count} requests")
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._started.set()
+        workers = [asyncio.create_task(self._connection(n)) for n in range(self.connections)]
+        await self._stopping.wait()
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    def _record(self, method: str, failure: str | None) -> None:
+        with self._lock:
+            if failure is None:
+                self.ok += 1
+                self.by_method[method] += 1
+            else:
+                self.failures.append(f"{method}: {failure}")
+
+    async def _connection(self, number: int) -> None:
+        assert self._stopping is not None
+        sent = 0
+        while not self._stopping.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+            except OSError as exc:
+                self._record("CONNECT", f"connect failed: {exc!r}")
+                await asyncio.sleep(0.01)  # a refused connect: do not spin
+                continue
+            try:
+                while not self._stopping.is_set():
+                    post = sent % 2 == 1
+                    sent += 1
+                    method = "POST" if post else "GET"
+                    failure, closing = await self._exchange(reader, writer, post, number)
+                    self._record(method, failure)
+                    if failure is not None or closing:
+                        break
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            if not self.reconnect:
+                return
+
+    async def _exchange(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        post: bool,
+        number: int,
+    ) -> tuple[str | None, bool]:
+        if post:
+            head = (
+                f"POST /pay/{number} HTTP/1.1\r\nHost: load\r\n"
+                f"Content-Length: {len(self.body)}\r\n\r\n"
+            ).encode()
+            writer.write(head + self.body)
+        else:
+            writer.write(f"GET /item/{number} HTTP/1.1\r\nHost: load\r\n\r\n".encode())
+        try:
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            if headers.get("transfer-encoding") == "chunked":
+                while True:
+                    size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                    await reader.readexactly(size + 2)
+                    if size == 0:
+                        break
+            else:
+                await reader.readexactly(int(headers.get("content-length", "0")))
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            return repr(exc), True
+        except TimeoutError:
+            return "no response within 15 s", True
+        closing = headers.get("connection", "").lower() == "close"
+        if closing:
+            with self._lock:
+                self.closes += 1
+        if not 200 <= status < 300:
+            return f"HTTP {status}", closing
+        return None, closing
+
+
 def write_table(path: Path, document: dict[str, object]) -> Path:
     path.write_text(json.dumps(document))
     return path
@@ -410,6 +613,14 @@ def backend_entry(
 ) -> dict[str, object]:
     address = f"{host}:{port}"
     return {"id": name, "address": address, "site": site, "version": "1.0.0", "weight": weight}
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The highest resident set size a process has had (VmHWM), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for pid {pid}")
 
 
 def metric_value(text: str, prefix: str) -> float:

@@ -103,12 +103,15 @@ def test_failing_health_takes_an_instance_out_then_restarts_it(
             served = {c.get("/accounts/x").json()["instance"] for _ in range(20)}
         assert served == {"accounts-surabaya-1"}
         restarted = wait_for(
-            "liveness to restart it",
+            "liveness to restart it (a new pid)",
             lambda: (
-                (i := running_small.instances(id="accounts-jakarta-1")[0])["restarts"] >= 1 and i
+                (i := running_small.instances(id="accounts-jakarta-1")[0])["pid"]
+                not in (None, victim["pid"])
+                and i
             ),
             30,
         )
+        assert restarted["restarts"] >= 1
         assert restarted["pid"] != victim["pid"]
         assert "liveness failed" in restarted["last_exit"]
     finally:
@@ -118,3 +121,21 @@ def test_failing_health_takes_an_instance_out_then_restarts_it(
         lambda: running_small.instances(id="accounts-jakarta-1")[0]["ready"],
         30,
     )
+
+
+def test_max_body_from_the_spec_limits_request_bodies(running_small: Platform) -> None:
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    data = yaml.load(running_small.spec_path.read_text())
+    data["services"][0]["max_body"] = "1KiB"
+    with running_small.spec_path.open("w") as out:
+        yaml.dump(data, out)
+    changes = running_small.cli("plan").stdout
+    assert "max_body None → 1024" in changes
+    running_small.cli("apply", "--timeout", "30")
+    with httpx.Client(base_url=running_small.front_door, trust_env=False, timeout=5) as client:
+        assert client.post("/accounts/x", content=b"x" * 1000).status_code == 200
+        too_big = client.post("/accounts/x", content=b"x" * 4096)
+    assert too_big.status_code == 413
+    assert too_big.json()["request_id"]

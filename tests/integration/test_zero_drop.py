@@ -7,6 +7,7 @@ stream (wrk does not report gaps). The figures go to docs/BENCHMARKS.md.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -175,3 +176,24 @@ def test_controller_down_gateways_keep_routing(platform: Platform, tmp_path: Pat
 
     _run(platform, "controller SIGKILL (no controller)", MIXED, fault, tmp_path)
     platform.cli("up", "--timeout", "30")
+
+
+def test_gateway_restart_hands_sockets_over_and_drops_nothing(
+    platform: Platform, tmp_path: Path
+) -> None:
+    before = {i["id"]: i["pid"] for i in platform.status()["instances"] if i["kind"] != "workload"}
+    replaced: list[dict[str, object]] = []
+
+    def fault() -> None:
+        for _ in range(2):  # twice in a row: the successor must be able to hand over too
+            result = platform.cli("gateway", "restart", "--json", timeout=120)
+            replaced.extend(json.loads(result.stdout))
+
+    _run(platform, "gateway restart x2 (socket handover)", MIXED, fault, tmp_path)
+    assert len(replaced) == 2 * len(before)
+    after = {i["id"]: i for i in platform.status()["instances"] if i["kind"] != "workload"}
+    assert all(
+        after[ident]["pid"] != pid and after[ident]["ready"] for ident, pid in before.items()
+    )
+    events = json.loads(platform.cli("events", "--json", "--kind", "crashed").stdout)
+    assert events == [], "a handed-over process exits on purpose, never as a crash"

@@ -16,6 +16,7 @@ class FakeGateway:
     def __init__(self) -> None:
         self.table = empty_table("jakarta")
         self.draining = False
+        self.accepting_pushes = True
         self.pushed: list[RouteTable] = []
 
     @property

@@ -132,7 +132,8 @@ def test_compile_table_shares_one_pool_per_address() -> None:
     def upstream_for(host: str, port: int) -> Upstream:
         return pools.setdefault((host, port), Upstream(host, port, clock=CLOCK))
 
-    matcher = compile_table(table, "jakarta", upstream_for, METRICS)
+    matcher, plans = compile_table(table, "jakarta", upstream_for, METRICS)
+    assert len(plans) == 2
     plan_a = matcher.match(b"", b"/a")
     plan_b = matcher.match(b"", b"/b")
     assert plan_a is not None and plan_b is not None

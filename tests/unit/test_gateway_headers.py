@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from alwayson.gateway.headers import (
+    HostNames,
     RequestIds,
     connection_tokens,
     drop_named,
@@ -70,7 +71,8 @@ def test_error_response_is_complete_json() -> None:
 
 
 def test_status_helpers() -> None:
-    assert status_line(200, b"Fine") == b"HTTP/1.1 200 Fine\r\n"
+    assert status_line(200) == b"HTTP/1.1 200 OK\r\n"
+    assert status_line(299) == b"HTTP/1.1 299 \r\n"
     assert status_class(404) == "4xx"
 
 
@@ -96,3 +98,14 @@ def test_metrics_render_every_family_with_its_labels() -> None:
     )
     assert "alwayson_gateway_active_connections 3.0" in text
     assert "alwayson_gateway_routes_generation 7.0" in text
+
+
+def test_host_names_are_checked_once_and_the_memory_is_bounded() -> None:
+    names = HostNames(size=3)
+    assert names.lookup(b"Bank.Local:8080") == b"bank.local"
+    assert names.lookup(b"[::1]:80") == b"[::1]"
+    assert names.lookup(b"") == b""
+    assert names.lookup(b"a b") is None and names.lookup(b"x/y") is None
+    for n in range(100):  # random hosts cost CPU, never memory
+        assert names.lookup(b"h%d" % n) == b"h%d" % n
+    assert len(names._known) == 3

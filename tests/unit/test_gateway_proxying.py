@@ -3,130 +3,32 @@ framing, retries, timeouts, pipelining, local errors. No sockets, no event loop.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
 
-from alwayson.gateway.balancing import compile_table
-from alwayson.gateway.exchanges import CoarseClock, Exchange, ProxyContext
-from alwayson.gateway.headers import RequestIds
-from alwayson.gateway.metrics import GatewayMetrics
-from alwayson.gateway.proxying import ClientConnection
-from alwayson.gateway.routes import Backend, Route, RouteTable
-from alwayson.gateway.upstreams import Upstream, UpstreamConnection
-
-
-class FakeTransport:
-    def __init__(self, peer: tuple[str, int] = ("10.9.8.7", 40000)) -> None:
-        self.data = bytearray()
-        self.closed = False
-        self.aborted = False
-        self.reading = True
-        self.peer = peer
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "write after close"
-        self.data += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = self.aborted = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.peer if name == "peername" else default
-
-    def take(self) -> bytes:
-        out = bytes(self.data)
-        self.data.clear()
-        return out
-
-
-class FakeUpstream(Upstream):
-    """Connects only when the test says so."""
-
-    __slots__ = ("pending",)
-
-    def __init__(self, host: str, port: int, clock: CoarseClock) -> None:
-        super().__init__(host, port, clock=clock)
-        self.pending: list[Exchange] = []
-
-    def connect(self, exchange: Exchange) -> None:
-        self.pending.append(exchange)
-
-
-class Harness:
-    def __init__(self, table: RouteTable, site: str = "jakarta") -> None:
-        self.clock = CoarseClock(100.0)
-        self.metrics = GatewayMetrics()
-        self.ctx = ProxyContext(
-            metrics=self.metrics, clock=self.clock, request_ids=RequestIds(b"rid-")
-        )
-        self.pools: dict[str, FakeUpstream] = {}
-        self.ctx.matcher = compile_table(table, site, self._upstream_for, self.metrics)
-
-    def _upstream_for(self, host: str, port: int) -> Upstream:
-        address = f"{host}:{port}"
-        if address not in self.pools:
-            self.pools[address] = FakeUpstream(host, port, self.clock)
-        return self.pools[address]
-
-    def idle(self, address: str) -> tuple[UpstreamConnection, FakeTransport]:
-        conn, transport = self.fresh(address)
-        self.pools[address].idle.append(conn)
-        return conn, transport
-
-    def fresh(self, address: str) -> tuple[UpstreamConnection, FakeTransport]:
-        conn = UpstreamConnection(self.pools[address])
-        transport = FakeTransport(peer=("127.0.0.1", 1))
-        conn.connection_made(transport)  # type: ignore[arg-type]
-        return conn, transport
-
-    def client(self) -> tuple[ClientConnection, FakeTransport]:
-        client = ClientConnection(self.ctx)
-        transport = FakeTransport()
-        client.connection_made(transport)  # type: ignore[arg-type]
-        return client, transport
-
-
-def backend(name: str, address: str, site: str = "jakarta", weight: int = 100) -> Backend:
-    return Backend(id=name, address=address, site=site, version="1.0", weight=weight)
-
-
-A = "127.1.1.1:8000"
-B = "127.1.1.2:8000"
-
-
-def table(*backends: Backend, **route: Any) -> RouteTable:
-    return RouteTable(
-        generation=1,
-        site="jakarta",
-        routes=[Route(service="accounts", backends=list(backends), **route)],
+try:
+    from test_gateway_harness import (
+        OK_RESPONSE,
+        A,
+        B,
+        Harness,
+        backend,
+        error_of,
+        split,
+        table,
+    )
+except ImportError:  # collected as part of a package
+    from .test_gateway_harness import (
+        OK_RESPONSE,
+        A,
+        B,
+        Harness,
+        backend,
+        error_of,
+        split,
+        table,
     )
 
-
-def split(raw: bytes) -> tuple[str, dict[str, str], bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    first, *lines = head.decode().split("\r\n")
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return first, headers, body
-
-
-OK_RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-app: yes\r\n\r\nhello"
+from alwayson.gateway.routes import RouteTable
 
 
 def test_request_head_is_rewritten_for_the_backend() -> None:
@@ -179,7 +81,12 @@ def test_response_is_relayed_and_both_connections_kept_alive() -> None:
     )
     first, headers, body = split(downstream.take())
     assert first == "HTTP/1.1 200 OK"
-    assert headers == {"content-length": "5", "x-app": "yes"}
+    assert headers == {
+        "content-length": "5",
+        "x-app": "yes",
+        "via": "1.1 alwayson",
+        "x-request-id": "rid-1",
+    }
     assert body == b"hello"
     assert not downstream.closed
     assert h.pools[A].idle == [conn]
@@ -304,12 +211,6 @@ def test_expect_100_continue_is_answered_by_the_gateway() -> None:
     assert "expect" not in split(upstream.take())[1]
 
 
-def error_of(raw: bytes) -> tuple[int, dict[str, Any]]:
-    first, headers, body = split(raw)
-    assert headers["content-type"] == "application/json"
-    return int(first.split()[1]), json.loads(body)
-
-
 def test_no_route_is_404_json_with_the_request_id() -> None:
     h = Harness(table(backend("a", A), path_prefix="/accounts"))
     client, downstream = h.client()
@@ -386,7 +287,7 @@ def test_connect_failure_ejects_and_retries_elsewhere() -> None:
     (exchange,) = h.pools[A].pending
     h.pools[B].ejected_until = 0
     client.connected(exchange, None)
-    assert h.pools[A].ejected_until == h.clock.now + h.ctx.eject_seconds
+    assert h.pools[A].ejected_until == h.clock.now + h.ctx.outliers.base_seconds
     assert h.metrics.connect_errors == {("accounts", "a"): 1}
     _, _, body = split(upstream_b.take())
     assert body == b"hi"
@@ -395,14 +296,14 @@ def test_connect_failure_ejects_and_retries_elsewhere() -> None:
     assert h.pools[A].outstanding == h.pools[B].outstanding == 0
 
 
-def test_connect_failure_of_the_only_backend_twice_is_502() -> None:
+def test_connect_failure_of_the_only_backend_twice_is_503() -> None:
     h = Harness(table(backend("a", A)))
     client, downstream = h.client()
     client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     client.connected(h.pools[A].pending.pop(), None)
     client.connected(h.pools[A].pending.pop(), None)
     status, document = error_of(downstream.take())
-    assert status == 502 and "connect failed" in document["error"]
+    assert status == 503 and "connect failed" in document["error"]
 
 
 def test_failure_after_the_response_started_cuts_the_client_connection() -> None:
@@ -420,9 +321,9 @@ def test_upstream_timeout_is_504_and_the_connection_dropped() -> None:
     conn, upstream = h.idle(A)
     client, downstream = h.client()
     client.data_received(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-    client.check_timeouts(h.clock.now + 5, upstream_timeout=30, idle_timeout=60)
+    client.check_timeouts(h.clock.now + 5)
     assert downstream.take() == b""
-    client.check_timeouts(h.clock.now + 31, upstream_timeout=30, idle_timeout=60)
+    client.check_timeouts(h.clock.now + 31)
     status, _ = error_of(downstream.take())
     assert status == 504
     assert upstream.aborted and conn.exchange is None
@@ -432,7 +333,7 @@ def test_upstream_timeout_is_504_and_the_connection_dropped() -> None:
 def test_idle_client_connection_is_closed_after_the_idle_timeout() -> None:
     h = Harness(table(backend("a", A)))
     client, downstream = h.client()
-    client.check_timeouts(h.clock.now + 61, upstream_timeout=30, idle_timeout=60)
+    client.check_timeouts(h.clock.now + 61)
     assert downstream.closed
 
 
@@ -448,21 +349,6 @@ def test_pipelined_requests_are_answered_in_order() -> None:
     conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2")
     assert downstream.take().count(b"HTTP/1.1 200 OK") == 2
     assert downstream.reading
-
-
-def test_draining_closes_after_the_response_in_flight() -> None:
-    h = Harness(table(backend("a", A)))
-    conn, _ = h.idle(A)
-    client, downstream = h.client()
-    idle_client, idle_downstream = h.client()
-    client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    client.start_draining()
-    idle_client.start_draining()
-    assert idle_downstream.closed and not downstream.closed
-    conn.data_received(OK_RESPONSE)
-    _, headers, _ = split(downstream.take())
-    assert headers["connection"] == "close"
-    assert downstream.closed
 
 
 def test_client_going_away_drops_the_backend_connection() -> None:
@@ -483,16 +369,6 @@ def test_malformed_request_is_400_and_closed() -> None:
     assert status == 400 and downstream.closed
 
 
-def test_websocket_upgrade_is_501() -> None:
-    h = Harness(table(backend("a", A)))
-    client, downstream = h.client()
-    client.data_received(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-    )
-    status, _ = error_of(downstream.take())
-    assert status == 501 and downstream.closed
-
-
 @pytest.mark.parametrize("status", [204, 304])
 def test_bodiless_statuses_keep_the_connection(status: int) -> None:
     h = Harness(table(backend("a", A)))
@@ -501,7 +377,7 @@ def test_bodiless_statuses_keep_the_connection(status: int) -> None:
     client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     conn.data_received(b"HTTP/1.1 %d Nothing\r\netag: 1\r\n\r\n" % status)
     first, headers, body = split(downstream.take())
-    assert first == f"HTTP/1.1 {status} Nothing" and body == b""
+    assert first.startswith(f"HTTP/1.1 {status} ") and body == b""
     assert "transfer-encoding" not in headers
     assert h.pools[A].idle == [conn]
 
@@ -531,7 +407,7 @@ def test_early_response_before_the_whole_body_is_not_pooled() -> None:
     client, downstream = h.client()
     client.data_received(b"PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
     conn.data_received(b"HTTP/1.1 413 Too Large\r\ncontent-length: 0\r\n\r\n")
-    assert split(downstream.take())[0] == "HTTP/1.1 413 Too Large"
+    assert split(downstream.take())[0] == "HTTP/1.1 413 Request Entity Too Large"
     assert upstream.closed and h.pools[A].idle == []
     assert downstream.closed  # the rest of the body cannot be told from a next request
 
@@ -546,3 +422,33 @@ def test_client_half_close_after_its_request_still_gets_the_response() -> None:
     assert downstream.take().endswith(b"hello") and downstream.closed
     idle_client, _ = h.client()
     assert idle_client.eof_received() is False
+
+
+def test_rest_of_a_long_body_is_relayed_as_it_comes_and_the_connection_reused() -> None:
+    h = Harness(table(backend("a", A)))
+    conn, _ = h.idle(A)
+    client, downstream = h.client()
+    client.data_received(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n012")
+    conn.data_received(b"3456")
+    assert conn.body_left == 3
+    conn.data_received(b"789")
+    _, headers, body = split(downstream.take())
+    assert headers["content-length"] == "10" and body == b"0123456789"
+    assert h.pools[A].idle == [conn]
+    # the next response is read by a fresh parser
+    client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.data_received(OK_RESPONSE)
+    assert split(downstream.take())[2] == b"hello"
+
+
+def test_bytes_after_a_long_body_are_not_relayed_and_the_connection_is_dropped() -> None:
+    h = Harness(table(backend("a", A)))
+    conn, upstream = h.idle(A)
+    client, downstream = h.client()
+    client.data_received(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nabc")
+    conn.data_received(b"defHTTP/1.1 200 OK\r\n")  # a second response nobody asked for
+    assert split(downstream.take())[2] == b"abcdef"
+    assert upstream.closed and h.pools[A].idle == []
+    assert not downstream.closed

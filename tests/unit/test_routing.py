@@ -83,18 +83,26 @@ def test_site_table_routes_every_route_to_ready_instances_of_both_sites(
         "generation": 0,
         "site": "jakarta",
         "routes": [
-            {"service": "accounts", "hosts": [], "path_prefix": "/accounts", "backends": accounts},
+            {
+                "service": "accounts",
+                "hosts": [],
+                "path_prefix": "/accounts",
+                "backends": accounts,
+                "max_body_bytes": None,
+            },
             {
                 "service": "ledger",
                 "hosts": ["ledger.bank.test"],
                 "path_prefix": None,
                 "backends": ledger,
+                "max_body_bytes": None,
             },
             {
                 "service": "ledger",
                 "hosts": ["api.bank.test"],
                 "path_prefix": "/ledger",
                 "backends": ledger,
+                "max_body_bytes": None,
             },
         ],
     }

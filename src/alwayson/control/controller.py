@@ -99,6 +99,7 @@ class Controller:
         self._done = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()
+        (state_dir / "run" / "handover").mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------ desired state
 

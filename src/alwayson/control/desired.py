@@ -134,6 +134,8 @@ def _component(
         str(routes_file),
         "--token-file",
         str(ctx.state_dir / "token"),
+        "--handover",
+        handover_path(ident),
     ]
     return InstanceSpec(
         id=ident,

@@ -35,6 +35,7 @@ def site_table(spec: PlatformSpec, site: str, statuses: list[InstanceStatus]) ->
                     "hosts": [route.host] if route.host else [],
                     "path_prefix": route.path,
                     "backends": backends,
+                    "max_body_bytes": svc.max_body,
                 }
             )
     return {"generation": 0, "site": site, "routes": routes}

@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from alwayson.gateway.serving import GatewayConfig, run
+from alwayson.gateway.serving import run
+from alwayson.gateway.settings import GatewayConfig
 from alwayson.util.errors import AlwaysonError
 
 
@@ -31,10 +32,47 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         metavar="URL",
         help="standalone mode: one catch-all route to these backends (repeatable)",
     )
-    parser.add_argument("--upstream-timeout", type=float, default=30.0, metavar="SECONDS")
-    parser.add_argument("--connect-timeout", type=float, default=3.0, metavar="SECONDS")
-    parser.add_argument("--drain-timeout", type=float, default=10.0, metavar="SECONDS")
-    parser.add_argument("--eject-seconds", type=float, default=5.0, metavar="SECONDS")
+    parser.add_argument(
+        "--handover",
+        type=Path,
+        metavar="PATH",
+        help="once serving, offer the listening sockets to a successor on this Unix socket",
+    )
+    parser.add_argument(
+        "--takeover",
+        type=Path,
+        metavar="PATH",
+        help="take the listening sockets from the gateway offering them here (else bind)",
+    )
+    seconds = {"type": float, "metavar": "SECONDS"}
+    parser.add_argument("--upstream-timeout", default=30.0, **seconds)  # type: ignore[arg-type]
+    parser.add_argument("--connect-timeout", default=3.0, **seconds)  # type: ignore[arg-type]
+    parser.add_argument("--drain-timeout", default=10.0, **seconds)  # type: ignore[arg-type]
+    parser.add_argument(
+        "--drain-grace",
+        default=1.0,
+        help="while draining, close keep-alive connections idle this long",
+        **seconds,  # type: ignore[arg-type]
+    )
+    parser.add_argument("--header-timeout", default=10.0, **seconds)  # type: ignore[arg-type]
+    parser.add_argument("--idle-timeout", default=60.0, **seconds)  # type: ignore[arg-type]
+    parser.add_argument(
+        "--eject-seconds",
+        default=5.0,
+        help="first ejection of a failing backend; each one in a row doubles it",
+        **seconds,  # type: ignore[arg-type]
+    )
+    parser.add_argument("--eject-after-5xx", type=int, default=5, metavar="N")
+    parser.add_argument("--slow-start", default=10.0, **seconds)  # type: ignore[arg-type]
+    parser.add_argument("--max-connections", type=int, default=10_000, metavar="N")
+    parser.add_argument("--max-header-bytes", type=int, default=32 * 1024, metavar="BYTES")
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=10 * 1024 * 1024,
+        metavar="BYTES",
+        help="for routes without their own max_body_bytes",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -50,10 +88,20 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         token_file=args.token_file,
         upstreams=tuple(args.upstream),
         reuse_port=args.reuse_port,
+        handover=args.handover,
+        takeover=args.takeover,
         upstream_timeout=args.upstream_timeout,
         connect_timeout=args.connect_timeout,
         drain_timeout=args.drain_timeout,
+        drain_grace=args.drain_grace,
+        header_timeout=args.header_timeout,
+        client_idle_timeout=args.idle_timeout,
         eject_seconds=args.eject_seconds,
+        eject_after_5xx=args.eject_after_5xx,
+        slow_start_seconds=args.slow_start,
+        max_connections=args.max_connections,
+        max_header_bytes=args.max_header_bytes,
+        max_body_bytes=args.max_body_bytes,
     )
 
 

@@ -4,7 +4,12 @@
 - ``GET /metrics``  Prometheus text
 - ``GET /routes``   the table in use
 - ``PUT /routes``   a new table; ``Authorization: Bearer <token>``. 401 without the right
-  token, 400 on a bad table, 409 when its generation is older than the one in use.
+  token, 400 on a bad table, 409 when its generation is older than the one in use, 503
+  while the gateway hands over to a successor or drains (push again: the successor, or
+  the routes file it starts from, gets the table).
+
+While the gateway drains every answer carries ``Connection: close``, so a client with a
+keep-alive connection to the old process reconnects to whoever listens now.
 
 A tiny HTTP/1.1 server on httptools (keep-alive, one request at a time per connection);
 it is not on the data path and favours clarity over speed.
@@ -16,6 +21,7 @@ import asyncio
 import hmac
 import json
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -43,6 +49,9 @@ class GatewayControls(Protocol):
 
     @property
     def draining(self) -> bool: ...
+
+    @property
+    def accepting_pushes(self) -> bool: ...
 
     def current_table(self) -> RouteTable: ...
 
@@ -72,7 +81,11 @@ class AdminApp:
     def __init__(self, gateway: GatewayControls, read_token: Callable[[], str | None]) -> None:
         self._gateway = gateway
         self._read_token = read_token
-        self._push_lock = asyncio.Lock()
+        self.push_lock = asyncio.Lock()  # held by a push, and by a handover as it starts
+
+    @property
+    def closing(self) -> bool:
+        return self._gateway.draining
 
     async def handle(
         self, method: bytes, path: bytes, headers: dict[bytes, bytes], body: bytes
@@ -123,7 +136,11 @@ class AdminApp:
         if table.site != gateway.site:
             message = f"this table is for site {table.site!r}; this gateway serves {gateway.site!r}"
             return json_response(400, {"error": message})
-        async with self._push_lock:
+        async with self.push_lock:
+            if not gateway.accepting_pushes:
+                return json_response(
+                    503, {"error": "this gateway is handing over or draining: push again"}
+                )
             try:
                 await gateway.push_table(table)
             except StaleRouteTable as exc:
@@ -166,11 +183,31 @@ class AdminServer:
         self.connections: set[asyncio.Transport] = set()
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(
+        self, host: str | None = None, port: int | None = None, *, sock: socket.socket | None = None
+    ) -> None:
+        """Listen on ``host:port``, or on ``sock`` (a listener taken over)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: AdminConnection(self), host, port, reuse_address=True
-        )
+        if sock is not None:
+            self._server = await loop.create_server(lambda: AdminConnection(self), sock=sock)
+        else:
+            assert host is not None and port is not None
+            self._server = await loop.create_server(
+                lambda: AdminConnection(self), host, port, reuse_address=True
+            )
+
+    def listening_fd(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].fileno()
+
+    def close_listener(self) -> None:
+        """Accept no more connections; the open ones are served until ``aclose``."""
+        if self._server is not None:
+            self._server.close()
+
+    @property
+    def closing(self) -> bool:
+        return self.app.closing
 
     async def aclose(self) -> None:
         if self._server is not None:
@@ -264,6 +301,7 @@ class AdminConnection(asyncio.Protocol):
                 response = json_response(500, {"error": f"internal error: {exc}"})
         if transport.is_closing():
             return
+        keep_alive = keep_alive and not self._server.closing
         transport.write(render(response, keep_alive=keep_alive, head_only=method == b"HEAD"))
         if keep_alive:
             transport.resume_reading()

@@ -7,9 +7,15 @@
   At rest (nothing outstanding) this is plain weighted choice, so a canary at weight 10
   next to a stable at 90 gets 10 % of the requests; under load, a slow backend collects
   outstanding requests and is chosen less.
-- A backend whose connect failed is ejected for a few seconds. When every backend is
-  ejected the gateway still tries them (a guess beats a certain 503), own site first.
+- A backend that failed is ejected for a while (:mod:`alwayson.gateway.ejecting`). When
+  every backend is ejected the gateway still tries them (a guess beats a certain 503), own
+  site first.
+- A backend new in the table, or back from an ejection, is slow started: its weight in
+  both draws and in the comparison ramps up (:meth:`OutlierPolicy.weight_factor`).
 - A retry avoids the backend that just failed whenever another one exists.
+- A plan is marked ``stale`` when a newer table is installed; requests read under the old
+  table (pipelined, or retried) are matched again, so no request goes to a backend the
+  new table removed.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
+from alwayson.gateway.ejecting import OutlierPolicy
 from alwayson.gateway.matching import RouteMatcher
 from alwayson.gateway.metrics import GatewayMetrics, RequestStats
 from alwayson.gateway.routes import Route, RouteTable, normalized_prefix
@@ -54,7 +61,7 @@ class Target:
 class RoutePlan:
     """A compiled route: its targets split by locality, weight-zero ones left out."""
 
-    __slots__ = ("local", "remote", "service", "unavailable_stats")
+    __slots__ = ("local", "max_body", "remote", "service", "stale", "unavailable_stats")
 
     def __init__(
         self,
@@ -62,17 +69,21 @@ class RoutePlan:
         local: Sequence[Target],
         remote: Sequence[Target],
         unavailable_stats: RequestStats,
+        max_body: int = 10 * 1024 * 1024,
     ) -> None:
         self.service = service
         self.local = tuple(target for target in local if target.weight > 0)
         self.remote = tuple(target for target in remote if target.weight > 0)
         self.unavailable_stats = unavailable_stats
+        self.max_body = max_body
+        self.stale = False  # a newer table replaced this plan
 
 
 def choose_target(
     plan: RoutePlan,
     now: float,
     exclude: Target | None = None,
+    policy: OutlierPolicy | None = None,
     rand: Callable[[], float] = random.random,
 ) -> Target | None:
     """The target for the next attempt of a request, or None when the route has none."""
@@ -88,23 +99,30 @@ def choose_target(
             if target is not exclude and target.upstream.ejected_until <= now
         ]
         if usable:
-            return pick(usable, rand)
+            return pick(usable, rand, now, policy)
     # Everything is ejected or excluded: try the ejected ones, then the excluded one.
     for tier in (local, plan.remote):
         others = [target for target in tier if target is not exclude]
         if others:
-            return pick(others, rand)
+            return pick(others, rand, now, None)
     if exclude is not None and (exclude in local or exclude in plan.remote):
         return exclude
     return None
 
 
-def pick(candidates: Sequence[Target], rand: Callable[[], float]) -> Target:
+def pick(
+    candidates: Sequence[Target],
+    rand: Callable[[], float],
+    now: float = 0.0,
+    policy: OutlierPolicy | None = None,
+) -> Target:
     """Weighted power of two choices among usable candidates."""
     if len(candidates) == 1:
         return candidates[0]
-    total = 0
+    total = 0.0
     for target in candidates:
+        if target.upstream.ramp_until > now and policy is not None:
+            return _pick_ramped(candidates, rand, now, policy)
         total += target.weight
     first = _draw(candidates, total, rand)
     second = _draw(candidates, total, rand)
@@ -116,7 +134,7 @@ def pick(candidates: Sequence[Target], rand: Callable[[], float]) -> Target:
     return second
 
 
-def _draw(candidates: Sequence[Target], total: int, rand: Callable[[], float]) -> Target:
+def _draw(candidates: Sequence[Target], total: float, rand: Callable[[], float]) -> Target:
     point = rand() * total
     for target in candidates:
         point -= target.weight
@@ -125,19 +143,48 @@ def _draw(candidates: Sequence[Target], total: int, rand: Callable[[], float]) -
     return candidates[-1]
 
 
+def _pick_ramped(
+    candidates: Sequence[Target], rand: Callable[[], float], now: float, policy: OutlierPolicy
+) -> Target:
+    """:func:`pick` with slow-start weights (the rare path: some backend is ramping)."""
+    weights = [target.weight * policy.weight_factor(target.upstream, now) for target in candidates]
+    total = sum(weights)
+    first = _draw_index(weights, total, rand)
+    second = _draw_index(weights, total, rand)
+    if first != second:
+        load_first = candidates[first].upstream.outstanding
+        load_second = candidates[second].upstream.outstanding
+        if load_second * weights[first] < load_first * weights[second]:
+            first = second
+    return candidates[first]
+
+
+def _draw_index(weights: list[float], total: float, rand: Callable[[], float]) -> int:
+    point = rand() * total
+    for index, weight in enumerate(weights):
+        point -= weight
+        if point < 0:
+            return index
+    return len(weights) - 1
+
+
 def compile_table(
     table: RouteTable,
     site: str,
     upstream_for: Callable[[str, int], Upstream],
     metrics: GatewayMetrics,
-) -> RouteMatcher[RoutePlan]:
-    """The lookup structure of a table; ``upstream_for`` returns the pool of an address
-    (existing pools are reused, so their idle connections and ejections carry over)."""
+    default_max_body: int = 10 * 1024 * 1024,
+) -> tuple[RouteMatcher[RoutePlan], list[RoutePlan]]:
+    """The lookup structure of a table and its plans; ``upstream_for`` returns the pool of
+    an address (existing pools are reused, so their idle connections and ejections carry
+    over)."""
     entries = []
+    plans = []
     for route in table.routes:
-        plan = compile_route(route, site, upstream_for, metrics)
+        plan = compile_route(route, site, upstream_for, metrics, default_max_body)
         entries.append((route.hosts, normalized_prefix(route.path_prefix), plan))
-    return RouteMatcher(entries)
+        plans.append(plan)
+    return RouteMatcher(entries), plans
 
 
 def compile_route(
@@ -145,6 +192,7 @@ def compile_route(
     site: str,
     upstream_for: Callable[[str, int], Upstream],
     metrics: GatewayMetrics,
+    default_max_body: int = 10 * 1024 * 1024,
 ) -> RoutePlan:
     local: list[Target] = []
     remote: list[Target] = []
@@ -160,4 +208,7 @@ def compile_route(
             stats=metrics.stats_for(route.service, backend.version, backend.site),
         )
         (local if backend.site == site else remote).append(target)
-    return RoutePlan(route.service, local, remote, metrics.stats_for(route.service, "", ""))
+    max_body = route.max_body_bytes if route.max_body_bytes is not None else default_max_body
+    return RoutePlan(
+        route.service, local, remote, metrics.stats_for(route.service, "", ""), max_body
+    )

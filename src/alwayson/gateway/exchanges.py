@@ -10,8 +10,11 @@ finished when the response is relayed (or an error written). The client side
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from alwayson.gateway.ejecting import OutlierPolicy
 from alwayson.gateway.headers import RequestIds
 from alwayson.gateway.matching import RouteMatcher
 from alwayson.gateway.retrying import REPLAY_LIMIT, Failure
@@ -20,13 +23,12 @@ if TYPE_CHECKING:
     from alwayson.gateway.balancing import RoutePlan, Target
     from alwayson.gateway.metrics import GatewayMetrics
     from alwayson.gateway.proxying import ClientConnection
+    from alwayson.gateway.tunnels import Tunnel
     from alwayson.gateway.upstreams import UpstreamConnection
 
 
 class ExchangeOwner(Protocol):
     """The client connection an exchange belongs to."""
-
-    closing: bool
 
     def response_complete(self, exchange: Exchange) -> None:
         """The whole response was written to the client."""
@@ -42,12 +44,16 @@ class ExchangeOwner(Protocol):
 
     def resume_upload(self) -> None: ...
 
+    def upgraded(self, exchange: Exchange, connection: UpstreamConnection) -> None:
+        """The backend switched protocols (101, head already relayed): tunnel from now on."""
+
 
 class Exchange:
     """State of one proxied request; plain slots, touched on every request."""
 
     __slots__ = (
         "body_done",
+        "body_size",
         "cancelled",
         "chunked",
         "client_transport",
@@ -56,9 +62,11 @@ class Exchange:
         "content_length",
         "dispatched",
         "exclude",
-        "expect_continue",
+        "expect",
         "extra_drop",
         "forwarded_for",
+        "forwarded_host",
+        "forwarded_proto",
         "fresh_only",
         "head",
         "head_parts",
@@ -77,6 +85,7 @@ class Exchange:
         "response_started",
         "retries",
         "route",
+        "routing_host",
         "stale_retries",
         "started_at",
         "status",
@@ -99,19 +108,23 @@ class Exchange:
         self.method = b""
         self.head_parts: list[bytes] = []
         self.head = b""
-        self.host = b""
+        self.host: bytes | None = None  # the Host header as sent
+        self.routing_host = b""  # lower case, without the port
         self.forwarded_for: bytes | None = None
+        self.forwarded_proto = False
+        self.forwarded_host = False
         self.request_id: bytes | None = None
         self.extra_drop: set[bytes] | None = None
         self.content_length: bytes | None = None
         self.chunked = False
-        self.expect_continue = False
-        self.upgrade = False  # an Upgrade header was sent
+        self.expect: bytes | None = None
+        self.upgrade: bytes | None = None  # the Upgrade header of a protocol switch request
         self.keep_alive = True
         self.http10 = False
         self.is_head = False
-        self.close_after = False
+        self.close_after = False  # the connection closes after this exchange's response
         self.body_done = False
+        self.body_size = 0
         # Wire bytes (already framed) received from the client and not yet sent upstream.
         self.unsent: list[bytes] = []
         self.unsent_size = 0
@@ -168,6 +181,20 @@ class CoarseClock:
         self.now = now
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a client may ask of the gateway, and how long it waits; seconds and bytes."""
+
+    max_header_bytes: int = 32 * 1024  # request line and headers: 431 beyond (414: target)
+    max_body_bytes: int = 10 * 1024 * 1024  # for routes without their own max_body_bytes
+    header_timeout: float = 10.0  # a request head must be complete by then: 408
+    idle_timeout: float = 60.0  # a keep-alive connection with no request in progress
+    drain_grace: float = 1.0  # idle connections of a draining gateway close after it
+    upstream_timeout: float = 30.0  # no byte from the backend for that long: 504
+    tunnel_idle_timeout: float = 300.0  # a WebSocket tunnel with no byte either way
+    max_connections: int = 10_000  # client connections (tunnels included)
+
+
 class ProxyContext:
     """What every client connection of one gateway shares; the gateway swaps ``matcher``
     when a new table is installed, so each request sees exactly one table."""
@@ -176,11 +203,14 @@ class ProxyContext:
         "clients",
         "clock",
         "draining",
-        "eject_seconds",
+        "limits",
         "matcher",
         "metrics",
         "no_route_stats",
+        "on_drained",
+        "outliers",
         "request_ids",
+        "tunnels",
     )
 
     def __init__(
@@ -188,14 +218,27 @@ class ProxyContext:
         *,
         metrics: GatewayMetrics,
         clock: CoarseClock,
-        eject_seconds: float = 5.0,
+        limits: Limits | None = None,
+        outliers: OutlierPolicy | None = None,
         request_ids: RequestIds | None = None,
     ) -> None:
         self.matcher: RouteMatcher[RoutePlan] = RouteMatcher(())
         self.metrics = metrics
         self.clock = clock
-        self.eject_seconds = eject_seconds
+        self.limits = limits or Limits()
+        self.outliers = outliers or OutlierPolicy()
         self.request_ids = request_ids or RequestIds()
         self.clients: set[ClientConnection] = set()
+        self.tunnels: set[Tunnel] = set()
         self.draining = False
+        # Called when the last connection of a draining gateway is gone.
+        self.on_drained: Callable[[], None] | None = None
         self.no_route_stats = metrics.stats_for("", "", "")
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.clients) + len(self.tunnels)
+
+    def connection_gone(self) -> None:
+        if self.draining and self.on_drained is not None and not self.clients and not self.tunnels:
+            self.on_drained()

@@ -69,6 +69,7 @@ RESPONSE_HEADER_ACTIONS.update(
 )
 
 VIA = b"via: 1.1 alwayson\r\n"
+VIA_AND_REQUEST_ID = VIA + b"x-request-id: "
 
 # Characters a Host header may hold: reg-name, IPv4, [IPv6] and a port (RFC 3986 §3.2.2).
 HOST_CHARACTERS = (
@@ -79,6 +80,46 @@ HOST_CHARACTERS = (
 def is_valid_host(value: bytes) -> bool:
     """Whether a Host header value could name a host (empty is allowed by RFC 9112 §3.2)."""
     return not value.translate(None, HOST_CHARACTERS)
+
+
+class HostNames:
+    """Host header value → its routing form (lower case, no port), or None when invalid.
+
+    A gateway sees the same few Host values over and over: they are checked once and
+    remembered (up to ``size`` of them; beyond that they are checked every time, so a
+    client sending random hosts costs CPU, never memory)."""
+
+    __slots__ = ("_known", "_size")
+
+    def __init__(self, size: int = 4096) -> None:
+        self._known: dict[bytes, bytes | None] = {}
+        self._size = size
+
+    def lookup(self, raw: bytes) -> bytes | None:
+        known = self._known
+        if raw in known:
+            return known[raw]
+        routing = _routing_host(raw) if is_valid_host(raw) else None
+        if len(known) < self._size:
+            known[raw] = routing
+        return routing
+
+
+def _routing_host(raw: bytes) -> bytes:
+    if raw.startswith(b"["):
+        end = raw.find(b"]")
+        return raw[: end + 1].lower() if end > 0 else raw.lower()
+    colon = raw.find(b":")
+    if colon >= 0:
+        raw = raw[:colon]
+    return raw.lower()
+
+
+HOST_NAMES = HostNames()
+# Its memory, for a dict lookup on the hot path (an empty Host maps to b"", which is
+# falsy: callers fall back to ``HOST_NAMES.lookup``, which answers it as well).
+KNOWN_HOSTS = HOST_NAMES._known
+
 
 # Tokens of a Connection header that name no other header.
 CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
@@ -148,15 +189,17 @@ def _status_line(code: int) -> bytes:
     return f"HTTP/1.1 {code} {phrase}\r\n".encode()
 
 
-# b"HTTP/1.1 200 " for every code; the reason phrase of the upstream follows it.
-STATUS_PREFIXES: list[bytes] = [b"HTTP/1.1 %d " % code for code in range(1000)]
 STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
+# The status line relayed for a backend's response, for every three-digit code: with the
+# standard reason phrase, not the backend's (RFC 9112 §4: clients ignore it; Envoy does
+# the same), which saves reading it on every response.
+RELAYED_STATUS_LINES: list[bytes] = [_status_line(code) for code in range(1000)]
 
 
-def status_line(code: int, reason: bytes) -> bytes:
+def status_line(code: int) -> bytes:
     if 0 <= code < 1000:
-        return STATUS_PREFIXES[code] + reason + b"\r\n"
-    return b"HTTP/1.1 %d %s\r\n" % (code, reason)
+        return RELAYED_STATUS_LINES[code]
+    return b"HTTP/1.1 %d \r\n" % code
 
 
 def error_response(

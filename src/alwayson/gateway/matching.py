@@ -59,7 +59,7 @@ def _rule(prefix: str, value: T) -> _Rule[T]:
 class RouteMatcher(Generic[T]):
     """Maps (host, path) to the value of the most specific route."""
 
-    __slots__ = ("_catch_all", "_host_only", "_host_path", "_path_only", "size")
+    __slots__ = ("_catch_all", "_host_only", "_host_path", "_path_only", "size", "uses_hosts")
 
     def __init__(self, entries: Iterable[tuple[Sequence[str], str | None, T]]) -> None:
         host_path: dict[bytes, list[_Rule[T]]] = {}
@@ -84,6 +84,8 @@ class RouteMatcher(Generic[T]):
         path_only.sort(key=lambda rule: len(rule[0]), reverse=True)
         self._host_path = host_path
         self._path_only = path_only
+        # No route names a host: callers may skip working out the request's host.
+        self.uses_hosts = bool(host_path or self._host_only)
 
     def match(self, host: bytes, path: bytes) -> T | None:
         """``host`` as given by :func:`normalize_host`; ``path`` with its query."""

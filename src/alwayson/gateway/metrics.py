@@ -73,8 +73,11 @@ class GatewayMetrics:
         self._stats: dict[tuple[str, str, str], RequestStats] = {}
         self.retries: dict[str, int] = {}
         self.connect_errors: dict[tuple[str, str], int] = {}
+        self.ejections: dict[tuple[str, str], int] = {}
+        self.rejected_connections = 0  # closed at once: over --max-connections
         self.generation = 0
         self.active_connections: Callable[[], int] = lambda: 0
+        self.active_tunnels: Callable[[], int] = lambda: 0
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_GatewayCollector(self))
 
@@ -94,6 +97,10 @@ class GatewayMetrics:
     def count_connect_error(self, service: str, backend: str) -> None:
         key = (service, backend)
         self.connect_errors[key] = self.connect_errors.get(key, 0) + 1
+
+    def count_ejection(self, service: str, backend: str) -> None:
+        key = (service, backend)
+        self.ejections[key] = self.ejections.get(key, 0) + 1
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything above."""
@@ -152,6 +159,25 @@ class _GatewayCollector(Collector):
             connect_errors.add_metric([service, backend], count)
         yield connect_errors
 
+        ejections = CounterMetricFamily(
+            "alwayson_gateway_backend_ejections",
+            "Times a backend was left out of rotation after consecutive failures.",
+            labels=["service", "backend"],
+        )
+        for (service, backend), count in sorted(metrics.ejections.items()):
+            ejections.add_metric([service, backend], count)
+        yield ejections
+
+        yield CounterMetricFamily(
+            "alwayson_gateway_rejected_connections",
+            "Client connections closed at once because the gateway had --max-connections.",
+            value=metrics.rejected_connections,
+        )
+        yield GaugeMetricFamily(
+            "alwayson_gateway_active_tunnels",
+            "Upgraded (WebSocket) connections relayed now.",
+            value=metrics.active_tunnels(),
+        )
         yield GaugeMetricFamily(
             "alwayson_gateway_active_connections",
             "Client connections open now.",

@@ -1,100 +1,83 @@
-"""The client side of the proxy: parse requests, pick a backend, relay, retry, answer errors.
+"""The client side of the proxy: pick a backend, relay, retry, answer errors, drain.
 
-One :class:`ClientConnection` per accepted connection. Requests are handled one at a time
-in arrival order (pipelined ones wait, and reading pauses while they do); the response
-side lives in :mod:`alwayson.gateway.upstreams`. Everything here is callbacks on the
-event loop: no task, no coroutine and no per-request allocation beyond the
+One :class:`ClientConnection` per accepted connection; its parsing half is
+:class:`~alwayson.gateway.reading.RequestReader`. Requests are handled one at a time in
+arrival order (pipelined ones wait, and reading pauses while they do); the response side
+lives in :mod:`alwayson.gateway.upstreams`. Everything here is callbacks on the event
+loop: no task, no coroutine and no per-request allocation beyond the
 :class:`~alwayson.gateway.exchanges.Exchange` and the bytes it relays.
+
+Closing, the rules that make a drain drop nothing:
+
+- a response carries ``Connection: close`` only if its exchange is marked ``close_after``
+  before its head is written; the connection then closes right after it;
+- a draining gateway marks the last request it has read whose response has not started;
+  when that response already promised keep-alive, the *next* request gets the close;
+- an idle connection of a draining gateway closes after ``Limits.drain_grace`` without a
+  request, so a client that keeps sending is answered, not cut.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from time import monotonic
 from typing import cast
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+from httptools import HttpParserError, HttpParserUpgrade
 
-from alwayson.gateway.balancing import choose_target
-from alwayson.gateway.exchanges import Exchange, ProxyContext
-from alwayson.gateway.headers import (
-    CHUNKED_END,
-    CONNECTION,
-    CONTENT_LENGTH,
-    CONTINUE_RESPONSE,
-    EXPECT,
-    FORWARDED_FOR,
-    HOST,
-    REQUEST_HEADER_ACTIONS,
-    REQUEST_ID,
-    TRANSFER_ENCODING,
-    UPGRADE,
-    connection_tokens,
-    drop_named,
-    error_response,
-    is_chunked,
+from alwayson.gateway.balancing import Target, choose_target
+from alwayson.gateway.exchanges import Exchange, ExchangeOwner, ProxyContext
+from alwayson.gateway.headers import CONTINUE_RESPONSE, error_response
+from alwayson.gateway.reading import (
+    BUFFERING,
+    PIPELINING,
+    REFUSED,
+    UPLOADING,
+    RequestReader,
 )
-from alwayson.gateway.matching import normalize_host, request_path
 from alwayson.gateway.retrying import REPLAY_LIMIT, Failure, Retry, decide_retry
+from alwayson.gateway.tunnels import Tunnel
 from alwayson.gateway.upstreams import UpstreamConnection
 
 log = logging.getLogger(__name__)
 
-# Why reading from a client is paused (bits; reading resumes when none is left).
-_UPLOADING = 1  # the backend connection's write buffer is full
-_BUFFERING = 2  # body bytes pile up while a backend connection opens
-_PIPELINING = 4  # a later request waits for the current one
-
 _BUFFER_LIMIT = REPLAY_LIMIT
 
 
-class ClientConnection(asyncio.Protocol):
+def _rid(exchange: Exchange) -> str:
+    return exchange.request_id.decode("latin-1") if exchange.request_id else "-"
+
+
+class ClientConnection(RequestReader):
     """A client's keep-alive connection to the gateway."""
 
-    __slots__ = (
-        "active",
-        "client_ip",
-        "closed",
-        "closing",
-        "ctx",
-        "current",
-        "parser",
-        "paused",
-        "queue",
-        "touched",
-        "transport",
-        "write_paused",
-    )
+    __slots__ = ("write_paused",)
 
     def __init__(self, ctx: ProxyContext) -> None:
-        self.ctx = ctx
-        self.parser = HttpRequestParser(self)
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set at once
-        self.client_ip = b"unknown"
-        self.current: Exchange | None = None  # being parsed
-        self.active: Exchange | None = None  # being proxied
-        self.queue: deque[Exchange] = deque()  # pipelined behind ``active``
-        self.closing = ctx.draining
-        self.closed = False
-        self.paused = 0
+        super().__init__(ctx)
         self.write_paused = False
-        self.touched = ctx.clock.now
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        ctx = self.ctx
+        if ctx.connection_count >= ctx.limits.max_connections:
+            ctx.metrics.rejected_connections += 1
+            self.closed = True
+            self.transport.abort()
+            return
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_ip = str(peer[0]).encode()
-        self.ctx.clients.add(self)
+        ctx.clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.ctx.clients.discard(self)
+        ctx = self.ctx
+        ctx.clients.discard(self)
         exchanges = list(self.queue)
         if self.active is not None:
             exchanges.insert(0, self.active)
@@ -103,21 +86,35 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
         for exchange in exchanges:
             self._cancel(exchange)
+        ctx.connection_gone()
 
     def eof_received(self) -> bool:
         """A client may half-close after its request: answer it, then close."""
         self.closing = True
-        # Nothing in flight: False lets the transport close.
-        return self.active is not None or bool(self.queue)
+        if self.current is not None:
+            return False  # a request cut in the middle can never be answered
+        last = self.queue[-1] if self.queue else self.active
+        if last is None:
+            return False  # nothing in flight: let the transport close
+        last.close_after = True
+        return True
 
     def data_received(self, data: bytes) -> None:
+        if self.diverted:
+            if self.upgrading and not self.paused & REFUSED:
+                self.hold(data)
+            return
+        # Parse; the slow paths (upgrade, refusal, a head cut between packets) are
+        # RequestReader methods. This runs for every packet of every request.
         try:
             self.parser.feed_data(data)
-        except HttpParserUpgrade:
-            self.closing = True  # the upgrade request itself is answered with a 501 below
+        except HttpParserUpgrade as exc:
+            self.upgrade_read(data, exc.args[0])
         except HttpParserError as exc:
-            self._bad_request(exc)
-            return
+            self.parse_failed(exc)
+        else:
+            if self.reading_head:
+                self.count_head_bytes(len(data))
         exchange = self.active
         if exchange is None:
             return
@@ -129,7 +126,7 @@ class ClientConnection(asyncio.Protocol):
         elif not exchange.dispatched:
             self._dispatch(exchange)
         elif exchange.unsent_size > _BUFFER_LIMIT:
-            self._pause(_BUFFERING)
+            self.pause(BUFFERING)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -143,121 +140,6 @@ class ClientConnection(asyncio.Protocol):
         if exchange is not None and exchange.conn is not None:
             exchange.conn.resume_reading()
 
-    # -- httptools callbacks -------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self.current = Exchange(self, self.transport, monotonic())
-
-    def on_url(self, url: bytes) -> None:
-        exchange = self.current
-        assert exchange is not None
-        exchange.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        exchange = self.current
-        assert exchange is not None
-        lower = name.lower()
-        action = REQUEST_HEADER_ACTIONS.get(lower)
-        if action is None:
-            if not lower.startswith(b"proxy-"):
-                exchange.head_parts += (name, b": ", value, b"\r\n")
-        elif action == HOST:
-            exchange.host = value
-            exchange.head_parts += (name, b": ", value, b"\r\n")
-        elif action == CONTENT_LENGTH:
-            exchange.content_length = value.strip()
-        elif action == TRANSFER_ENCODING:
-            exchange.chunked = is_chunked(value)
-        elif action == FORWARDED_FOR:
-            previous = exchange.forwarded_for
-            exchange.forwarded_for = value if previous is None else previous + b", " + value
-        elif action == REQUEST_ID:
-            if value:
-                exchange.request_id = value
-        elif action == EXPECT:
-            exchange.expect_continue = value.strip().lower() == b"100-continue"
-        elif action == CONNECTION:
-            tokens = connection_tokens(value)
-            if tokens:
-                extra = exchange.extra_drop
-                exchange.extra_drop = tokens if extra is None else extra | tokens
-        elif action == UPGRADE:
-            exchange.upgrade = True
-        # Anything else is a hop-by-hop header: it stays on this hop.
-
-    def on_headers_complete(self) -> None:
-        exchange = self.current
-        assert exchange is not None
-        ctx = self.ctx
-        parser = self.parser
-        method = parser.get_method()
-        exchange.method = method
-        exchange.is_head = method == b"HEAD"
-        exchange.keep_alive = parser.should_keep_alive()
-        exchange.http10 = parser.get_http_version() == "1.0"
-        if self.closing:
-            exchange.close_after = True
-        request_id = exchange.request_id
-        if request_id is None:
-            request_id = exchange.request_id = ctx.request_ids.next()
-        if self.active is None:
-            self.active = exchange
-        else:
-            self.queue.append(exchange)
-            self._pause(_PIPELINING)
-        if (exchange.upgrade or method == b"CONNECT") and parser.should_upgrade():
-            exchange.local_status = 501
-            exchange.local_message = "protocol upgrades (WebSocket, CONNECT) are not supported"
-            return
-        matcher = ctx.matcher
-        route = matcher.match(normalize_host(exchange.host), request_path(exchange.url))
-        if route is None:
-            if matcher.size:
-                exchange.local_status = 404
-                exchange.local_message = "no route for this host and path"
-            else:
-                exchange.local_status = 503
-                exchange.local_message = "this gateway has no route table yet"
-            return
-        exchange.route = route
-        parts = exchange.head_parts
-        if exchange.extra_drop:
-            parts = drop_named(parts, exchange.extra_drop)
-        previous = exchange.forwarded_for
-        parts += (
-            b"x-forwarded-for: ",
-            previous + b", " + self.client_ip if previous else self.client_ip,
-            b"\r\nx-request-id: ",
-            request_id,
-            b"\r\n",
-        )
-        if exchange.chunked:
-            parts.append(b"transfer-encoding: chunked\r\n\r\n")
-        elif exchange.content_length is not None:
-            parts += (b"content-length: ", exchange.content_length, b"\r\n\r\n")
-        else:
-            parts.append(b"\r\n")
-        exchange.head = b"%s %s HTTP/1.1\r\n%s" % (method, exchange.url, b"".join(parts))
-
-    def on_body(self, body: bytes) -> None:
-        exchange = self.current
-        assert exchange is not None
-        if exchange.local_status:
-            return  # answered by the gateway: the body goes nowhere
-        if exchange.chunked:
-            exchange.unsent += (b"%x\r\n" % len(body), body, b"\r\n")
-        else:
-            exchange.unsent.append(body)
-        exchange.unsent_size += len(body)
-
-    def on_message_complete(self) -> None:
-        exchange = self.current
-        assert exchange is not None
-        self.current = None
-        if exchange.chunked and not exchange.local_status:
-            exchange.unsent.append(CHUNKED_END)
-        exchange.body_done = True
-
     # -- proxying ------------------------------------------------------------------------
 
     def _dispatch(self, exchange: Exchange) -> None:
@@ -265,7 +147,14 @@ class ClientConnection(asyncio.Protocol):
         if exchange.local_status:
             self._answer_locally(exchange)
             return
-        if exchange.expect_continue and not exchange.body_done:
+        if (
+            exchange.expect is not None
+            and not exchange.body_done
+            and not exchange.http10
+            and not exchange.unsent
+        ):
+            # The gateway takes the body itself (RFC 9110 §10.1.1 lets a proxy answer);
+            # a request refused early (413, 404, 417) never gets here and gets no 100.
             self.transport.write(CONTINUE_RESPONSE)
         self._attempt(exchange)
 
@@ -273,7 +162,24 @@ class ClientConnection(asyncio.Protocol):
         route = exchange.route
         assert route is not None
         ctx = self.ctx
-        target = choose_target(route, ctx.clock.now, exchange.exclude)
+        if route.stale:
+            # Read under an older table: match again so no request goes to a backend the
+            # new table removed (the controller stops such a backend soon after).
+            matcher = ctx.matcher
+            fresh = matcher.match(exchange.routing_host, exchange.url)
+            if fresh is None:
+                exchange.local_status = 404 if matcher.size else 503
+                exchange.local_message = "no route for this host and path"
+                self._answer_locally(exchange)
+                return
+            route = exchange.route = fresh
+            exchange.exclude = None
+        now = ctx.clock.now
+        local = route.local
+        if len(local) == 1 and exchange.exclude is None and local[0].upstream.ejected_until <= now:
+            target: Target | None = local[0]  # choose_target's first case, in line
+        else:
+            target = choose_target(route, now, exchange.exclude, ctx.outliers)
         if target is None:
             exchange.local_status = 503
             exchange.local_message = f"no usable backend for service {route.service}"
@@ -283,14 +189,14 @@ class ClientConnection(asyncio.Protocol):
         upstream = target.upstream
         upstream.outstanding += 1
         exchange.outstanding = True
-        exchange.touched = ctx.clock.now
+        exchange.touched = now
         conn = None if exchange.fresh_only else upstream.take_idle()
         if conn is not None:
             self._begin(exchange, conn, reused=True)
         else:
             upstream.connect(exchange)
             if exchange.unsent_size > _BUFFER_LIMIT:
-                self._pause(_BUFFERING)
+                self.pause(BUFFERING)
 
     def _begin(self, exchange: Exchange, conn: UpstreamConnection, reused: bool) -> None:
         if exchange.unsent:
@@ -300,8 +206,8 @@ class ClientConnection(asyncio.Protocol):
         conn.begin(exchange, payload, reused)
         if self.write_paused:
             conn.pause_reading()
-        if self.paused & _BUFFERING:
-            self._resume(_BUFFERING)
+        if self.paused & BUFFERING:
+            self.resume(BUFFERING)
 
     def connected(self, exchange: Exchange, connection: UpstreamConnection | None) -> None:
         if exchange.cancelled:
@@ -316,21 +222,26 @@ class ClientConnection(asyncio.Protocol):
     def upstream_failed(self, exchange: Exchange, failure: Failure) -> None:
         target = exchange.target
         assert target is not None
+        upstream = target.upstream
         if exchange.outstanding:
-            target.upstream.outstanding -= 1
+            upstream.outstanding -= 1
             exchange.outstanding = False
         if exchange.cancelled:
             return
         ctx = self.ctx
+        now = ctx.clock.now
         if failure is Failure.CONNECT_FAILED:
-            target.upstream.ejected_until = ctx.clock.now + ctx.eject_seconds
             ctx.metrics.count_connect_error(target.service, target.id)
+            if ctx.outliers.connect_failed(upstream, now):
+                ctx.metrics.count_ejection(target.service, target.id)
+        elif failure is not Failure.STALE_CONNECTION and ctx.outliers.failed(upstream, now):
+            ctx.metrics.count_ejection(target.service, target.id)
         if exchange.response_started:
             # Part of the response is with the client already: cut the connection so the
             # truncation cannot pass for a complete response.
             log.warning(
                 "request %s to %s: %s after the response started",
-                exchange.request_id.decode() if exchange.request_id else "-",
+                _rid(exchange),
                 target.id,
                 failure.value,
             )
@@ -356,40 +267,68 @@ class ClientConnection(asyncio.Protocol):
             exchange.rewind()
             self._attempt(exchange)
             return
-        exchange.local_status = 504 if failure is Failure.TIMEOUT else 502
+        if failure is Failure.TIMEOUT:
+            exchange.local_status = 504
+        elif failure is Failure.CONNECT_FAILED:
+            exchange.local_status = 503  # nothing reached a backend: safe to try again
+        else:
+            exchange.local_status = 502
         exchange.local_message = f"backend {target.id} of service {target.service}: {failure.value}"
-        log.warning(
-            "request %s: %s",
-            exchange.request_id.decode() if exchange.request_id else "-",
-            exchange.local_message,
-        )
         self._answer_locally(exchange)
 
     def response_complete(self, exchange: Exchange) -> None:
         target = exchange.target
         assert target is not None
+        upstream = target.upstream
         if exchange.outstanding:
-            target.upstream.outstanding -= 1
+            upstream.outstanding -= 1
             exchange.outstanding = False
-        target.stats.observe(exchange.status, monotonic() - exchange.started_at)
+        status = exchange.status
+        target.stats.observe(status, monotonic() - exchange.started_at)
+        if status >= 500:
+            ctx = self.ctx
+            if ctx.outliers.failed(upstream, ctx.clock.now):
+                ctx.metrics.count_ejection(target.service, target.id)
+        elif upstream.needs_reset:
+            self.ctx.outliers.succeeded(upstream, self.ctx.clock.now)
         self._done(exchange)
 
+    def upgraded(self, exchange: Exchange, connection: UpstreamConnection) -> None:
+        """The backend answered 101: from now on both connections are one byte tunnel."""
+        target = exchange.target
+        assert target is not None
+        upstream = target.upstream
+        if exchange.outstanding:
+            upstream.outstanding -= 1
+            exchange.outstanding = False
+        target.stats.observe(101, monotonic() - exchange.started_at)
+        if upstream.needs_reset:
+            self.ctx.outliers.succeeded(upstream, self.ctx.clock.now)
+        backend = connection.detach()
+        ctx = self.ctx
+        ctx.clients.discard(self)
+        self.closed = True  # the transport belongs to the tunnel now
+        self.active = None
+        self.current = None
+        if self.paused:
+            self.paused = 0
+            self.transport.resume_reading()
+        held, self.held = self.held, []
+        Tunnel(ctx, self.transport, backend, held)
+
     def pause_upload(self) -> None:
-        self._pause(_UPLOADING)
+        self.pause(UPLOADING)
 
     def resume_upload(self) -> None:
-        self._resume(_UPLOADING)
+        self.resume(UPLOADING)
 
     # -- answers of the gateway itself ---------------------------------------------------
 
     def _answer_locally(self, exchange: Exchange) -> None:
+        if self.closed:
+            return
         status = exchange.local_status
-        close = (
-            not exchange.keep_alive
-            or self.closing
-            or exchange.close_after
-            or not exchange.body_done
-        )
+        close = not exchange.keep_alive or exchange.close_after or not exchange.body_done
         request_id = exchange.request_id or b"-"
         self.transport.write(
             error_response(
@@ -403,17 +342,45 @@ class ClientConnection(asyncio.Protocol):
         else:
             stats = self.ctx.no_route_stats
         stats.observe(status, monotonic() - exchange.started_at)
+        (log.warning if status >= 500 else log.info)(
+            "request %s %s %s: %d %s",
+            _rid(exchange),
+            exchange.method.decode("latin-1") or "-",
+            exchange.url[:200].decode("latin-1") or "-",
+            status,
+            exchange.local_message,
+        )
         exchange.keep_alive = not close
         self._done(exchange)
 
-    def _bad_request(self, exc: HttpParserError) -> None:
-        if self.active is None and not self.closed:
-            request_id = self.ctx.request_ids.next()
-            self.transport.write(
-                error_response(400, f"malformed request: {exc}", request_id, close=True)
-            )
-            self.ctx.no_route_stats.observe(400, 0.0)
-        self._close()
+    def _refuse_current(self, status: int, message: str) -> None:
+        """The request being read is refused: answer it in turn, then close."""
+        exchange = self.current
+        self.current = None
+        self.reading_head = False
+        self.closing = True
+        self.diverted = True
+        self.pause(REFUSED)
+        if exchange is None:
+            exchange = Exchange(cast(ExchangeOwner, self), self.transport, monotonic())
+        if exchange.request_id is None:
+            exchange.request_id = self.ctx.request_ids.next()
+        exchange.local_status = status
+        exchange.local_message = message
+        exchange.close_after = True
+        exchange.keep_alive = False
+        if exchange is self.active:
+            if not exchange.dispatched:
+                self._dispatch(exchange)
+            elif exchange.response_started:
+                self.transport.abort()
+            else:
+                self._cancel(exchange)  # the backend saw part of it: cut that connection
+                self._answer_locally(exchange)
+        elif exchange not in self.queue:
+            self.place(exchange)
+            if exchange is self.active:
+                self._dispatch(exchange)
 
     # -- connection lifecycle ------------------------------------------------------------
 
@@ -421,8 +388,9 @@ class ClientConnection(asyncio.Protocol):
         """The exchange is over; go on with the next request or close."""
         self.touched = self.ctx.clock.now
         self.active = None
-        self._resume(_UPLOADING)
-        if not exchange.keep_alive or self.closing or not exchange.body_done:
+        if self.paused:
+            self.resume(UPLOADING)
+        if not exchange.keep_alive or exchange.close_after or not exchange.body_done:
             self._close()
             return
         queue = self.queue
@@ -430,7 +398,7 @@ class ClientConnection(asyncio.Protocol):
             following = queue.popleft()
             self.active = following
             if not queue:
-                self._resume(_PIPELINING)
+                self.resume(PIPELINING)
             self._dispatch(following)
 
     def _cancel(self, exchange: Exchange) -> None:
@@ -447,31 +415,30 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
 
-    def _pause(self, reason: int) -> None:
-        if not self.paused and not self.closed:
-            self.transport.pause_reading()
-        self.paused |= reason
-
-    def _resume(self, reason: int) -> None:
-        if self.paused & reason:
-            self.paused &= ~reason
-            if not self.paused and not self.closed:
-                self.transport.resume_reading()
-
     def start_draining(self) -> None:
-        """Finish what is in flight, then close; an idle connection closes now."""
+        """Serve what was read, then close: see the module docstring for the rules."""
         self.closing = True
-        if self.active is None and self.current is None:
-            self._close()
+        last = self.current or (self.queue[-1] if self.queue else self.active)
+        if last is None:
+            self.touched = self.ctx.clock.now  # the grace of an idle connection starts now
+        elif not last.response_started:
+            last.close_after = True
+        # else: its response promised keep-alive already; the next request gets the close
 
-    def check_timeouts(self, now: float, upstream_timeout: float, idle_timeout: float) -> None:
+    def check_timeouts(self, now: float) -> None:
         """Called by the gateway's sweeper a few times a second (coarse clock)."""
+        limits = self.ctx.limits
         exchange = self.active
         if exchange is None:
-            if now - self.touched > idle_timeout:
+            if self.reading_head:
+                if now - self.head_started > limits.header_timeout:
+                    self._refuse_current(408, "the request head took too long to arrive")
+                return
+            idle = limits.drain_grace if self.closing else limits.idle_timeout
+            if self.current is None and now - self.touched > idle:
                 self._close()
             return
         conn = exchange.conn
-        if conn is not None and now - exchange.touched > upstream_timeout:
+        if conn is not None and now - exchange.touched > limits.upstream_timeout:
             conn.abandon()
             self.upstream_failed(exchange, Failure.TIMEOUT)

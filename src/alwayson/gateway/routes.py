@@ -64,7 +64,11 @@ class Backend(BaseModel):
 
 
 class Route(BaseModel):
-    """Requests matching ``hosts`` and ``path_prefix`` go to ``backends`` of ``service``."""
+    """Requests matching ``hosts`` and ``path_prefix`` go to ``backends`` of ``service``.
+
+    ``max_body_bytes`` caps a request body (413 beyond it); None means the gateway's
+    default (10 MiB unless configured otherwise).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -72,6 +76,7 @@ class Route(BaseModel):
     hosts: list[str] = Field(default_factory=list)
     path_prefix: str | None = None
     backends: list[Backend] = Field(default_factory=list)
+    max_body_bytes: int | None = Field(default=None, ge=0)
 
     @field_validator("hosts")
     @classmethod

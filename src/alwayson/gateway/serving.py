@@ -1,8 +1,10 @@
 """Running a gateway: its configuration, its lifecycle, and the blocking ``run`` the CLI calls.
 
-Lifecycle: ``STARTING`` (table loaded, sockets bound) → ``SERVING`` (the admin ``/healthz``
-answers 200: this is readiness) → ``DRAINING`` on SIGTERM (listeners closed, idle client
-connections closed, in-flight requests finished, bounded by ``drain_timeout``) →
+Lifecycle: ``STARTING`` (table loaded; listeners bound, or taken over from a predecessor
+with ``--takeover``) → ``SERVING`` (the admin ``/healthz`` answers 200: this is readiness)
+→ ``DRAINING`` on SIGTERM or once a successor took the listeners over (``--handover``):
+listeners closed, every request already read is answered, keep-alive connections close
+after their next response or after ``drain_grace`` idle, bounded by ``drain_timeout`` →
 ``STOPPED``.
 """
 
@@ -10,18 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import enum
 import gc
 import logging
 import signal
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic
 
 from alwayson.gateway.admin import AdminApp, AdminServer
-from alwayson.gateway.balancing import compile_table
+from alwayson.gateway.balancing import RoutePlan, compile_table
 from alwayson.gateway.exchanges import CoarseClock, ProxyContext
+from alwayson.gateway.handover import HandoverOffer, TakenListeners, take_over
 from alwayson.gateway.metrics import GatewayMetrics
 from alwayson.gateway.proxying import ClientConnection
 from alwayson.gateway.routes import (
@@ -33,9 +37,11 @@ from alwayson.gateway.routes import (
     save_table_file,
     standalone_table,
 )
+from alwayson.gateway.settings import GatewayConfig
 from alwayson.gateway.upstreams import Upstream
-from alwayson.util.addresses import split_hostport
 from alwayson.util.errors import PermanentError
+
+__all__ = ["Gateway", "GatewayConfig", "GatewayState", "run", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -50,76 +56,33 @@ class GatewayState(enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass(frozen=True)
-class GatewayConfig:
-    """Everything a gateway process needs; addresses are ``host:port`` strings."""
-
-    listen: tuple[str, ...]
-    admin: str
-    site: str
-    routes_file: Path | None = None
-    token_file: Path | None = None
-    upstreams: tuple[str, ...] = ()  # standalone mode: one catch-all route to these
-    reuse_port: bool = False
-    upstream_timeout: float = 30.0
-    connect_timeout: float = 3.0
-    drain_timeout: float = 10.0
-    eject_seconds: float = 5.0
-    max_idle_per_backend: int = 256
-    client_idle_timeout: float = 60.0
-    # Below the 5 s keep-alive of common servers (uvicorn, gunicorn), so the gateway is
-    # usually the one to close an idle connection, not the one to race with its close.
-    upstream_idle_timeout: float = 4.0
-    backlog: int = 2048
-    listen_addresses: tuple[tuple[str, int], ...] = field(init=False, repr=False)
-    admin_address: tuple[str, int] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "listen", tuple(self.listen))
-        object.__setattr__(self, "upstreams", tuple(self.upstreams))
-        if not self.listen:
-            raise PermanentError("a gateway needs at least one --listen address")
-        if not self.site:
-            raise PermanentError("a gateway needs a --site")
-        try:
-            listen = tuple(split_hostport(text) for text in self.listen)
-            admin = split_hostport(self.admin)
-            for text in self.upstreams:
-                split_hostport(text)
-        except ValueError as exc:
-            raise PermanentError(str(exc)) from None
-        for name in (
-            "upstream_timeout",
-            "connect_timeout",
-            "drain_timeout",
-            "client_idle_timeout",
-            "upstream_idle_timeout",
-        ):
-            if getattr(self, name) <= 0:
-                raise PermanentError(f"{name} must be more than zero seconds")
-        if self.eject_seconds < 0 or self.max_idle_per_backend < 0:
-            raise PermanentError("eject_seconds and max_idle_per_backend cannot be negative")
-        object.__setattr__(self, "listen_addresses", listen)
-        object.__setattr__(self, "admin_address", admin)
-
-
 class Gateway:
     """One gateway process's state: route table, upstream pools, listeners, admin."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, request_stop: Callable[[], None]) -> None:
         self.config = config
         self.state = GatewayState.STARTING
         self.clock = CoarseClock(monotonic())
         self.metrics = GatewayMetrics()
         self.context = ProxyContext(
-            metrics=self.metrics, clock=self.clock, eject_seconds=config.eject_seconds
+            metrics=self.metrics,
+            clock=self.clock,
+            limits=config.limits(),
+            outliers=config.outlier_policy(),
         )
         self.metrics.active_connections = lambda: len(self.context.clients)
+        self.metrics.active_tunnels = lambda: len(self.context.tunnels)
+        self._request_stop = request_stop
         self._table = empty_table(config.site)
+        self._plans: list[RoutePlan] = []
         self._upstreams: dict[tuple[str, int], Upstream] = {}
         self._servers: list[asyncio.Server] = []
-        self._admin = AdminServer(AdminApp(self, self._read_token))
+        self._admin_app = AdminApp(self, self._read_token)
+        self._admin = AdminServer(self._admin_app)
+        self._offer: HandoverOffer | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._accepting_pushes = True
+        self.handed_over = False
 
     # -- what the admin endpoint sees ----------------------------------------------------
 
@@ -134,6 +97,10 @@ class Gateway:
     @property
     def draining(self) -> bool:
         return self.state is not GatewayState.SERVING
+
+    @property
+    def accepting_pushes(self) -> bool:
+        return self._accepting_pushes and self.state is GatewayState.SERVING
 
     def current_table(self) -> RouteTable:
         return self._table
@@ -163,8 +130,10 @@ class Gateway:
     # -- route table ---------------------------------------------------------------------
 
     def install(self, table: RouteTable) -> None:
-        """Swap the table in one assignment; pools of addresses still in use are kept."""
+        """Swap the table in one assignment; pools of addresses still in use are kept, the
+        others are retired: their idle connections close now and none is used again."""
         config = self.config
+        context = self.context
         kept: dict[tuple[str, int], Upstream] = {}
 
         def upstream_for(host: str, port: int) -> Upstream:
@@ -178,15 +147,21 @@ class Gateway:
                     connect_timeout=config.connect_timeout,
                     max_idle=config.max_idle_per_backend,
                 )
+                context.outliers.start_ramp(upstream, self.clock.now)
             kept[key] = upstream
             return upstream
 
-        matcher = compile_table(table, config.site, upstream_for, self.metrics)
+        matcher, plans = compile_table(
+            table, config.site, upstream_for, self.metrics, config.max_body_bytes
+        )
         for key, upstream in self._upstreams.items():
             if key not in kept:
                 upstream.retire()
+        for plan in self._plans:
+            plan.stale = True
         self._upstreams = kept
-        self.context.matcher = matcher
+        self._plans = plans
+        context.matcher = matcher
         self._table = table
         self.metrics.generation = table.generation
         log.info(
@@ -200,32 +175,65 @@ class Gateway:
         config = self.config
         if config.upstreams:
             return standalone_table(config.site, list(config.upstreams))
+        return self._table_file() or empty_table(config.site)
+
+    def _table_file(self) -> RouteTable | None:
+        config = self.config
         if config.routes_file is None:
-            return empty_table(config.site)
+            return None
         try:
             table = load_table_file(config.routes_file)
         except InvalidRouteTable as exc:
-            log.error("starting with an empty table: %s", exc)
-            return empty_table(config.site)
-        if table is None:
-            return empty_table(config.site)
-        if table.site != config.site:
+            log.error("ignoring the routes file: %s", exc)
+            return None
+        if table is not None and table.site != config.site:
             log.error(
-                "starting with an empty table: %s holds the table of site %r, not %r",
+                "ignoring the routes file: %s holds the table of site %r, not %r",
                 config.routes_file,
                 table.site,
                 config.site,
             )
-            return empty_table(config.site)
+            return None
         return table
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind everything; when this returns the gateway is ready."""
+        """Bind (or take over) everything; when this returns the gateway is ready."""
         config = self.config
         loop = asyncio.get_running_loop()
         self.install(self._initial_table())
+        taken: TakenListeners | None = None
+        if config.takeover is not None:
+            taken = await loop.run_in_executor(
+                None, take_over, config.takeover, config.listen_addresses, config.admin_address
+            )
+        if taken is not None:
+            await self._serve_taken(taken)
+        else:
+            await self._bind()
+        self._ticker = loop.create_task(self._tick())
+        if taken is not None:
+            taken.confirm()
+            # The predecessor stopped taking pushes before it sent the sockets, so its
+            # last accepted table is in the routes file now.
+            latest = self._table_file()
+            if latest is not None and latest.generation > self._table.generation:
+                self.install(latest)
+        if config.handover is not None:
+            await self._offer_handover(config.handover)
+        self.state = GatewayState.SERVING
+        log.info(
+            "gateway of site %s serving on %s, admin on %s%s",
+            config.site,
+            ", ".join(config.listen),
+            config.admin,
+            " (taken over)" if taken is not None else "",
+        )
+
+    async def _bind(self) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
         context = self.context
         for host, port in config.listen_addresses:
             try:
@@ -245,35 +253,80 @@ class Gateway:
             await self._admin.start(host, port)
         except OSError as exc:
             raise PermanentError(f"cannot listen on {host}:{port} (admin): {exc.strerror}") from exc
-        self._ticker = loop.create_task(self._tick())
-        self.state = GatewayState.SERVING
-        log.info(
-            "gateway of site %s serving on %s, admin on %s",
-            config.site,
-            ", ".join(config.listen),
-            config.admin,
+
+    async def _serve_taken(self, taken: TakenListeners) -> None:
+        loop = asyncio.get_running_loop()
+        context = self.context
+        for sock in taken.listeners:
+            server = await loop.create_server(
+                lambda: ClientConnection(context), sock=sock, backlog=self.config.backlog
+            )
+            self._servers.append(server)
+        await self._admin.start(sock=taken.admin)
+
+    async def _offer_handover(self, path: Path) -> None:
+        def listeners() -> list[int]:
+            fds = [server.sockets[0].fileno() for server in self._servers]
+            return [*fds, self._admin.listening_fd()]
+
+        async def prepare() -> None:
+            async with self._admin_app.push_lock:  # a push in progress ends first
+                self._accepting_pushes = False
+
+        def resume() -> None:
+            self._accepting_pushes = True
+
+        offer = HandoverOffer(
+            path,
+            listeners=listeners,
+            prepare=prepare,
+            resume=resume,
+            handed_over=self._handed_over,
         )
+        try:
+            await offer.start()
+        except OSError as exc:
+            raise PermanentError(f"cannot offer a handover at {path}: {exc}") from exc
+        self._offer = offer
+
+    def _handed_over(self) -> None:
+        """A successor serves on our listeners: close our copies, then drain and exit."""
+        self.handed_over = True
+        for server in self._servers:
+            server.close()
+        self._admin.close_listener()
+        self._request_stop()
 
     async def drain(self) -> None:
-        """Stop accepting, let in-flight requests finish (bounded), close the rest."""
+        """Stop accepting, answer every request already read, close (bounded)."""
         if self.state is not GatewayState.SERVING:
             return
         self.state = GatewayState.DRAINING
         context = self.context
         context.draining = True
+        if self._offer is not None:
+            await self._offer.aclose()
         for server in self._servers:
             server.close()
-        in_flight = len(context.clients)
+        self._admin.close_listener()
+        at_start = context.connection_count
+        drained = asyncio.Event()
+        context.on_drained = drained.set
         for client in list(context.clients):
             client.start_draining()
-        deadline = monotonic() + self.config.drain_timeout
-        while context.clients and monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        left = len(context.clients)
+        context.connection_gone()  # nothing open at all: drained already
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.drain_timeout):
+                await drained.wait()
+        left = context.connection_count
         for client in list(context.clients):
             client.transport.abort()
+        for tunnel in list(context.tunnels):
+            tunnel.abort()
         log.info(
-            "drained: %d client connections at the start, %d cut at the deadline", in_flight, left
+            "drained: %d client connections at the start, %d cut at the deadline",
+            at_start,
+            left,
         )
 
     async def aclose(self) -> None:
@@ -281,27 +334,35 @@ class Gateway:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        if self._offer is not None:
+            await self._offer.aclose()
         for server in self._servers:
             server.close()
         for client in list(self.context.clients):
             client.transport.abort()
+        for tunnel in list(self.context.tunnels):
+            tunnel.abort()
         for upstream in self._upstreams.values():
             await upstream.aclose()
         await self._admin.aclose()
         self.state = GatewayState.STOPPED
 
     async def _tick(self) -> None:
-        """Refresh the coarse clock; every few ticks, enforce timeouts."""
+        """Refresh the coarse clock; every few ticks (each tick when draining), enforce
+        timeouts."""
         config = self.config
+        context = self.context
         ticks = 0
         while True:
             await asyncio.sleep(_TICK)
             now = self.clock.now = monotonic()
             ticks += 1
-            if ticks % _SWEEP_EVERY:
+            if ticks % _SWEEP_EVERY and not context.draining:
                 continue
-            for client in list(self.context.clients):
-                client.check_timeouts(now, config.upstream_timeout, config.client_idle_timeout)
+            for client in list(context.clients):
+                client.check_timeouts(now)
+            for tunnel in list(context.tunnels):
+                tunnel.check_timeout(now)
             for upstream in self._upstreams.values():
                 upstream.close_idle(now - config.upstream_idle_timeout)
 
@@ -312,7 +373,8 @@ async def serve(
     ready: Callable[[Gateway], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop``), then drain. ``ready`` is called once bound."""
+    """Run until SIGTERM/SIGINT (or ``stop``, or a successor took over), then drain.
+    ``ready`` is called once serving."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     handled: list[signal.Signals] = []
@@ -322,7 +384,7 @@ async def serve(
             handled.append(signum)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread: the caller stops us through ``stop``
-    gateway = Gateway(config)
+    gateway = Gateway(config, stop.set)
     try:
         await gateway.start()
         # Everything allocated so far lives as long as the process: keep it out of the
@@ -331,7 +393,10 @@ async def serve(
         if ready is not None:
             ready(gateway)
         await stop.wait()
-        log.info("stopping: draining in-flight requests")
+        log.info(
+            "stopping (%s): draining in-flight requests",
+            "handed over to a successor" if gateway.handed_over else "signal",
+        )
         await gateway.drain()
     finally:
         await gateway.aclose()
@@ -348,7 +413,23 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+def _keep_freed_memory() -> None:
+    """Big bodies are read 256 KiB at a time; by default glibc hands such blocks back to
+    the kernel as soon as they are freed (heap trimming, mmap), which costs two system
+    calls and fresh page faults per read. Keep up to 16 MiB of freed heap instead."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 4 * 1024 * 1024)
+    mallopt(m_trim_threshold, 16 * 1024 * 1024)
+
+
 def run(config: GatewayConfig) -> None:
     """Serve until SIGTERM, drain, return. Blocking; raises PermanentError on bad setup."""
+    _keep_freed_memory()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(serve(config))
