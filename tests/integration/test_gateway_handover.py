@@ -106,8 +106,7 @@ def test_three_handovers_in_a_row_under_load_drop_nothing(
 
 
 def test_handover_drops_nothing_under_wrk(procs: Processes, tmp_path: Path, upstream: str) -> None:
-    if shutil.which("wrk") is None:
-        pytest.skip("wrk is not installed (apt-get install wrk)")
+    assert shutil.which("wrk"), "wrk is required; scripts/test.sh installs it (apt-get install wrk)"
     sock = tmp_path / "gw.sock"
     gateway = start_gateway(
         procs, tmp_path, extra=["--upstream", upstream, "--handover", str(sock)], name="gw-0"
