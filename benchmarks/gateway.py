@@ -214,7 +214,7 @@ backend backend
 """
 HAPROXY_HEADERS = """\
     option forwardfor
-    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    unique-id-format %{+X}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
     unique-id-header X-Request-Id
     http-request set-header X-Forwarded-Proto http
     http-request set-header X-Forwarded-Host %[req.hdr(host)]

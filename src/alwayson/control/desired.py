@@ -19,6 +19,7 @@ from alwayson.spec.planning import Overrides, effective_replicas
 GATEWAY_ADDRESS = (0, 1)
 FRONTDOOR_ADMIN_ADDRESS = (0, 2)
 MAX_ORDINAL = 254
+GATEWAY_STOP_GRACE = 15.0
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,8 @@ def _component(
         port=admin[1],
         readiness=Probe(http="/healthz", interval=1.0, timeout=0.5, start_timeout=20.0),
         liveness=Probe(http="/healthz", interval=1.0, timeout=0.5, failure_threshold=5),
-        stop_grace=10.0,
+        # Longer than the gateway's own drain timeout (10 s), so SIGKILL never cuts a drain.
+        stop_grace=GATEWAY_STOP_GRACE,
         user=None,
     )
 
