@@ -91,6 +91,7 @@ class Controller:
         self.start_failures: dict[str, str] = {}
         self.stopping: set[str] = set()
         self.draining: set[str] = set()
+        self._desired_cache: tuple[object, dict[str, InstanceSpec]] | None = None
         self.pushed: dict[str, Table] = {}
         self.generation = 0
         self.verdict = "starting"
@@ -133,10 +134,14 @@ class Controller:
         return Context(loaded.folder, self.state_dir, user, slots)
 
     def desired(self) -> dict[str, InstanceSpec]:
+        """What should run; recomputed only when the spec, drift or address slots change."""
         if self.loaded is None:
             return {}
-        ctx = self._context(self.loaded, self.slots)
-        return desired_instances(self.loaded.spec, self.overrides, ctx)
+        key = (self.loaded, tuple(sorted(self.overrides.items())), tuple(self.slots.items()))
+        if self._desired_cache is None or self._desired_cache[0] != key:
+            ctx = self._context(self.loaded, self.slots)
+            self._desired_cache = (key, desired_instances(self.loaded.spec, self.overrides, ctx))
+        return self._desired_cache[1]
 
     async def plan(self, text: str, path: str) -> list[Change]:
         loaded = load_spec_text(text, Path(path))

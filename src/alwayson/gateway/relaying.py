@@ -118,22 +118,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = reused
         self.got_bytes = False
         self.complete = False
-        # Fresh state for the response head, in line (this runs for every request; it is
-        # what on_message_begin would do, a parser callback saved per response).
-        self.headers = []
-        self.length = -1
-        self.body_left = 0
-        self.has_request_id = False
-        self.te_chunked = False
-        self.drop_names = None
-        self.rechunk = False
-        self.until_close = False
-        self.upgrade = None
+        # Reset here rather than in on_message_begin: one parser callback saved per response.
+        self._expect_response()
         assert self.transport is not None
         self.transport.write(payload)
 
     def _expect_response(self) -> None:
-        """Fresh state for the final response after an interim (1xx) one."""
+        """Fresh state for a response head (a new request's, or the final one after a 1xx)."""
         self.headers = []
         self.length = -1
         self.body_left = 0
