@@ -379,7 +379,8 @@ def http(
 
 
 class SteadyLoad:
-    """Client threads sending GETs back to back until stopped; counts every outcome.
+    """Client threads sending requests (GETs unless told) back to back until stopped;
+    counts every outcome.
 
     With ``new_connections`` each request opens its own connection (what a load balancer
     in front of the front door sees); otherwise each thread keeps one keep-alive
@@ -394,10 +395,14 @@ class SteadyLoad:
         threads: int = 4,
         path: str = "/",
         new_connections: bool = False,
+        method: str = "GET",
+        body: bytes | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.path = path
+        self.method = method
+        self.body = body
         self.new_connections = new_connections
         self.ok = 0
         self.failures: list[str] = []
@@ -427,7 +432,7 @@ class SteadyLoad:
             if conn is None:
                 conn = http_client.HTTPConnection(self.host, self.port, timeout=10)
             try:
-                conn.request("GET", self.path)
+                conn.request(self.method, self.path, body=self.body)
                 response = conn.getresponse()
                 body = response.read()
                 outcome = None if response.status == 200 else f"{response.status} {body!r}"

@@ -6,7 +6,7 @@ compiled route table. No sockets, no event loop. Imported by the other gateway u
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from alwayson.gateway.balancing import RoutePlan, compile_table
 from alwayson.gateway.ejecting import OutlierPolicy
@@ -97,7 +97,7 @@ class Harness:
         """What Gateway.install does: swap the matcher, mark the old plans stale."""
         matcher, plans = compile_table(table, self.site, self._upstream_for, self.metrics)
         for plan in self.plans:
-            plan.stale = True
+            plan.mark_stale()
         self.plans = plans
         self.ctx.matcher = matcher
 
@@ -125,8 +125,15 @@ class Harness:
         return client, transport
 
 
-def backend(name: str, address: str, site: str = "jakarta", weight: int = 100) -> Backend:
-    return Backend(id=name, address=address, site=site, version="1.0", weight=weight)
+def backend(
+    name: str,
+    address: str,
+    site: str = "jakarta",
+    weight: int = 100,
+    track: Literal["stable", "candidate"] = "stable",
+) -> Backend:
+    version = "2.0" if track == "candidate" else "1.0"
+    return Backend(id=name, address=address, site=site, version=version, weight=weight, track=track)
 
 
 A = "127.1.1.1:8000"

@@ -28,6 +28,7 @@ except ImportError:  # collected as part of a package
         table,
     )
 
+from alwayson.gateway.exchanges import Exchange
 from alwayson.gateway.routes import RouteTable
 
 
@@ -452,3 +453,245 @@ def test_bytes_after_a_long_body_are_not_relayed_and_the_connection_is_dropped()
     assert split(downstream.take())[2] == b"abcdef"
     assert upstream.closed and h.pools[A].idle == []
     assert not downstream.closed
+
+
+# -- pinning to a release track ------------------------------------------------------------
+
+
+def blue_green() -> Harness:
+    """Stable ``a`` on A, and a candidate ``c`` on B at weight 0 (a blue-green preview)."""
+    return Harness(table(backend("a", A), backend("c", B, weight=0, track="candidate")))
+
+
+@pytest.mark.parametrize(
+    "pin",
+    [
+        b"X-Alwayson-Track: candidate",
+        b"x-alwayson-track: CANDIDATE ",
+        b"X-Alwayson-Preview: 1",
+        b"X-ALWAYSON-PREVIEW: 1",
+        b"X-Alwayson-Preview: 1\r\nX-Alwayson-Track: nonsense",
+        b"X-Alwayson-Track: candidate\r\nX-Alwayson-Preview: 0",
+    ],
+)
+def test_pinned_request_reaches_the_weight_zero_candidate(pin: bytes) -> None:
+    h = blue_green()
+    h.idle(A)
+    conn_b, upstream_b = h.idle(B)
+    client, downstream = h.client()
+    client.data_received(b"GET /x HTTP/1.1\r\nHost: x\r\n" + pin + b"\r\n\r\n")
+    raw = upstream_b.take()
+    assert raw.startswith(b"GET /x HTTP/1.1")
+    for line in pin.split(b"\r\n"):
+        assert line + b"\r\n" in raw  # forwarded unchanged
+    conn_b.data_received(OK_RESPONSE)
+    assert split(downstream.take())[0] == "HTTP/1.1 200 OK"
+    assert h.metrics.stats_for("accounts", "2.0", "jakarta").by_class[2] == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"",
+        b"X-Alwayson-Preview: 0\r\n",
+        b"X-Alwayson-Preview: yes\r\n",
+        b"X-Alwayson-Track: canary\r\n",
+        b"X-Alwayson-Track: stable\r\n",
+        b"X-Alwayson-Preview: 1\r\nX-Alwayson-Track: stable\r\n",  # Track wins
+    ],
+)
+def test_request_without_a_candidate_pin_never_reaches_the_weight_zero_candidate(
+    headers: bytes,
+) -> None:
+    h = blue_green()
+    conn_a, upstream_a = h.idle(A)
+    _, upstream_b = h.idle(B)
+    client, downstream = h.client()
+    for _ in range(20):
+        client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+        assert upstream_a.take().startswith(b"GET / ")
+        conn_a.data_received(OK_RESPONSE)
+        assert downstream.take().endswith(b"hello")
+    assert upstream_b.take() == b""
+
+
+def test_pin_to_a_track_the_route_lacks_is_routed_as_unpinned() -> None:
+    h = Harness(table(backend("a", A), backend("b", B, weight=0)))
+    conn_a, upstream_a = h.idle(A)
+    client, downstream = h.client()
+    client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Alwayson-Track: candidate\r\n\r\n")
+    assert upstream_a.take().startswith(b"GET / ")
+    conn_a.data_received(OK_RESPONSE)
+    assert split(downstream.take())[0] == "HTTP/1.1 200 OK"
+
+
+def test_pinned_request_whose_candidate_cannot_be_reached_falls_back_to_stable() -> None:
+    h = blue_green()
+    conn_a, upstream_a = h.idle(A)
+    client, downstream = h.client()
+    client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Alwayson-Preview: 1\r\n\r\n")
+    (exchange,) = h.pools[B].pending  # the candidate had no idle connection
+    client.connected(exchange, None)
+    assert upstream_a.take().startswith(b"GET / ")
+    conn_a.data_received(OK_RESPONSE)
+    assert split(downstream.take())[0] == "HTTP/1.1 200 OK"
+    assert h.pools[A].outstanding == h.pools[B].outstanding == 0
+
+
+def test_pinned_request_read_under_an_old_table_keeps_its_pin() -> None:
+    h = Harness(table(backend("a", A)))
+    conn_a, _ = h.idle(A)
+    client, downstream = h.client()
+    # the first request holds the connection; the pinned one is read under this table
+    client.data_received(
+        b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /2 HTTP/1.1\r\nHost: x\r\nX-Alwayson-Track: candidate\r\n\r\n"
+    )
+    h.install(table(backend("a", A), backend("c", B, weight=0, track="candidate")))
+    conn_b, upstream_b = h.idle(B)
+    conn_a.data_received(OK_RESPONSE)
+    assert upstream_b.take().startswith(b"GET /2 ")
+    conn_b.data_received(OK_RESPONSE)
+    assert downstream.take().count(b"HTTP/1.1 200 OK") == 2
+
+
+# -- answers of the gateway itself, counted ------------------------------------------------
+
+
+def test_local_5xx_answers_are_counted_by_service_and_exact_code() -> None:
+    h = Harness(table(backend("a", A), path_prefix="/accounts"))
+    client, downstream = h.client()
+    client.data_received(b"GET /accounts HTTP/1.1\r\nHost: x\r\n\r\n")
+    client.connected(h.pools[A].pending.pop(), None)
+    client.connected(h.pools[A].pending.pop(), None)  # connect failed twice: 503
+    assert error_of(downstream.take())[0] == 503
+    client.data_received(b"GET /loans HTTP/1.1\r\nHost: x\r\n\r\n")  # 404: not counted
+    assert error_of(downstream.take())[0] == 404
+    assert h.metrics.local_responses == {("accounts", 503): 1}
+    rendered = h.metrics.render().decode()
+    assert 'alwayson_gateway_local_responses_total{code="503",service="accounts"} 1.0' in rendered
+
+
+def test_local_5xx_without_a_route_counts_under_an_empty_service() -> None:
+    h = Harness(RouteTable(generation=0, site="jakarta", routes=[]))
+    client, downstream = h.client()
+    client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert error_of(downstream.take())[0] == 503
+    client2, downstream2 = h.client()
+    client2.data_received(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n")
+    assert error_of(downstream2.take())[0] == 505
+    assert h.metrics.local_responses == {("", 503): 1, ("", 505): 1}
+
+
+def test_backend_timeout_is_counted_as_a_local_504() -> None:
+    h = Harness(table(backend("a", A)))
+    h.idle(A)
+    client, downstream = h.client()
+    client.data_received(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    client.check_timeouts(h.clock.now + 31)
+    assert error_of(downstream.take())[0] == 504
+    assert h.metrics.local_responses == {("accounts", 504): 1}
+
+
+# -- two dead instances at once: connect retries -------------------------------------------
+
+C = "127.1.1.3:8000"
+
+
+def take_pending(h: Harness) -> tuple[str, Exchange]:
+    """The one connect in progress: the address it goes to, and its exchange."""
+    ((address, exchange),) = [
+        (address, pool.pending.pop()) for address, pool in h.pools.items() if pool.pending
+    ]
+    return address, exchange
+
+
+@pytest.mark.parametrize("method", [b"GET", b"POST"])
+def test_request_refused_by_two_dead_backends_reaches_the_third(method: bytes) -> None:
+    h = Harness(table(backend("a", A), backend("b", B), backend("c", C)))
+    conn_c, upstream_c = h.idle(C)
+    h.pools[C].ejected_until = h.clock.now + 5  # A and B get the first two attempts
+    client, downstream = h.client()
+    client.data_received(method + b" /pay HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+    first, exchange = take_pending(h)
+    client.connected(exchange, None)  # dead
+    second, exchange = take_pending(h)
+    assert {first, second} == {A, B}
+    h.pools[C].ejected_until = 0
+    client.connected(exchange, None)  # dead as well
+    _, _, body = split(upstream_c.take())
+    assert body == b"hi"
+    conn_c.data_received(OK_RESPONSE)
+    assert split(downstream.take())[0] == "HTTP/1.1 200 OK"
+    assert h.metrics.retries == {"accounts": 2}
+    assert h.metrics.connect_errors == {("accounts", "a"): 1, ("accounts", "b"): 1}
+    assert h.metrics.local_responses == {}
+    assert all(pool.outstanding == 0 for pool in h.pools.values())
+
+
+def test_connect_retries_stop_when_every_backend_was_tried() -> None:
+    h = Harness(table(backend("a", A), backend("b", B), backend("c", C)))
+    client, downstream = h.client()
+    client.data_received(b"POST /pay HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+    tried = []
+    for _ in range(3):
+        address, exchange = take_pending(h)
+        tried.append(address)
+        client.connected(exchange, None)
+    assert sorted(tried) == [A, B, C]
+    assert all(pool.pending == [] for pool in h.pools.values())  # no fourth attempt
+    status, document = error_of(downstream.take())
+    assert status == 503 and "connect failed" in document["error"]
+    assert h.metrics.local_responses == {("accounts", 503): 1}
+
+
+def test_connect_retries_try_every_backend_even_when_all_were_ejected() -> None:
+    h = Harness(table(backend("a", A), backend("b", B), backend("c", C)))
+    for address in (A, B):
+        h.pools[address].ejected_until = h.clock.now + 5  # ejected earlier
+    client, downstream = h.client()
+    client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    address, exchange = take_pending(h)
+    assert address == C  # the only usable one
+    conn_c, _ = h.fresh(C)
+    client.connected(exchange, conn_c)
+    h.pools[C].ejected_until = h.clock.now + 5
+    conn_c.connection_lost(ConnectionResetError())  # C dies mid-request: the one retry
+    tried = []
+    for _ in range(2):  # A and B, dead: each is tried once, ejected or not
+        address, exchange = take_pending(h)
+        tried.append(address)
+        client.connected(exchange, None)
+    assert sorted(tried) == [A, B]
+    assert all(pool.pending == [] for pool in h.pools.values())  # every backend was tried
+    assert error_of(downstream.take())[0] == 503
+
+
+def test_get_reset_by_a_dying_backend_then_refused_by_another_reaches_a_third() -> None:
+    h = Harness(table(backend("a", A), backend("b", B), backend("c", C)))
+    conn_a, _ = h.fresh(A)
+    conn_c, upstream_c = h.idle(C)
+    h.pools[B].ejected_until = h.pools[C].ejected_until = h.clock.now + 5
+    client, downstream = h.client()
+    client.data_received(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+    client.connected(h.pools[A].pending.pop(), conn_a)
+    h.pools[B].ejected_until = 0
+    h.pools[C].ejected_until = h.clock.now + 5  # the retry goes to B
+    conn_a.connection_lost(ConnectionResetError())  # the one retry of an idempotent request
+    h.pools[C].ejected_until = 0
+    client.connected(h.pools[B].pending.pop(), None)  # then a connect retry
+    assert upstream_c.take().startswith(b"GET /x ")
+    conn_c.data_received(OK_RESPONSE)
+    assert split(downstream.take())[0] == "HTTP/1.1 200 OK"
+
+
+def test_post_reset_by_a_dying_backend_is_still_not_retried() -> None:
+    h = Harness(table(backend("a", A), backend("b", B), backend("c", C)))
+    conn_a, _ = h.idle(A)
+    h.pools[B].ejected_until = h.pools[C].ejected_until = h.clock.now + 5
+    client, downstream = h.client()
+    client.data_received(b"POST /pay HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+    h.pools[B].ejected_until = h.pools[C].ejected_until = 0
+    conn_a.connection_lost(ConnectionResetError())
+    assert error_of(downstream.take())[0] == 502
+    assert h.pools[B].pending == h.pools[C].pending == [] and h.metrics.retries == {}

@@ -62,7 +62,14 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         help="first ejection of a failing backend; each one in a row doubles it",
         **seconds,  # type: ignore[arg-type]
     )
+    parser.add_argument(
+        "--max-eject-seconds",
+        default=300.0,
+        help="the longest ejection, however many in a row",
+        **seconds,  # type: ignore[arg-type]
+    )
     parser.add_argument("--eject-after-5xx", type=int, default=5, metavar="N")
+    parser.add_argument("--eject-after-connect-failures", type=int, default=1, metavar="N")
     parser.add_argument("--slow-start", default=10.0, **seconds)  # type: ignore[arg-type]
     parser.add_argument("--max-connections", type=int, default=10_000, metavar="N")
     parser.add_argument("--max-header-bytes", type=int, default=32 * 1024, metavar="BYTES")
@@ -97,7 +104,9 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         header_timeout=args.header_timeout,
         client_idle_timeout=args.idle_timeout,
         eject_seconds=args.eject_seconds,
+        max_eject_seconds=args.max_eject_seconds,
         eject_after_5xx=args.eject_after_5xx,
+        eject_after_connect_failures=args.eject_after_connect_failures,
         slow_start_seconds=args.slow_start,
         max_connections=args.max_connections,
         max_header_bytes=args.max_header_bytes,

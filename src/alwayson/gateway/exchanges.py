@@ -91,6 +91,8 @@ class Exchange:
         "status",
         "target",
         "touched",
+        "track",
+        "tried",
         "unsent",
         "unsent_size",
         "upgrade",
@@ -98,13 +100,17 @@ class Exchange:
     )
 
     def __init__(
-        self, owner: ExchangeOwner, client_transport: asyncio.Transport, now: float
+        self,
+        owner: ExchangeOwner,
+        client_transport: asyncio.Transport,
+        now: float,
+        url: bytes = b"",
     ) -> None:
         self.owner = owner
         self.client_transport = client_transport
         self.started_at = now
         self.touched = now
-        self.url = b""
+        self.url = url
         self.method = b""
         self.head_parts: list[bytes] = []
         self.head = b""
@@ -119,6 +125,7 @@ class Exchange:
         self.chunked = False
         self.expect: bytes | None = None
         self.upgrade: bytes | None = None  # the Upgrade header of a protocol switch request
+        self.track: str | None = None  # the release track the request is pinned to
         self.keep_alive = True
         self.http10 = False
         self.is_head = False
@@ -133,7 +140,9 @@ class Exchange:
         self.replay_size = 0
         self.route: RoutePlan | None = None
         self.target: Target | None = None
-        self.exclude: Target | None = None
+        self.exclude: Target | None = None  # the target whose attempt just failed
+        # Targets that failed for this request, in order (a retry avoids them all).
+        self.tried: tuple[Target, ...] = ()
         self.conn: UpstreamConnection | None = None
         self.outstanding = False  # counted in target.upstream.outstanding
         self.dispatched = False

@@ -25,6 +25,7 @@ EXPECT = 8
 UPGRADE = 9
 FORWARDED_PROTO = 10
 FORWARDED_HOST = 11
+PIN = 12  # X-Alwayson-Track or X-Alwayson-Preview: see alwayson.gateway.balancing
 
 HOP_BY_HOP = frozenset(
     {
@@ -53,8 +54,14 @@ REQUEST_HEADER_ACTIONS.update(
         b"upgrade": UPGRADE,
         b"x-forwarded-proto": FORWARDED_PROTO,
         b"x-forwarded-host": FORWARDED_HOST,
+        b"x-alwayson-track": PIN,
+        b"x-alwayson-preview": PIN,
     }
 )
+
+TRACK_HEADER = b"x-alwayson-track"
+# The values of X-Alwayson-Track, lower-cased and stripped, to the track they pin.
+TRACKS: dict[bytes, str] = {b"stable": "stable", b"candidate": "candidate"}
 
 # The response side keeps Content-Length (a body with a length is relayed as is).
 RESPONSE_HEADER_ACTIONS: dict[bytes, int] = {name: DROP for name in HOP_BY_HOP}

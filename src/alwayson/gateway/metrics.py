@@ -74,6 +74,8 @@ class GatewayMetrics:
         self.retries: dict[str, int] = {}
         self.connect_errors: dict[tuple[str, str], int] = {}
         self.ejections: dict[tuple[str, str], int] = {}
+        # Answers the gateway wrote itself with a 5xx status, by (service, status).
+        self.local_responses: dict[tuple[str, int], int] = {}
         self.rejected_connections = 0  # closed at once: over --max-connections
         self.generation = 0
         self.active_connections: Callable[[], int] = lambda: 0
@@ -101,6 +103,10 @@ class GatewayMetrics:
     def count_ejection(self, service: str, backend: str) -> None:
         key = (service, backend)
         self.ejections[key] = self.ejections.get(key, 0) + 1
+
+    def count_local_response(self, service: str, status: int) -> None:
+        key = (service, status)
+        self.local_responses[key] = self.local_responses.get(key, 0) + 1
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything above."""
@@ -167,6 +173,16 @@ class _GatewayCollector(Collector):
         for (service, backend), count in sorted(metrics.ejections.items()):
             ejections.add_metric([service, backend], count)
         yield ejections
+
+        local_responses = CounterMetricFamily(
+            "alwayson_gateway_local_responses",
+            "Requests the gateway answered itself with a 5xx status (no usable backend, "
+            "connect failed, timeout, broken backend answer, unsupported request).",
+            labels=["service", "code"],
+        )
+        for (service, status), count in sorted(metrics.local_responses.items()):
+            local_responses.add_metric([service, str(status)], count)
+        yield local_responses
 
         yield CounterMetricFamily(
             "alwayson_gateway_rejected_connections",

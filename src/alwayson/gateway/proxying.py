@@ -27,7 +27,7 @@ from typing import cast
 from httptools import HttpParserError, HttpParserUpgrade
 
 from alwayson.gateway.balancing import Target, choose_target
-from alwayson.gateway.exchanges import Exchange, ExchangeOwner, ProxyContext
+from alwayson.gateway.exchanges import Exchange, ProxyContext
 from alwayson.gateway.headers import CONTINUE_RESPONSE, error_response
 from alwayson.gateway.reading import (
     BUFFERING,
@@ -71,7 +71,7 @@ class ClientConnection(RequestReader):
             return
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
-            self.client_ip = str(peer[0]).encode()
+            self.set_client_ip(str(peer[0]).encode())
         ctx.clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -172,6 +172,8 @@ class ClientConnection(RequestReader):
                 exchange.local_message = "no route for this host and path"
                 self._answer_locally(exchange)
                 return
+            if exchange.track is not None:
+                fresh = fresh.pinned.get(exchange.track, fresh)
             route = exchange.route = fresh
             exchange.exclude = None
         now = ctx.clock.now
@@ -179,7 +181,7 @@ class ClientConnection(RequestReader):
         if len(local) == 1 and exchange.exclude is None and local[0].upstream.ejected_until <= now:
             target: Target | None = local[0]  # choose_target's first case, in line
         else:
-            target = choose_target(route, now, exchange.exclude, ctx.outliers)
+            target = choose_target(route, now, exchange.exclude, ctx.outliers, exchange.tried)
         if target is None:
             exchange.local_status = 503
             exchange.local_message = f"no usable backend for service {route.service}"
@@ -248,20 +250,26 @@ class ClientConnection(RequestReader):
             target.stats.observe(502, monotonic() - exchange.started_at)
             self.transport.abort()
             return
+        route = exchange.route
+        assert route is not None
         decision = decide_retry(
             exchange.method,
             failure,
             retries_used=exchange.retries,
             stale_retries_used=exchange.stale_retries,
             body_replayable=exchange.replay is not None,
+            connect_retries_used=len(exchange.tried) - exchange.retries,
+            backends_left=route.reach - len(exchange.tried) - 1,
         )
         if decision is not Retry.NO:
             ctx.metrics.count_retry(target.service)
             if decision is Retry.FRESH_CONNECTION:
                 exchange.stale_retries += 1
                 exchange.fresh_only = True
-            else:
-                exchange.retries += 1
+            else:  # to another backend
+                if decision is Retry.ANOTHER_BACKEND:
+                    exchange.retries += 1
+                exchange.tried += (target,)
                 exchange.exclude = target
                 exchange.fresh_only = False
             exchange.rewind()
@@ -342,6 +350,10 @@ class ClientConnection(RequestReader):
         else:
             stats = self.ctx.no_route_stats
         stats.observe(status, monotonic() - exchange.started_at)
+        if status >= 500:
+            route = exchange.route
+            service = route.service if route is not None else ""
+            self.ctx.metrics.count_local_response(service, status)
         (log.warning if status >= 500 else log.info)(
             "request %s %s %s: %d %s",
             _rid(exchange),
@@ -362,7 +374,7 @@ class ClientConnection(RequestReader):
         self.diverted = True
         self.pause(REFUSED)
         if exchange is None:
-            exchange = Exchange(cast(ExchangeOwner, self), self.transport, monotonic())
+            exchange = Exchange(self.owner, self.transport, monotonic())
         if exchange.request_id is None:
             exchange.request_id = self.ctx.request_ids.next()
         exchange.local_status = status

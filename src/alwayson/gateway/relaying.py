@@ -23,6 +23,7 @@ from alwayson.gateway.headers import (
     CONNECTION,
     CONTENT_LENGTH,
     REQUEST_ID,
+    RELAYED_STATUS_LINES,
     RESPONSE_HEADER_ACTIONS,
     TRANSFER_ENCODING,
     UPGRADE,
@@ -31,7 +32,6 @@ from alwayson.gateway.headers import (
     connection_tokens,
     drop_named,
     is_chunked,
-    is_dropped_by_prefix,
     status_line,
 )
 from alwayson.gateway.retrying import Failure
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from alwayson.gateway.upstreams import Upstream
 
 log = logging.getLogger(__name__)
+
+# A bound method: Python 3.11 cannot specialize ``imported.method(x)`` (see reading.py).
+_response_header_action = RESPONSE_HEADER_ACTIONS.get
 
 
 class InvalidUpstreamResponse(Exception):
@@ -281,9 +284,9 @@ class UpstreamConnection(asyncio.Protocol):
         # Trailers of a chunked body land here too, after the head was written: what
         # they set is never read again, so they are dropped without a check.
         lower = name.lower()
-        action = RESPONSE_HEADER_ACTIONS.get(lower)
+        action = _response_header_action(lower)
         if action is None:
-            if not is_dropped_by_prefix(lower):
+            if not lower.startswith(b"proxy-"):  # is_dropped_by_prefix, in line
                 self.headers += (name, b": ", value, b"\r\n")
         elif action == CONTENT_LENGTH:
             self.length = int(value)  # digits only: llhttp refuses anything else
@@ -321,8 +324,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.length = -1
         close = exchange.close_after or not exchange.keep_alive
         out = self.out
-        out.append(status_line(status))
-        out.extend(headers)
+        out.append(RELAYED_STATUS_LINES[status])  # llhttp reads three digits: < 1000
+        out += headers
         if self.has_request_id or exchange.request_id is None:
             out.append(VIA)
         else:

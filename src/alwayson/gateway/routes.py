@@ -11,7 +11,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -19,6 +19,8 @@ from alwayson.util.addresses import split_hostport
 from alwayson.util.errors import ConflictError, PermanentError
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
+# Which side of a release a backend runs: the version in service, or the one being released.
+Track = Literal["stable", "candidate"]
 
 
 class InvalidRouteTable(PermanentError):
@@ -37,7 +39,12 @@ class StaleRouteTable(ConflictError):
 
 
 class Backend(BaseModel):
-    """One instance a route can send traffic to."""
+    """One instance a route can send traffic to.
+
+    ``weight`` 0 means no ordinary traffic; requests pinned to the backend's ``track``
+    (:mod:`alwayson.gateway.balancing`) still reach it, which is how a blue-green preview
+    is tried before the switch.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -46,6 +53,7 @@ class Backend(BaseModel):
     site: Name
     version: Name = "unknown"
     weight: int = Field(default=100, ge=0, le=1_000_000)
+    track: Track = "stable"
 
     @field_validator("address")
     @classmethod

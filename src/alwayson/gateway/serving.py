@@ -158,7 +158,7 @@ class Gateway:
             if key not in kept:
                 upstream.retire()
         for plan in self._plans:
-            plan.stale = True
+            plan.mark_stale()
         self._upstreams = kept
         self._plans = plans
         context.matcher = matcher
