@@ -74,8 +74,19 @@ def test_version_change(good_spec: str) -> None:
     new = parse(good_spec.replace('"1.0.0"', '"1.1.0"'))
 
     assert shown(plan(new, parse(good_spec), {})) == [
-        "~ service accounts: version '1.0.0' → '1.1.0'"
+        "~ service accounts: version '1.0.0' → '1.1.0'; apply releases it (rolling)"
     ]
+
+
+def test_a_deployed_version_is_drift_that_apply_releases_back(good_spec: str) -> None:
+    current = parse(good_spec)
+    deployed = {"accounts": ("2.0.0", current.service("accounts").run)}
+    assert shown(plan(current, current, {}, deployed)) == [
+        "~ service accounts: version '2.0.0' → '1.0.0' (drift: set by `alwayson deploy`); "
+        "apply releases it (rolling)"
+    ]
+    same = parse(good_spec.replace('"1.0.0"', '"2.0.0"'))
+    assert shown(plan(same, current, {}, deployed)) == []
 
 
 def test_replicas_change(good_spec: str) -> None:

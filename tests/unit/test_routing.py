@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from alwayson.control.routing import frontdoor_table, same_table, site_table
+from alwayson.control.desired import Context, Variant, allocate_slots, desired_instances
+from alwayson.control.routing import Split, backend_weights, frontdoor_table, same_table, site_table
+from alwayson.release.model import Routing
 from alwayson.runtime.base import InstanceSpec, InstanceStatus, Kind, Phase
 from alwayson.spec.loading import LoadedSpec
 from alwayson.spec.models import PlatformSpec
@@ -233,3 +238,80 @@ def test_same_table_with_none() -> None:
     assert same_table(None, None)
     assert not same_table(None, table)
     assert not same_table(table, None)
+
+
+# ------------------------------------------------------------------ releases
+
+
+def _two_versions(
+    loaded: LoadedSpec, tmp_path: Path, candidate_counts: dict[str, int]
+) -> dict[str, InstanceSpec]:
+    svc = loaded.spec.service("accounts")
+    ctx = Context(loaded.folder, tmp_path / ".alwayson", None, allocate_slots(loaded.spec, {}))
+    variants = {
+        "accounts": [
+            Variant(svc.version, svc.run, "a", {"jakarta": 2, "surabaya": 2}),
+            Variant("9.0", svc.run, "b", candidate_counts),
+        ]
+    }
+    return desired_instances(loaded.spec, {}, ctx, variants)
+
+
+def test_two_versions_run_side_by_side_on_their_own_addresses(
+    loaded: LoadedSpec, tmp_path: Path
+) -> None:
+    both = _two_versions(loaded, tmp_path, {"jakarta": 1, "surabaya": 3})
+    new = sorted(i for i, s in both.items() if s.version == "9.0")
+    assert new == [
+        "accounts-jakarta-101",
+        "accounts-surabaya-101",
+        "accounts-surabaya-102",
+        "accounts-surabaya-103",
+    ]
+    old = both["accounts-jakarta-1"]
+    assert both["accounts-jakarta-101"].host != old.host
+    assert both["accounts-jakarta-101"].env["ALWAYSON_VERSION"] == "9.0"
+
+
+@pytest.mark.parametrize(
+    ("routing", "weight", "expected"),
+    [
+        (Routing.INSTANCES, 0, (100, 100)),
+        (Routing.PREVIEW, 0, (100, 0)),
+        (Routing.STABLE, 0, (100, 0)),
+        (Routing.CANDIDATE, 0, (0, 100)),
+    ],
+)
+def test_backend_weights_per_routing(
+    routing: Routing, weight: int, expected: tuple[int, int]
+) -> None:
+    assert backend_weights(Split("9.0", routing, weight), 2, 1) == expected
+    assert backend_weights(None, 2, 0) == (100, 100)
+
+
+@given(stable=st.integers(1, 20), candidate=st.integers(1, 20), weight=st.integers(1, 99))
+def test_weighted_split_gives_the_candidates_exactly_their_share_in_each_site(
+    stable: int, candidate: int, weight: int
+) -> None:
+    each_stable, each_candidate = backend_weights(
+        Split("9.0", Routing.WEIGHTED, weight), stable, candidate
+    )
+    total_candidate = each_candidate * candidate
+    total = total_candidate + each_stable * stable
+    assert total_candidate * 100 == weight * total
+
+
+def test_site_table_marks_candidates_and_weighs_them(
+    spec: PlatformSpec, loaded: LoadedSpec, tmp_path: Path
+) -> None:
+    both = _two_versions(loaded, tmp_path, {"jakarta": 1, "surabaya": 1})
+    table = site_table(
+        spec, "jakarta", statuses(both), {"accounts": Split("9.0", Routing.WEIGHTED, 20)}
+    )
+    route = next(r for r in table["routes"] if r["service"] == "accounts")
+    jakarta = {b["id"]: b for b in route["backends"] if b["site"] == "jakarta"}
+    assert jakarta["accounts-jakarta-101"]["track"] == "candidate"
+    assert "track" not in jakarta["accounts-jakarta-1"]
+    # 1 candidate at 20 * 2 against 2 stables at 80 * 1: 40 / (40 + 160) = 20 %.
+    assert jakarta["accounts-jakarta-101"]["weight"] == 40
+    assert jakarta["accounts-jakarta-1"]["weight"] == 80

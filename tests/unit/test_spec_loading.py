@@ -194,7 +194,7 @@ def test_negative_replicas(load_spec: LoadSpec, good_spec: str, spec_file: Path)
     text = good_spec.replace("replicas: 2", "replicas: -1")
 
     assert problems_of(load_spec, text) == [
-        f"{spec_file}:12:5: services[0:accounts].replicas: replicas must be between 0 and 200"
+        f"{spec_file}:12:5: services[0:accounts].replicas: replicas must be between 0 and 100"
     ]
 
 

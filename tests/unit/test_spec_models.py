@@ -109,7 +109,7 @@ def test_env_names_must_be_valid() -> None:
 
 @pytest.mark.parametrize("replicas", [-1, 201, {"jakarta": -1}, {"jakarta": 201}])
 def test_replicas_range(replicas: object) -> None:
-    with pytest.raises(ValidationError, match="replicas must be between 0 and 200"):
+    with pytest.raises(ValidationError, match="replicas must be between 0 and 100"):
         Service.model_validate(
             {"name": "accounts", "version": "1", "run": "x", "port": 1, "replicas": replicas}
         )

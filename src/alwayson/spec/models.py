@@ -130,6 +130,148 @@ class Route(Strict):
 
 
 Replicas = int | dict[str, int]
+MAX_REPLICAS = 100
+
+Percent = Annotated[int, Field(ge=1, le=100)]
+
+
+class RollingSettings(Strict):
+    """Replace instances a few at a time, one site after the other."""
+
+    max_surge: int = Field(
+        default=1, ge=0, le=MAX_REPLICAS, description="New instances above replicas, per site."
+    )
+    max_unavailable: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_REPLICAS,
+        description="Ready instances a site may lack during the release (0: never fewer).",
+    )
+    min_ready_seconds: Duration = Field(
+        default=2.0, description="A new instance counts as available once ready this long."
+    )
+    site_order: list[Name] | None = Field(
+        default=None,
+        description="Sites in the order they are released; default: the secondary site "
+        "(the last workload site in the file) first, the primary last.",
+    )
+    site_analysis: Duration = Field(
+        default=6.0,
+        description="Analysis of the new version between one site and the next (0: none).",
+    )
+    progress_deadline: Duration = Field(
+        default=120.0,
+        description="A step that makes no progress this long fails the release (rollback).",
+    )
+
+    @model_validator(mode="after")
+    def _can_move(self) -> RollingSettings:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError(
+                "max_surge and max_unavailable cannot both be 0: the release could never "
+                "start a new instance or stop an old one"
+            )
+        return self
+
+
+class CanaryStep(Strict):
+    """Send ``weight`` % of the traffic to the new version, then pause with analysis."""
+
+    weight: Percent
+    pause: Duration | Literal["manual"] | None = Field(
+        default=None,
+        description="How long to analyse before the next step ('manual': wait for "
+        "`alwayson release promote`); default: canary.pause.",
+    )
+
+
+def _step(value: object) -> object:
+    return {"weight": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class CanarySettings(Strict):
+    """Shift traffic to the new version in weighted steps, analysing each one."""
+
+    steps: list[Annotated[CanaryStep, BeforeValidator(_step)]] = Field(
+        default_factory=lambda: [CanaryStep(weight=w) for w in (5, 25, 50, 100)],
+        min_length=1,
+        description="Weights in percent, ascending, the last one 100; a number or {weight, pause}.",
+    )
+    pause: Duration = Field(default=10.0, description="Default pause of a step.")
+    no_traffic_timeout: Duration = Field(
+        default=30.0,
+        description="After its pause, a step whose canary got fewer than min_requests waits "
+        "this much longer, then fails (a canary without traffic never passes).",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _ascending_to_100(cls, value: list[CanaryStep]) -> list[CanaryStep]:
+        weights = [s.weight for s in value]
+        if weights != sorted(set(weights)):
+            raise ValueError(f"step weights must be strictly ascending, got {weights}")
+        if weights[-1] != 100:
+            raise ValueError(f"the last step must have weight 100, got {weights[-1]}")
+        return value
+
+
+class BlueGreenSettings(Strict):
+    """Run the new version beside the old, preview it, switch all traffic in one step."""
+
+    analysis: Duration = Field(
+        default=6.0, description="Pre-promotion analysis of the preview (header traffic)."
+    )
+    auto_promote: bool = Field(
+        default=True, description="Switch after the analysis; false waits for `release promote`."
+    )
+    scale_down_delay: Duration = Field(
+        default=30.0,
+        description="The old version stays up this long after the switch, so a rollback is "
+        "instant; analysis goes on meanwhile.",
+    )
+
+
+class AnalysisSettings(Strict):
+    """How a new version is judged against the stable one, from the gateways' metrics."""
+
+    interval: Duration = Field(default=2.0, description="Time between two analyses.")
+    min_requests: int = Field(
+        default=20, ge=0, description="Fewer candidate requests than this: no verdict yet."
+    )
+    min_success_rate: float = Field(
+        default=0.99, ge=0, le=1, description="Non-5xx share the candidate must keep."
+    )
+    success_tolerance: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Or no worse than the stable's success rate minus this, when lower.",
+    )
+    max_p99_increase: Duration = Field(
+        default=0.1, description="Candidate p99 latency may exceed the stable's by this much."
+    )
+    max_p99: Duration | None = Field(default=None, description="Absolute p99 latency limit.")
+    failure_limit: int = Field(
+        default=2, ge=1, description="Failed analyses that roll the release back."
+    )
+    checks: list[str] = Field(
+        default_factory=list,
+        description="Prometheus-style checks on the candidate's and gateways' metrics, e.g. "
+        "'rate(bank_requests_total{code=~\"5..\"}[1m]) < 0.5'.",
+    )
+
+
+Strategy = Literal["rolling", "blue-green", "canary"]
+
+
+class ReleasePolicy(Strict):
+    """How a new version of this service is released (``alwayson deploy`` or ``apply``)."""
+
+    strategy: Strategy = "rolling"
+    rolling: RollingSettings = Field(default_factory=RollingSettings)
+    blue_green: BlueGreenSettings = Field(default_factory=BlueGreenSettings)
+    canary: CanarySettings = Field(default_factory=CanarySettings)
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
 
 
 class Service(Strict):
@@ -160,13 +302,14 @@ class Service(Strict):
         description="Largest request body the gateway accepts for this service's routes "
         "(e.g. '1MiB'); larger gets 413. Default: the gateway's 10 MiB.",
     )
+    release: ReleasePolicy = Field(default_factory=ReleasePolicy)
 
     @field_validator("replicas")
     @classmethod
     def _non_negative(cls, value: Replicas) -> Replicas:
         counts = [value] if isinstance(value, int) else list(value.values())
-        if any(c < 0 or c > 200 for c in counts):
-            raise ValueError("replicas must be between 0 and 200")
+        if any(c < 0 or c > MAX_REPLICAS for c in counts):
+            raise ValueError(f"replicas must be between 0 and {MAX_REPLICAS}")
         return value
 
     @field_validator("env")
@@ -288,6 +431,23 @@ def consistency_problems(spec: PlatformSpec) -> list[tuple[Location, str]]:
                             f"{', '.join(workload)})",
                         )
                     )
+        order = svc.release.rolling.site_order
+        for o_index, site_name in enumerate(order or []):
+            if site_name not in workload:
+                problems.append(
+                    (
+                        ("services", s_index, "release", "rolling", "site_order", o_index),
+                        f"{site_name!r} is not a workload site (workload sites: "
+                        f"{', '.join(workload)})",
+                    )
+                )
+        if order is not None and len(set(order)) != len(order):
+            problems.append(
+                (
+                    ("services", s_index, "release", "rolling", "site_order"),
+                    "a site appears twice",
+                )
+            )
         for r_index, route in enumerate(svc.routes):
             key = (route.host, route.path)
             if key in seen and seen[key] != svc.name:

@@ -39,7 +39,16 @@ def effective_replicas(spec: PlatformSpec, overrides: Overrides, service: str, s
     return spec.service(service).replicas_in(site)
 
 
-def plan(new: PlatformSpec, current: PlatformSpec | None, overrides: Overrides) -> list[Change]:
+Versions = dict[str, tuple[str, str]]
+"""(version, run) of services released by ``alwayson deploy``: service → what runs."""
+
+
+def plan(
+    new: PlatformSpec,
+    current: PlatformSpec | None,
+    overrides: Overrides,
+    versions: Versions | None = None,
+) -> list[Change]:
     """Changes that applying ``new`` makes to ``current`` (with its drift)."""
     if current is None or new.platform != current.platform:
         return [
@@ -71,7 +80,8 @@ def plan(new: PlatformSpec, current: PlatformSpec | None, overrides: Overrides) 
         if old is None:
             changes.append(Change(ChangeKind.ADD, f"service {svc.name}", _describe(new, svc)))
             continue
-        changes.extend(_service_changes(new, current, overrides, old, svc))
+        deployed = (versions or {}).get(svc.name)
+        changes.extend(_service_changes(new, current, overrides, old, svc, deployed))
     for name in sorted(old_services):
         changes.append(Change(ChangeKind.REMOVE, f"service {name}", "every instance stops"))
     for field in ("front_door", "gateway", "controller", "runtime"):
@@ -88,7 +98,12 @@ def plan(new: PlatformSpec, current: PlatformSpec | None, overrides: Overrides) 
 
 
 def _service_changes(
-    new: PlatformSpec, current: PlatformSpec, overrides: Overrides, old: Service, svc: Service
+    new: PlatformSpec,
+    current: PlatformSpec,
+    overrides: Overrides,
+    old: Service,
+    svc: Service,
+    deployed: tuple[str, str] | None = None,
 ) -> list[Change]:
     out: list[Change] = []
     target = f"service {svc.name}"
@@ -104,12 +119,23 @@ def _service_changes(
             out.append(
                 Change(ChangeKind.CHANGE, target, f"replicas in {site.name} {has} → {want}{why}")
             )
+    if deployed is not None:
+        old = old.model_copy(update={"version": deployed[0], "run": deployed[1]})
     fields = ("version", "run", "port", "env", "health", "liveness", "routes", "stop_grace")
-    for field in (*fields, "max_body"):
+    for field in (*fields, "max_body", "release"):
         before, after = getattr(old, field), getattr(svc, field)
         if before != after:
+            why = (
+                " (drift: set by `alwayson deploy`)"
+                if deployed is not None and field in ("version", "run")
+                else ""
+            )
+            if field in ("version", "run") and svc.replicas:
+                why += f"; apply releases it ({svc.release.strategy})"
             out.append(
-                Change(ChangeKind.CHANGE, target, f"{field} {_show(before)} → {_show(after)}")
+                Change(
+                    ChangeKind.CHANGE, target, f"{field} {_show(before)} → {_show(after)}{why}"
+                )
             )
     return out
 
