@@ -12,6 +12,8 @@ import fcntl
 import itertools
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -299,3 +301,57 @@ def running_small(make_platform: Callable[..., Platform], echo_folder: Path) -> 
     platform = make_platform(data, folder=echo_folder)
     platform.cli("up", "--timeout", "60")
     return platform
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    failed: int
+    output: str
+
+
+def _wrk_binary() -> str:
+    found = shutil.which("wrk")
+    assert found, "wrk is required; scripts/test.sh installs it (apt-get install wrk)"
+    return found
+
+
+class Wrk:
+    """wrk in the background for ``seconds``; ``result()`` parses its summary."""
+
+    def __init__(self, url: str, script: str, folder: Path, seconds: int = 8) -> None:
+        lua = folder / f"wrk-{os.getpid()}-{id(self)}.lua"
+        lua.write_text(script)
+        cmd = [_wrk_binary(), "-t1", "-c8", f"-d{seconds}s", "--timeout", "5s", "-s", str(lua), url]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self._out = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        self._out = self.proc.stdout.read()
+
+    def result(self, timeout: float = 60) -> WrkResult:
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        out = self._out
+        match = re.search(r"(\d+) requests in", out)
+        assert match, out
+        failed = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        failed += int(non2xx.group(1)) if non2xx else 0
+        return WrkResult(int(match.group(1)), failed, out)
+
+    def stop(self) -> WrkResult:
+        """End the run now (SIGINT: wrk stops and prints its summary)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        return self.result()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)

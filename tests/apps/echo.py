@@ -3,6 +3,8 @@
 Honours HOST and PORT like every alwayson workload. Behaviour switches (env):
 ECHO_FAIL_START=1 exits at once with code 3; ECHO_NEVER_READY=1 answers /healthz with 503;
 a file named sick-<instance> in the working directory makes /healthz answer 503 too.
+Flags: ``--fail-rate F`` answers that share of requests (not /healthz) with 500, exactly
+(every request where floor(n*F) grows); ``--delay S`` delays each request S seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +16,22 @@ import signal
 import sys
 
 BUSY: set[asyncio.Task[None] | None] = set()
+SERVED = [0]
+FAIL_RATE = 0.0
+DELAY = 0.0
+
+
+def _flags(argv: list[str]) -> tuple[float, float]:
+    """``--fail-rate F``: that share of requests answer 500; ``--delay S``: each waits S."""
+    fail_rate, delay = 0.0, 0.0
+    for flag, value in zip(argv[::2], argv[1::2], strict=False):
+        if flag == "--fail-rate":
+            fail_rate = float(value)
+        elif flag == "--delay":
+            delay = float(value)
+        else:
+            sys.exit(f"echo: unknown flag {flag}")
+    return fail_rate, delay
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -33,6 +51,12 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     length = int(value)
             body = await reader.readexactly(length) if length else b""
             status = 200
+            if not path.startswith("/healthz"):
+                SERVED[0] += 1
+                if DELAY:
+                    await asyncio.sleep(DELAY)
+                if FAIL_RATE and int(SERVED[0] * FAIL_RATE) > int((SERVED[0] - 1) * FAIL_RATE):
+                    status = 500
             sick = f"sick-{os.environ.get('ALWAYSON_INSTANCE', '')}"
             if path.startswith("/healthz") and (
                 os.environ.get("ECHO_NEVER_READY") or os.path.exists(sick)
@@ -64,6 +88,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 
 async def main() -> None:
+    global FAIL_RATE, DELAY
+    FAIL_RATE, DELAY = _flags(sys.argv[1:])
     if os.environ.get("ECHO_FAIL_START"):
         print("echo: failing on purpose (ECHO_FAIL_START)", flush=True)
         sys.exit(3)

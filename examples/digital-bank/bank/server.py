@@ -5,20 +5,30 @@ stops accepting, closes idle keep-alive connections, lets in-flight requests fin
 most ``BANK_DRAIN_SECONDS``, default 2) and exits 0.
 
 ``BANK_PURE_PYTHON=1`` runs without ``httptools`` and ``uvloop`` even when installed.
+
+Two flags make a bad version of any service, for release drills (see
+:meth:`bank.web.App.inject_faults`): ``--fail-rate F`` answers 500 to that share of
+requests, ``--delay SECONDS`` holds each request that long first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import sys
 import time
 from collections import deque
-from typing import cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 from bank.parser import HAVE_HTTPTOOLS, ParsedRequest, ParseError, make_parser
 from bank.web import REASONS, App, HTTPError, Response
+
+if TYPE_CHECKING:
+    import argparse
+    from fractions import Fraction
 
 KEEPALIVE_SECONDS = 60.0
 MAX_PIPELINE = 32
@@ -193,9 +203,68 @@ class Server:
                     conn.close()
 
 
-def run(app: App) -> None:
-    """Serve ``app`` on ``HOST:PORT`` until SIGTERM; exits the process with 0 on a clean stop."""
+def _fail_rate(text: str) -> Fraction:
+    import argparse
+    from fractions import Fraction
+
+    try:
+        rate = Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text!r}") from None
+    if not 0 <= rate <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text!r}")
+    return rate
+
+
+def _delay(text: str) -> float:
+    import argparse
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (0 <= seconds <= 3600):
+        raise argparse.ArgumentTypeError(f"must be seconds from 0 to 3600, not {text!r}")
+    return seconds
+
+
+def parse_flags(app: App, argv: Sequence[str]) -> argparse.Namespace:
+    """The command line of every service; a bad value exits 2 with a message naming it."""
+    import argparse  # imported here: a service started without flags skips its cost
+
+    parser = argparse.ArgumentParser(
+        prog=f"python -m bank.{app.service}",
+        description=app.description,
+        epilog="HOST, PORT and the ALWAYSON_* variables come from the environment.",
+    )
+    parser.add_argument(
+        "--fail-rate",
+        type=_fail_rate,
+        default=0,
+        metavar="F",
+        help="answer 500 to this share (0..1) of requests, evenly spread "
+        "(never GET /, /healthz or /metrics)",
+    )
+    parser.add_argument(
+        "--delay",
+        type=_delay,
+        default=0.0,
+        metavar="SECONDS",
+        help="hold each request this long before handling it (same exceptions)",
+    )
+    return parser.parse_args(list(argv))
+
+
+def run(app: App, argv: Sequence[str] | None = None) -> None:
+    """Serve ``app`` on ``HOST:PORT`` until SIGTERM; exits the process with 0 on a clean stop.
+
+    ``argv`` (default ``sys.argv[1:]``) may hold ``--fail-rate`` and ``--delay``.
+    """
     started = time.perf_counter()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        flags = parse_flags(app, argv)
+        app.inject_faults(flags.fail_rate, flags.delay)
     env = os.environ
     host = env.get("HOST", "127.0.0.1")
     try:
@@ -217,6 +286,8 @@ def run(app: App) -> None:
             pass
     engine += "+httptools" if HAVE_HTTPTOOLS and not pure else "+pure-python"
     server = Server(app, host, port, pure=pure, drain=drain)
+    if app.fail_rate or app.delay:
+        app.log(f"injecting faults: --fail-rate {float(app.fail_rate):g} --delay {app.delay:g}")
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(server.serve(started, engine))

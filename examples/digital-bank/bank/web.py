@@ -7,16 +7,21 @@ friends, and calls :func:`bank.server.run`. Every app also answers ``GET /`` (wh
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import os
 import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bank.metrics import Metrics
 from bank.parser import ParsedRequest
+
+if TYPE_CHECKING:
+    from fractions import Fraction
 
 REASONS = {
     100: "Continue",
@@ -41,6 +46,8 @@ REASONS = {
     504: "Gateway Timeout",
 }
 IDEMPOTENCY_CACHE = 10_000
+# Never slowed down or failed by --delay / --fail-rate: probes and scrapes must see the truth.
+UNFAULTED = frozenset({"/", "/healthz", "/metrics"})
 
 
 class HTTPError(Exception):
@@ -179,6 +186,9 @@ class App:
         self.routes: list[Route] = []
         self.on_shutdown: list[Hook] = []
         self.draining = False
+        self.fail_rate: Fraction | int = 0  # --fail-rate: this share of requests answers 500
+        self.delay = 0.0  # --delay: seconds each request waits before it is handled
+        self.faulted = 0  # requests subject to the two above, so far
         self._idempotent: OrderedDict[tuple[str, str], tuple[bytes, Response | None]] = (
             OrderedDict()
         )
@@ -223,6 +233,10 @@ class App:
         try:
             route = self._find(request)
             route_name = route.pattern
+            if (self.fail_rate or self.delay) and not (
+                method == "GET" and route.pattern in UNFAULTED
+            ):
+                await self._inject_faults()
             if route.idempotent and "idempotency-key" in headers:
                 response = await self._once(route, request)
             else:
@@ -242,6 +256,34 @@ class App:
         elapsed = time.perf_counter() - started
         self.metrics.observe(method, route_name, response.status, elapsed)
         return response
+
+    def inject_faults(self, fail_rate: Fraction | float = 0, delay: float = 0.0) -> None:
+        """Make this a bad version for release drills (``--fail-rate``, ``--delay``).
+
+        Every request that matches a route, except ``GET /``, ``/healthz`` and
+        ``/metrics``, first waits ``delay`` seconds, then the ``n``-th of them answers 500
+        when ``floor(n * fail_rate)`` goes up: exactly ``floor(N * fail_rate)`` of the
+        first ``N`` fail, spread evenly, so tests can count them.
+        """
+        from fractions import Fraction  # only bad versions pay for the import
+
+        rate = Fraction(fail_rate)
+        if not 0 <= rate <= 1:
+            raise ValueError(f"fail_rate must be between 0 and 1, not {fail_rate}")
+        if not (delay >= 0 and math.isfinite(delay)):
+            raise ValueError(f"delay must be a number of seconds, not {delay}")
+        self.fail_rate = rate
+        self.delay = delay
+
+    async def _inject_faults(self) -> None:
+        self.faulted += 1
+        n = self.faulted
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if math.floor(n * self.fail_rate) > math.floor((n - 1) * self.fail_rate):
+            raise HTTPError(
+                500, "injected failure", fail_rate=float(self.fail_rate), request_number=n
+            )
 
     def _find(self, request: Request) -> Route:
         parts = request.path.strip("/").split("/")
@@ -318,9 +360,14 @@ class App:
             for r in self.routes
             if r.pattern not in ("/", "/healthz", "/metrics") and not r.pattern.startswith("/_")
         ]
-        return json_response(
-            {**self.identity(), "description": self.description, "endpoints": endpoints}
-        )
+        about: dict[str, Any] = {
+            **self.identity(),
+            "description": self.description,
+            "endpoints": endpoints,
+        }
+        if self.fail_rate or self.delay:
+            about["faults"] = {"fail_rate": float(self.fail_rate), "delay_s": self.delay}
+        return json_response(about)
 
     async def _healthz(self, request: Request) -> Response:
         status = "draining" if self.draining else "ok"
@@ -332,8 +379,6 @@ class App:
         return text_response(self.metrics.render(), content_type="text/plain; version=0.0.4")
 
     async def _sleep(self, request: Request) -> Response:
-        import asyncio
-
         try:
             seconds = min(max(float(request.query.get("s", "0.1")), 0.0), 30.0)
         except ValueError:

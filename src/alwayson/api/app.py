@@ -15,13 +15,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from alwayson import __version__
 from alwayson.api.schemas import (
     ChangesOut,
+    DeployBody,
     MessageOut,
+    PromoteBody,
     ReplacedOut,
+    RollbackBody,
     ScaleBody,
     SiteBody,
     SpecBody,
 )
 from alwayson.control.controller import Controller
+from alwayson.release.model import Release
 from alwayson.util.errors import (
     ConflictError,
     NotFoundError,
@@ -102,6 +106,63 @@ def create_app(
     async def restart_gateways(body: SiteBody, who: str = Depends(actor)) -> list[ReplacedOut]:
         results = await controller.restart_gateways(body.site, who)
         return [ReplacedOut.model_validate(r) for r in results]
+
+    async def shown(release: Release) -> dict[str, Any]:
+        data = release.model_dump(mode="json")
+        if release.phase.active:
+            data["totals"] = await controller.releases.live_totals(release)
+        data["rollback_seconds"] = release.rollback_seconds
+        data["summary"] = release.summary()
+        return data
+
+    @app.post("/api/v1/releases", dependencies=guarded)
+    async def deploy(body: DeployBody, who: str = Depends(actor)) -> dict[str, Any]:
+        release = await controller.deploy(
+            body.service, body.version, body.run, body.strategy, body.settings, who
+        )
+        return await shown(release)
+
+    @app.get("/api/v1/releases", dependencies=guarded)
+    async def releases(service: str | None = None) -> list[dict[str, Any]]:
+        """The running releases, and the last one of every service that has none running."""
+        spec = controller.spec()
+        names = [service] if service else [s.name for s in spec.services]
+        out = []
+        for name in names:
+            running = controller.releases.running(name)
+            if running is not None:
+                out.append(await shown(running))
+                continue
+            history = await controller.releases.history(name)
+            if history:
+                last = Release.model_validate(history[-1])
+                out.append(await shown(last))
+        return out
+
+    @app.get("/api/v1/releases/history", dependencies=guarded)
+    async def release_history(service: str | None = None) -> list[dict[str, Any]]:
+        items = await controller.releases.history(service)
+        return [await shown(Release.model_validate(item)) for item in items]
+
+    @app.post("/api/v1/releases/{service}/promote", dependencies=guarded)
+    async def promote(service: str, body: PromoteBody, who: str = Depends(actor)) -> dict[str, Any]:
+        release = await controller.releases.promote(service, body.full)
+        await controller.record_event("release", service, f"promoted by {who}")
+        return await shown(release)
+
+    @app.post("/api/v1/releases/{service}/abort", dependencies=guarded)
+    async def abort(service: str, who: str = Depends(actor)) -> dict[str, Any]:
+        return await shown(await controller.releases.abort(service, who))
+
+    @app.post("/api/v1/releases/{service}/rollback", dependencies=guarded)
+    async def rollback(
+        service: str, body: RollbackBody, who: str = Depends(actor)
+    ) -> dict[str, Any]:
+        return await shown(await controller.rollback(service, body.to, who))
+
+    @app.post("/api/v1/upgrade/gateway", dependencies=guarded)
+    async def upgrade_gateway(body: SiteBody, who: str = Depends(actor)) -> dict[str, Any]:
+        return await controller.upgrade_gateways(body.site, who)
 
     @app.post("/api/v1/down", dependencies=guarded)
     async def down(who: str = Depends(actor)) -> MessageOut:

@@ -10,6 +10,7 @@ import httpx
 
 from alwayson.api.schemas import (
     ChangesOut,
+    DeployBody,
     MessageOut,
     ReplacedOut,
     ScaleBody,
@@ -91,6 +92,38 @@ class ApiClient:
         body = SiteBody(site=site).model_dump()
         response = await self._request("POST", "/api/v1/gateways/restart", json=body, timeout=120.0)
         return [ReplacedOut.model_validate(r) for r in response.json()]
+
+    async def deploy(self, body: DeployBody) -> dict[str, Any]:
+        response = await self._request("POST", "/api/v1/releases", json=body.model_dump())
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def releases(self, service: str | None = None) -> list[dict[str, Any]]:
+        params = {"service": service} if service else {}
+        data: list[dict[str, Any]] = (
+            await self._request("GET", "/api/v1/releases", params=params)
+        ).json()
+        return data
+
+    async def release_history(self, service: str | None = None) -> list[dict[str, Any]]:
+        params = {"service": service} if service else {}
+        data: list[dict[str, Any]] = (
+            await self._request("GET", "/api/v1/releases/history", params=params)
+        ).json()
+        return data
+
+    async def release_action(
+        self, service: str, action: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        path = f"/api/v1/releases/{service}/{action}"
+        data: dict[str, Any] = (await self._request("POST", path, json=body or {})).json()
+        return data
+
+    async def upgrade_gateways(self, site: str | None) -> dict[str, Any]:
+        body = SiteBody(site=site).model_dump()
+        response = await self._request("POST", "/api/v1/upgrade/gateway", json=body, timeout=300.0)
+        data: dict[str, Any] = response.json()
+        return data
 
     async def down(self) -> MessageOut:
         response = await self._request("POST", "/api/v1/down", timeout=120.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -17,7 +19,7 @@ class ChangesOut(BaseModel):
 
 class ScaleBody(BaseModel):
     service: str
-    replicas: int = Field(ge=0, le=200)
+    replicas: int = Field(ge=0, le=100)
     site: str | None = None
 
 
@@ -34,3 +36,23 @@ class ReplacedOut(BaseModel):
 
 class MessageOut(BaseModel):
     message: str
+
+
+class DeployBody(BaseModel):
+    service: str
+    version: str = Field(min_length=1, max_length=64)
+    run: str | None = Field(default=None, description="Command of the new version.")
+    strategy: str | None = Field(default=None, description="rolling, blue-green or canary.")
+    settings: dict[str, Any] | None = Field(
+        default=None,
+        description="Overrides of the service's release settings, shaped like the spec's "
+        '`release:` (e.g. {"canary": {"steps": [10, 100]}}).',
+    )
+
+
+class PromoteBody(BaseModel):
+    full: bool = False
+
+
+class RollbackBody(BaseModel):
+    to: str | None = None

@@ -8,25 +8,34 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from alwayson.api.client import ApiClient
 from alwayson.api.daemon import LOG_FILE, controller_record, spawn
-from alwayson.api.tokens import read_token
-from alwayson.cli import gateways
+from alwayson.cli import gateways, releases
+from alwayson.cli.common import (
+    Failed,
+    JsonOpt,
+    SpecOpt,
+    _call,
+    _client,
+    _emit_json,
+    _load,
+    _pick,
+    _run,
+    _wrap,
+    console,
+    err,
+)
 from alwayson.spec.loading import LoadedSpec, load_spec_file
 from alwayson.spec.schemas import render_schema
 from alwayson.util.addresses import port_is_free, split_hostport
-from alwayson.util.errors import AlwaysonError, SpecError
-
-T = TypeVar("T")
+from alwayson.util.errors import SpecError
 
 app = typer.Typer(
     name="alwayson",
@@ -37,13 +46,10 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 app.add_typer(gateways.app, name="gateway")
-console = Console()
-err = Console(stderr=True)
+app.add_typer(releases.release_app, name="release")
+app.add_typer(releases.upgrade_app, name="upgrade")
+app.command()(releases.deploy)
 
-FILE_HELP = "The platform spec (alwayson.yaml)."
-JSON_HELP = "Print machine-readable JSON instead of tables."
-SpecOpt = typer.Option(Path("alwayson.yaml"), "--file", "-f", help=FILE_HELP)
-JsonOpt = typer.Option(False, "--json", help=JSON_HELP)
 
 SAMPLE_CUSTOMER = {
     "name": "Siti Rahma",
@@ -54,56 +60,6 @@ SAMPLE_CUSTOMER = {
 CONTROLLER_START_DEADLINE = 30.0
 CRASH_LOOP = 3
 DOWN_DEADLINE = 120.0
-
-
-class Failed(Exception):
-    """A command failed in a way already explained to the user."""
-
-    def __init__(self, code: int = 1) -> None:
-        self.code = code
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _run(coro: Awaitable[T]) -> T:
-    async def wrapper() -> T:
-        return await coro
-
-    return asyncio.run(wrapper())
-
-
-def _emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _load(file: Path, check_commands: bool = True) -> LoadedSpec:
-    try:
-        return load_spec_file(file, check_commands=check_commands)
-    except SpecError as exc:
-        for problem in exc.problems:
-            err.print(str(problem), markup=False, highlight=False)
-        err.print(f"[red]{file}: {len(exc.problems)} problem(s); nothing was changed.[/red]")
-        raise Failed(2) from None
-
-
-def _pick(argument: Path | None, option: Path) -> Path:
-    return argument if argument is not None else option
-
-
-def _client(loaded: LoadedSpec, command: str) -> ApiClient:
-    return ApiClient(loaded.spec.controller.api, read_token(loaded.state_dir), command)
-
-
-def _call(file: Path, command: str, fn: Callable[[ApiClient], Awaitable[T]]) -> T:
-    """One request to the controller of the platform that ``file`` declares."""
-    loaded = _load(file, check_commands=False)
-
-    async def flow() -> T:
-        async with _client(loaded, command) as client:
-            return await fn(client)
-
-    return _run(flow())
 
 
 async def _ensure_controller(loaded: LoadedSpec, quiet: bool) -> None:
@@ -196,20 +152,6 @@ def _report_not_ready(status: dict[str, Any]) -> None:
         why = inst["start_failure"] or inst["last_exit"] or inst["last_probe"] or inst["phase"]
         err.print(f"  {inst['id']} ({inst['service']} in {inst['site']}): {why}", markup=False)
         err.print(f"    log: {inst['log']}", markup=False)
-
-
-def _wrap(fn: Callable[[], None]) -> None:
-    try:
-        fn()
-    except Failed as exc:
-        raise typer.Exit(exc.code) from None
-    except SpecError as exc:
-        for problem in exc.problems:
-            err.print(str(problem), markup=False, highlight=False)
-        raise typer.Exit(2) from None
-    except AlwaysonError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
 
 
 # ---------------------------------------------------------------- commands
@@ -352,6 +294,11 @@ def _print_status(data: dict[str, Any]) -> None:
             f"[yellow]drift:[/yellow] {drift['service']} in {drift['site']} scaled to "
             f"{drift['replicas']} (`alwayson plan` shows it, `alwayson apply` restores the spec)"
         )
+    for svc in data["services"]:
+        if svc.get("release"):
+            console.print(
+                f"[cyan]release:[/cyan] {svc['release']} (`alwayson release status {svc['name']}`)",
+            )
 
 
 @app.command()

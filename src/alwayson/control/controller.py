@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alwayson import __version__
 from alwayson.control.backoff import CrashRecord
 from alwayson.control.desired import (
     Context,
@@ -27,7 +28,9 @@ from alwayson.control.desired import (
 )
 from alwayson.control.pushing import RoutePusher, write_table
 from alwayson.control.reconciling import Decision, Observed, Snapshot, decide
+from alwayson.control.releasing import ReleaseDriver
 from alwayson.control.routing import Table, frontdoor_table, same_table, site_table
+from alwayson.release.model import Release
 from alwayson.runtime.base import (
     EventKind,
     InstanceSpec,
@@ -38,6 +41,7 @@ from alwayson.runtime.base import (
 )
 from alwayson.runtime.local import LocalRuntime, check_user_can_run
 from alwayson.spec.loading import LoadedSpec, load_spec_text
+from alwayson.spec.models import MAX_REPLICAS, PlatformSpec, ReleasePolicy
 from alwayson.spec.planning import Change, Overrides, plan
 from alwayson.store.base import AuditEntry, Event, StateStore
 from alwayson.util.addresses import port_is_free, split_hostport
@@ -100,6 +104,7 @@ class Controller:
         self._done = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()
+        self.releases = ReleaseDriver(self, store)
         (state_dir / "run" / "handover").mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------ desired state
@@ -113,6 +118,8 @@ class Controller:
         value = record.value
         self.loaded = load_spec_text(value["text"], Path(value["path"]), check_commands=False)
         self.overrides = {(s, site): int(n) for s, site, n in value.get("overrides", [])}
+        self.releases.load_state(value.get("releases", {}))
+        await self.releases.load()
 
     async def _save(self) -> None:
         if self.loaded is None:
@@ -124,10 +131,33 @@ class Controller:
                 "text": self.loaded.text,
                 "path": str(self.loaded.path),
                 "overrides": [[s, site, n] for (s, site), n in sorted(self.overrides.items())],
+                "releases": self.releases.dump_state(),
                 "applied_at": self.clock.wall(),
             },
         )
         await self.store.put(SLOTS_KEY, dict(self.slots))
+
+    async def save_state(self) -> None:
+        await self._save()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def record_event(self, kind: str, subject: str, message: str) -> None:
+        await self._event(kind, subject, message)
+
+    def spec_or_none(self) -> PlatformSpec | None:
+        return self.loaded.spec if self.loaded else None
+
+    def spec(self) -> PlatformSpec:
+        if self.loaded is None:
+            raise NotFoundError("nothing is applied yet; run `alwayson up` first")
+        return self.loaded.spec
+
+    def spec_folder(self) -> Path:
+        if self.loaded is None:
+            raise NotFoundError("nothing is applied yet; run `alwayson up` first")
+        return self.loaded.folder
 
     def _context(self, loaded: LoadedSpec, slots: dict[str, int]) -> Context:
         user = loaded.spec.runtime.user or self.default_user
@@ -137,32 +167,157 @@ class Controller:
         """What should run; recomputed only when the spec, drift or address slots change."""
         if self.loaded is None:
             return {}
-        key = (self.loaded, tuple(sorted(self.overrides.items())), tuple(self.slots.items()))
+        key = (
+            self.loaded,
+            tuple(sorted(self.overrides.items())),
+            tuple(self.slots.items()),
+            self.releases.cache_key(),
+        )
         if self._desired_cache is None or self._desired_cache[0] != key:
             ctx = self._context(self.loaded, self.slots)
-            self._desired_cache = (key, desired_instances(self.loaded.spec, self.overrides, ctx))
+            variants = self.releases.variants(self.loaded.spec)
+            self._desired_cache = (
+                key,
+                desired_instances(self.loaded.spec, self.overrides, ctx, variants),
+            )
         return self._desired_cache[1]
 
     async def plan(self, text: str, path: str) -> list[Change]:
         loaded = load_spec_text(text, Path(path))
-        return plan(loaded.spec, self.loaded.spec if self.loaded else None, self.overrides)
+        return plan(
+            loaded.spec,
+            self.loaded.spec if self.loaded else None,
+            self.overrides,
+            self.releases.versions,
+        )
 
     async def apply(self, text: str, path: str, actor: str) -> ApplyResult:
         """Validate everything first; only then replace the desired state (all or nothing)."""
         loaded = load_spec_text(text, Path(path))
         async with self._lock:
-            changes = plan(loaded.spec, self.loaded.spec if self.loaded else None, self.overrides)
+            changes = plan(
+                loaded.spec,
+                self.loaded.spec if self.loaded else None,
+                self.overrides,
+                self.releases.versions,
+            )
             slots = allocate_slots(loaded.spec, self.slots)
+            releases = self._releases_for(loaded, actor)
             new = desired_instances(loaded.spec, {}, self._context(loaded, slots))
             self._preflight(loaded, new)
+            # In one step (no await in between): the new spec and the releases it starts, so
+            # no cycle ever sees the new version without its release (it would replace the
+            # old instances in place).
             self.loaded, self.slots, self.overrides = loaded, slots, {}
+            self.releases.versions = {}  # the file is the truth again: deploy drift ends
+            for release in releases:
+                self.releases.active[release.service] = release
             self.start_failures.clear()
             for ident in [i for i in self.crashes if i not in new]:
                 del self.crashes[ident]
+            for release in releases:
+                await self.releases.begin(release)
             await self._save()
             await self._audit(actor, "apply", {"spec": str(loaded.path), "changes": changes})
         self._wake.set()
         return ApplyResult(changes, loaded.digest)
+
+    def _releases_for(self, loaded: LoadedSpec, actor: str) -> list[Release]:
+        """Releases an apply starts: services whose version or run command changed."""
+        new = loaded.spec
+        if self.loaded is None or new.platform != self.loaded.spec.platform:
+            return []
+        current = self.loaded.spec
+        out: list[Release] = []
+        for svc in new.services:
+            old = next((s for s in current.services if s.name == svc.name), None)
+            if old is None or self.releases.effective(old) == (svc.version, svc.run):
+                continue
+            out.append(
+                self.releases.prepare(
+                    new,
+                    {},
+                    svc.name,
+                    svc.version,
+                    svc.run,
+                    svc.release.strategy,
+                    actor,
+                    "apply: the spec's version or run command changed",
+                    folder=loaded.folder,
+                    stable=self.releases.effective(old),
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------ releases
+
+    async def deploy(
+        self,
+        service: str,
+        version: str,
+        run: str | None,
+        strategy: str | None,
+        settings: dict[str, Any] | None,
+        actor: str,
+    ) -> Release:
+        """Start a release of ``service`` at ``version`` (drift from the spec until apply)."""
+        spec = self.spec()
+        async with self._lock:
+            svc = spec.service(service) if service in {s.name for s in spec.services} else None
+            if svc is None:
+                known = ", ".join(s.name for s in spec.services) or "none"
+                raise NotFoundError(f"unknown service {service!r} (services: {known})")
+            policy = svc.release
+            if settings:
+                merged = _deep_merge(policy.model_dump(mode="json"), settings)
+                try:
+                    policy = ReleasePolicy.model_validate(merged)
+                except ValueError as exc:
+                    raise PermanentError(f"release settings: {exc}") from None
+            chosen = strategy or policy.strategy
+            release = self.releases.prepare(
+                spec,
+                self.overrides,
+                service,
+                version,
+                run if run is not None else self.releases.effective(svc)[1],
+                chosen,
+                actor,
+                f"alwayson deploy by {actor}",
+                policy,
+            )
+            await self._audit(
+                actor,
+                "deploy",
+                {"service": service, "version": version, "run": run, "strategy": chosen},
+            )
+            return await self.releases.begin(release)
+
+    async def rollback(self, service: str, to: str | None, actor: str) -> Release:
+        """Abort a running release, or release an earlier version again (rolling)."""
+        spec = self.spec()
+        if self.releases.running(service) is not None:
+            if to is not None:
+                raise ConflictError(
+                    f"a release of {service} is running; `release abort {service}` first, "
+                    "or roll back without --to"
+                )
+            await self._audit(actor, "release-rollback", {"service": service})
+            return await self.releases.abort(service, actor)
+        version, run = await self.releases.rollback_target(service, to)
+        async with self._lock:
+            release = self.releases.prepare(
+                spec,
+                self.overrides,
+                service,
+                version,
+                run,
+                "rollback",
+                actor,
+                f"alwayson release rollback by {actor}",
+            )
+            await self._audit(actor, "release-rollback", {"service": service, "to": version})
+            return await self.releases.begin(release)
 
     def _preflight(self, loaded: LoadedSpec, new: dict[str, InstanceSpec]) -> None:
         running = {s.spec.id: s for s in self.runtime.statuses() if s.phase is not Phase.EXITED}
@@ -199,8 +354,14 @@ class Controller:
         sites = [s.name for s in spec.workload_sites]
         if site is not None and site not in sites:
             raise NotFoundError(f"unknown workload site {site!r} (sites: {', '.join(sites)})")
-        if not 0 <= replicas <= 200:
-            raise PermanentError("replicas must be between 0 and 200")
+        running = self.releases.running(service)
+        if running is not None:
+            raise ConflictError(
+                f"{service} is being released ({running.summary()}); scale it when the "
+                "release has ended"
+            )
+        if not 0 <= replicas <= MAX_REPLICAS:
+            raise PermanentError("replicas must be between 0 and 100")
         async with self._lock:
             for name in [site] if site else sites:
                 self.overrides[(service, name)] = replicas
@@ -223,6 +384,10 @@ class Controller:
                     await self.cycle()
                 except (TemporaryError, OSError) as exc:
                     log.warning("cycle failed, will retry: %s", exc)
+                try:
+                    await self.releases.tick()
+                except (AlwaysonError, OSError) as exc:
+                    log.warning("release step failed, will retry: %s", exc)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.interval):
                         event = await self._wait_for_work()
@@ -388,6 +553,36 @@ class Controller:
                 results.append(await self._replace(desired[ident], "restart requested"))
         return results
 
+    async def upgrade_gateways(self, site: str | None, actor: str) -> dict[str, Any]:
+        """Replace the gateways and front doors site by site, the secondary site first.
+
+        Each replacement hands the listening sockets over (no refused connection) and waits
+        until the new process is ready before the next one starts."""
+        spec = self.spec()
+        sites = [s.name for s in reversed(spec.workload_sites)]
+        if site is not None:
+            if site not in sites:
+                raise NotFoundError(f"unknown workload site {site!r} (sites: {', '.join(sites)})")
+            sites = [site]
+        if any(self.releases.running(s.name) for s in spec.services):
+            raise ConflictError("a service release is running; upgrade the gateways after it")
+        started = self.clock.monotonic()
+        await self._audit(actor, "upgrade-gateway", {"site": site})
+        desired = self.desired()
+        replaced = []
+        for name in sites:
+            for ident in (gateway_id(name), frontdoor_id(name)):
+                if ident in self.stopping:
+                    raise ConflictError(f"{ident} is already being stopped or replaced")
+                replaced.append(await self._replace(desired[ident], "upgrade"))
+            await self._event("upgraded", f"gateway@{name}", f"site {name} upgraded")
+        return {
+            "version": __version__,
+            "sites": sites,
+            "replaced": replaced,
+            "seconds": round(self.clock.monotonic() - started, 3),
+        }
+
     async def _drain(self, ident: str) -> None:
         """Wait until every ready gateway has a table without ``ident`` (bounded)."""
         self.draining.add(ident)
@@ -422,6 +617,16 @@ class Controller:
     async def _handle(self, event: RuntimeEvent) -> None:
         kind, ident, detail = event.kind, event.instance_id, event.detail
         now = self.clock.monotonic()
+        failed = kind in (EventKind.UNHEALTHY, EventKind.START_TIMEOUT) or (
+            kind is EventKind.EXITED and not event.data.get("expected")
+        )
+        inst = self.desired().get(ident)
+        if failed and inst is not None and inst.kind is Kind.WORKLOAD:
+            running = self.releases.running(inst.service)
+            if running is not None and inst.version == running.candidate.label:
+                self.releases.note_failure(
+                    inst.service, self.clock.wall(), f"{ident} {kind.value}: {detail}"
+                )
         if kind is EventKind.EXITED:
             expected = bool(event.data.get("expected"))
             status = next((s for s in self.runtime.statuses() if s.spec.id == ident), None)
@@ -465,10 +670,11 @@ class Controller:
         everything = self.runtime.statuses()
         by_id = {s.spec.id: s for s in everything}
         statuses = [s for s in everything if s.spec.id not in self.draining]
+        splits = self.releases.splits()
         out: dict[str, tuple[InstanceStatus | None, InstanceSpec, Table]] = {}
         for ident, inst in self.desired().items():
             if inst.kind is Kind.GATEWAY:
-                table = site_table(spec, inst.site, statuses)
+                table = site_table(spec, inst.site, statuses, splits)
             elif inst.kind is Kind.FRONTDOOR:
                 table = frontdoor_table(spec, inst.site, statuses)
             else:
@@ -555,10 +761,12 @@ class Controller:
         services = []
         for svc in spec.services if spec else []:
             rows = [i for i in instances if i["service"] == svc.name and i["desired"]]
+            running = self.releases.running(svc.name)
             services.append(
                 {
                     "name": svc.name,
-                    "version": svc.version,
+                    "version": self.releases.effective(svc)[0],
+                    "release": running.summary() if running else None,
                     "port": svc.port,
                     "desired": len(rows),
                     "ready": sum(1 for r in rows if r["ready"]),
@@ -591,6 +799,7 @@ class Controller:
             await self._audit(actor, "down", {})
             self.loaded = None
             self.overrides = {}
+            self.releases.reset()
             await self._save()
         statuses = [s for s in self.runtime.statuses() if s.phase is not Phase.EXITED]
         for kind in STOP_ORDER:
@@ -601,6 +810,16 @@ class Controller:
 
     def shutdown(self) -> None:
         self._done.set()
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _routes_file(inst: InstanceSpec) -> Path:

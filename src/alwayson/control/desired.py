@@ -8,6 +8,7 @@ leaves the other accepting, and each prefers its own site's gateway.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +17,9 @@ from alwayson.spec.commands import resolve_command
 from alwayson.spec.models import PlatformSpec, Probe, Service
 from alwayson.spec.planning import Overrides, effective_replicas
 
+COLOR_OFFSET = {"a": 0, "b": 100}  # ordinals 1..100 and 101..200: two versions side by side
 GATEWAY_ADDRESS = (0, 1)
 FRONTDOOR_ADMIN_ADDRESS = (0, 2)
-MAX_ORDINAL = 254
 GATEWAY_STOP_GRACE = 15.0
 
 
@@ -30,6 +31,20 @@ class Context:
     state_dir: Path
     user: str | None
     service_slots: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One version of a service and how many of its instances run where.
+
+    Outside a release a service has one variant (its stable version); during one, two.
+    ``counts`` None means the service's replicas (with ``alwayson scale`` drift).
+    """
+
+    version: str
+    run: str
+    color: str = "a"
+    counts: Mapping[str, int] | None = None
 
 
 def instance_id(service: str, site: str, ordinal: int) -> str:
@@ -58,15 +73,27 @@ def allocate_slots(spec: PlatformSpec, slots: dict[str, int]) -> dict[str, int]:
 
 
 def desired_instances(
-    spec: PlatformSpec, overrides: Overrides, ctx: Context
+    spec: PlatformSpec,
+    overrides: Overrides,
+    ctx: Context,
+    variants: Mapping[str, Sequence[Variant]] | None = None,
 ) -> dict[str, InstanceSpec]:
     out: dict[str, InstanceSpec] = {}
     for site in spec.workload_sites:
         for svc in spec.services:
-            count = min(effective_replicas(spec, overrides, svc.name, site.name), MAX_ORDINAL)
-            for ordinal in range(1, count + 1):
-                inst = workload_instance(spec, svc, site.name, ordinal, ctx)
-                out[inst.id] = inst
+            default = [Variant(svc.version, svc.run)]
+            for variant in (variants or {}).get(svc.name, default):
+                if variant.counts is None:
+                    count = effective_replicas(spec, overrides, svc.name, site.name)
+                else:
+                    count = variant.counts.get(site.name, 0)
+                shown = svc
+                if (variant.version, variant.run) != (svc.version, svc.run):
+                    shown = svc.model_copy(update={"version": variant.version, "run": variant.run})
+                offset = COLOR_OFFSET[variant.color]
+                for ordinal in range(offset + 1, offset + min(count, 100) + 1):
+                    inst = workload_instance(spec, shown, site.name, ordinal, ctx)
+                    out[inst.id] = inst
         gw = gateway_instance(spec, site.name, ctx)
         fd = frontdoor_instance(spec, site.name, ctx)
         out[gw.id] = gw

@@ -1,0 +1,540 @@
+"""Driving releases: the controller's side of :mod:`alwayson.release`.
+
+Each tick observes every service under release (its instances per site and version, the
+gateways' metrics, the tables pushed), calls the pure ``advance`` and stores the result
+with compare-and-set before anything acts on it. The desired instances and the traffic
+split of a service under release come from its stored record, so a controller restarted
+in the middle of a release continues from the stored stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from alwayson.control.desired import Variant
+from alwayson.control.routing import Split
+from alwayson.release.figures import GatewaySample, parse_gateway_metrics
+from alwayson.release.model import Color, Phase, Release, Template, other_color, version_label
+from alwayson.release.queries import QueryError, evaluate, parse_check
+from alwayson.release.stepping import (
+    Observation,
+    SiteView,
+    abort,
+    advance,
+    plan_stages,
+    promote,
+    start,
+    totals_of,
+)
+from alwayson.runtime.base import Kind
+from alwayson.runtime.base import Phase as RunPhase
+from alwayson.spec.commands import CommandNotFound, resolve_command
+from alwayson.spec.models import PlatformSpec, ReleasePolicy, Service
+from alwayson.spec.planning import effective_replicas
+from alwayson.store.base import StateStore
+from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
+
+if TYPE_CHECKING:
+    from alwayson.control.controller import Controller
+
+log = logging.getLogger("alwayson.releases")
+
+INDEX_KEY = "releases"
+HISTORY_KEEP = 20
+SCRAPE_TIMEOUT = 1.0
+STRATEGIES = ("rolling", "blue-green", "canary")
+
+
+def record_key(service: str) -> str:
+    return f"release/{service}"
+
+
+def history_key(service: str) -> str:
+    return f"release-history/{service}"
+
+
+class ReleaseDriver:
+    def __init__(self, controller: Controller, store: StateStore) -> None:
+        self.controller = controller
+        self.store = store
+        self.active: dict[str, Release] = {}
+        self.stored_version: dict[str, int] = {}
+        self.next_id: dict[str, int] = {}
+        self.failures: dict[str, list[tuple[float, str]]] = {}
+        self.versions: dict[str, tuple[str, str]] = {}  # (version label, run) set by releases
+        self.colors: dict[str, Color] = {}
+        self._client = httpx.AsyncClient(timeout=SCRAPE_TIMEOUT, trust_env=False)
+        # Last metrics texts of each release's candidates and gateways, for its checks.
+        self._check_texts: dict[str, tuple[float, dict[str, str]]] = {}
+
+    # ------------------------------------------------------------ state
+
+    def dump_state(self) -> dict[str, Any]:
+        return {
+            "versions": {k: list(v) for k, v in sorted(self.versions.items())},
+            "colors": dict(sorted(self.colors.items())),
+        }
+
+    def load_state(self, value: Mapping[str, Any]) -> None:
+        self.versions = {k: (str(v[0]), str(v[1])) for k, v in value.get("versions", {}).items()}
+        self.colors = {k: ("b" if v == "b" else "a") for k, v in value.get("colors", {}).items()}
+
+    async def load(self) -> None:
+        index = await self.store.get(INDEX_KEY)
+        value = index.value if index else {}
+        self.next_id = {k: int(v) for k, v in value.get("next_id", {}).items()}
+        for service in value.get("active", []):
+            record = await self.store.get(record_key(service))
+            if record is None:
+                continue
+            release = Release.model_validate(record.value)
+            self.stored_version[service] = record.version
+            self.active[service] = release
+            if not release.phase.active:
+                await self._finish(release)  # the controller stopped while finishing it
+        if self.active:
+            log.info(
+                "continuing releases: %s", "; ".join(r.summary() for r in self.active.values())
+            )
+
+    async def _save_index(self) -> None:
+        await self.store.put(
+            INDEX_KEY,
+            {"active": sorted(self.active), "next_id": dict(sorted(self.next_id.items()))},
+        )
+
+    async def _store(self, release: Release) -> None:
+        """Compare-and-set the record: a second controller never overwrites this one."""
+        key = record_key(release.service)
+        expected = self.stored_version.get(release.service)
+        if not await self.store.compare_and_set(key, expected, release.model_dump(mode="json")):
+            raise ConflictError(
+                f"release of {release.service} was changed by another controller; not stepping"
+            )
+        stored = await self.store.get(key)
+        self.stored_version[release.service] = stored.version if stored else 0
+
+    def reset(self) -> None:
+        self.active.clear()
+        self.versions.clear()
+        self.colors.clear()
+
+    # ------------------------------------------------------------ what runs, how routed
+
+    def effective(self, svc: Service) -> tuple[str, str]:
+        return self.versions.get(svc.name, (svc.version, svc.run))
+
+    def variants(self, spec: PlatformSpec) -> dict[str, list[Variant]]:
+        out: dict[str, list[Variant]] = {}
+        for svc in spec.services:
+            release = self.active.get(svc.name)
+            if release is not None and release.phase.active:
+                counts = release.current.counts
+                out[svc.name] = [
+                    Variant(
+                        release.stable.label,
+                        release.stable.run,
+                        release.stable.color,
+                        {site: c.stable for site, c in counts.items()},
+                    ),
+                    Variant(
+                        release.candidate.label,
+                        release.candidate.run,
+                        release.candidate.color,
+                        {site: c.candidate for site, c in counts.items()},
+                    ),
+                ]
+            else:
+                version, run = self.effective(svc)
+                out[svc.name] = [Variant(version, run, self.colors.get(svc.name, "a"))]
+        return out
+
+    def splits(self) -> dict[str, Split]:
+        return {
+            name: Split(r.candidate.label, r.current.routing, r.current.weight)
+            for name, r in self.active.items()
+            if r.phase.active
+        }
+
+    def cache_key(self) -> tuple[Any, ...]:
+        return (
+            tuple(
+                (name, r.id, r.stage, len(r.stages), r.phase.value)
+                for name, r in sorted(self.active.items())
+            ),
+            tuple(sorted(self.versions.items())),
+            tuple(sorted(self.colors.items())),
+        )
+
+    def running(self, service: str) -> Release | None:
+        release = self.active.get(service)
+        return release if release is not None and release.phase.active else None
+
+    # ------------------------------------------------------------ starting
+
+    def prepare(
+        self,
+        spec: PlatformSpec,
+        overrides: Mapping[tuple[str, str], int],
+        service: str,
+        version: str,
+        run: str,
+        strategy: str,
+        actor: str,
+        reason: str,
+        policy: ReleasePolicy | None = None,
+        *,
+        folder: Path | None = None,
+        stable: tuple[str, str] | None = None,
+    ) -> Release:
+        """A new release record (not yet started or stored); raises on bad input.
+
+        ``stable`` is what runs now (default: the service's effective version); ``folder``
+        the spec's folder, where the run command is resolved."""
+        svc = _find(spec, service)
+        running = self.running(service)
+        if running is not None:
+            raise ConflictError(f"a release is already running: {running.summary()}")
+        if strategy not in (*STRATEGIES, "rollback"):
+            raise PermanentError(
+                f"unknown strategy {strategy!r}; use one of: {', '.join(STRATEGIES)}"
+            )
+        stable_version, stable_run = stable or self.effective(svc)
+        if (version, run) == (stable_version, stable_run):
+            raise PermanentError(
+                f"{service} already runs version {version} with `{run}`; nothing to release"
+            )
+        check_command(run, folder or self.controller.spec_folder(), service)
+        policy = policy or svc.release
+        for index, check in enumerate(policy.analysis.checks):
+            try:
+                parse_check(check)
+            except QueryError as exc:
+                raise PermanentError(
+                    f"services.{service}.release.analysis.checks[{index}]: {check!r}: {exc}"
+                ) from None
+        color = self.colors.get(service, "a")
+        current = Template(
+            version=stable_version, run=stable_run, label=stable_version, color=color
+        )
+        candidate = Template(
+            version=version,
+            run=run,
+            label=version_label(version, run, current),
+            color=other_color(color),
+        )
+        sites = [s.name for s in spec.workload_sites]
+        replicas = {
+            site: effective_replicas(spec, dict(overrides), service, site) for site in sites
+        }
+        number = self.next_id.get(service, 0) + 1
+        return Release(
+            id=number,
+            service=service,
+            strategy=strategy,  # type: ignore[arg-type,unused-ignore]
+            actor=actor,
+            reason=reason,
+            stable=current,
+            candidate=candidate,
+            settings=policy.model_dump(mode="json"),
+            stages=plan_stages(strategy, policy, replicas, sites),
+            started_at=0.0,
+            stage_started_at=0.0,
+        )
+
+    async def begin(self, release: Release) -> Release:
+        """Start a prepared release: from now on it shapes what runs."""
+        samples = await self.scrape()
+        release = start(release, self.controller.clock.wall(), samples)
+        self.next_id[release.service] = release.id
+        self.stored_version.pop(release.service, None)
+        existing = await self.store.get(record_key(release.service))
+        if existing is not None:
+            self.stored_version[release.service] = existing.version
+        self.active[release.service] = release
+        self.failures.pop(release.service, None)
+        await self._store(release)
+        await self._save_index()
+        await self.controller.record_event("release-started", release.service, release.summary())
+        self.controller.wake()
+        return release
+
+    # ------------------------------------------------------------ commands
+
+    async def promote(self, service: str, full: bool) -> Release:
+        release = self._must_run(service)
+        stage = release.current
+        if not full and not stage.manual and stage.hold <= 0 and not stage.analysis:
+            raise PermanentError(
+                f"nothing to promote: {release.summary()} is waiting for instances, not for "
+                "a pause (use --full to skip every remaining pause)"
+            )
+        if release.phase is Phase.ROLLING_BACK:
+            raise PermanentError(f"nothing to promote: {release.summary()}")
+        updated = promote(release, full)
+        await self._commit(updated)
+        return updated
+
+    async def abort(self, service: str, actor: str) -> Release:
+        release = self._must_run(service)
+        if release.phase is Phase.ROLLING_BACK:
+            raise PermanentError(f"already rolling back: {release.summary()}")
+        spec = self.controller.spec()
+        updated = abort(release, self.controller.clock.wall(), self._replicas(spec, service), actor)
+        await self._commit(updated)
+        return updated
+
+    def _must_run(self, service: str) -> Release:
+        spec = self.controller.spec()
+        _find(spec, service)
+        release = self.running(service)
+        if release is None:
+            raise PermanentError(f"no release of {service} is running; nothing to do")
+        return release
+
+    async def _commit(self, release: Release) -> None:
+        await self._store(release)
+        self.active[release.service] = release
+        self.controller.wake()
+
+    async def history(self, service: str | None) -> list[dict[str, Any]]:
+        spec = self.controller.spec()
+        names = [service] if service else [s.name for s in spec.services]
+        if service:
+            _find(spec, service)
+        out: list[dict[str, Any]] = []
+        for name in names:
+            record = await self.store.get(history_key(name))
+            items = list(record.value.get("items", [])) if record else []
+            current = self.active.get(name)
+            if current is not None and current.phase.active:
+                items.append(current.model_dump(mode="json"))
+            out.extend(items)
+        out.sort(key=lambda r: r.get("started_at", 0))
+        return out
+
+    async def rollback_target(self, service: str, to: str | None) -> tuple[str, str]:
+        """The (version, run) a `release rollback` goes back to, from the history."""
+        items = [r for r in await self.history(service) if r["service"] == service]
+        svc = _find(self.controller.spec(), service)
+        current = self.effective(svc)
+        for item in reversed(items):
+            for side in ("stable", "candidate"):
+                template = item[side]
+                pair = (template["label"], template["run"])
+                if pair == current:
+                    continue
+                if to is None and side == "stable" and item["phase"] == "succeeded":
+                    return pair
+                if to is not None and to in (template["label"], template["version"]):
+                    return pair
+        if to is None:
+            raise PermanentError(f"{service} has no earlier release to roll back to")
+        raise NotFoundError(f"version {to!r} of {service} is not in its release history")
+
+    # ------------------------------------------------------------ ticking
+
+    def note_failure(self, service: str, at: float, text: str) -> None:
+        if self.running(service) is not None:
+            self.failures.setdefault(service, []).append((at, text))
+
+    async def tick(self) -> None:
+        running = [r for r in self.active.values() if r.phase.active]
+        if not running:
+            return
+        samples = await self.scrape()
+        spec = self.controller.spec()
+        for release in running:
+            checks = await self._checks(release)
+            outcome = advance(
+                release,
+                self._observe(release, samples, checks),
+                ReleasePolicy.model_validate(release.settings),
+                self._replicas(spec, release.service),
+            )
+            updated = outcome.release
+            if updated == release:
+                continue
+            await self._store(updated)
+            self.active[release.service] = updated
+            for note in outcome.notes:
+                log.info("%s: %s", release.service, note)
+                await self.controller.record_event("release", release.service, note)
+            if (updated.stage, updated.phase) != (release.stage, release.phase):
+                self.controller.wake()
+            if not updated.phase.active:
+                await self._finish(updated)
+
+    async def _finish(self, release: Release) -> None:
+        """Make the outcome the new normal, then file the record in the history."""
+        service = release.service
+        if release.phase is Phase.SUCCEEDED:
+            self.colors[service] = release.candidate.color
+            spec = self.controller.spec_or_none()
+            svc = next((s for s in spec.services if s.name == service), None) if spec else None
+            pair = (release.candidate.label, release.candidate.run)
+            if svc is not None and pair == (svc.version, svc.run):
+                self.versions.pop(service, None)
+            else:
+                self.versions[service] = pair
+        await self.controller.save_state()
+        record = await self.store.get(history_key(service))
+        items = list(record.value.get("items", [])) if record else []
+        if not any(i.get("id") == release.id for i in items):
+            items.append(release.model_dump(mode="json"))
+        await self.store.put(history_key(service), {"items": items[-HISTORY_KEEP:]})
+        self.active.pop(service, None)
+        await self._save_index()
+        await self.controller.record_event("release-ended", service, release.summary())
+        self.controller.wake()
+
+    def _replicas(self, spec: PlatformSpec, service: str) -> dict[str, int]:
+        overrides = self.controller.overrides
+        return {
+            s.name: effective_replicas(spec, overrides, service, s.name)
+            for s in spec.workload_sites
+        }
+
+    async def _checks(self, release: Release) -> list[tuple[bool, str]]:
+        """The spec's checks over the window since the last tick (none on the first)."""
+        checks = ReleasePolicy.model_validate(release.settings).analysis.checks
+        if not checks or not release.current.analysis or release.settled_at is None:
+            self._check_texts.pop(release.service, None)
+            return []
+        targets = {
+            s.spec.id: f"{s.spec.host}:{s.spec.port}"
+            for s in self.controller.runtime.statuses()
+            if s.ready
+            and (
+                s.spec.kind is Kind.GATEWAY
+                or (s.spec.service == release.service and s.spec.version == release.candidate.label)
+            )
+        }
+
+        async def one(ident: str, address: str) -> tuple[str, str | None]:
+            try:
+                response = await self._client.get(f"http://{address}/metrics")
+            except httpx.HTTPError:
+                return ident, None
+            return ident, response.text if response.status_code == 200 else None
+
+        got = await asyncio.gather(*(one(i, a) for i, a in targets.items()))
+        texts = {ident: text for ident, text in got if text is not None}
+        now = self.controller.clock.monotonic()
+        previous = self._check_texts.get(release.service)
+        self._check_texts[release.service] = (now, texts)
+        if previous is None or now <= previous[0]:
+            return []
+        results = []
+        for check in checks:
+            try:
+                result = evaluate(check, previous[1], texts, now - previous[0])
+            except ValueError as exc:
+                results.append((False, f"{check}: cannot evaluate: {exc}"))
+                continue
+            results.append((result.ok, f"{check} (value {result.value:.4g})"))
+        return results
+
+    def _observe(
+        self,
+        release: Release,
+        samples: dict[str, GatewaySample] | None,
+        checks: list[tuple[bool, str]],
+    ) -> Observation:
+        controller = self.controller
+        sites: dict[str, dict[str, Any]] = {}
+        for status in controller.runtime.statuses():
+            spec = status.spec
+            if spec.kind is not Kind.WORKLOAD or spec.service != release.service:
+                continue
+            if status.phase is RunPhase.EXITED:
+                continue
+            view = sites.setdefault(spec.site, {"sr": 0, "s": 0, "c": 0, "since": []})
+            routed = status.ready and spec.id not in controller.stopping
+            if spec.version == release.candidate.label:
+                view["c"] += 1
+                if routed and status.ready_since is not None:
+                    view["since"].append(status.ready_since)
+            else:
+                view["s"] += 1
+                if routed:
+                    view["sr"] += 1
+        failures = [
+            text
+            for at, text in self.failures.get(release.service, [])
+            if at >= release.stage_started_at
+        ]
+        return Observation(
+            now=controller.clock.wall(),
+            sites={
+                site: SiteView(v["sr"], v["s"], v["c"], tuple(v["since"]))
+                for site, v in sites.items()
+            },
+            candidate_failures=failures,
+            candidate_routed=self._candidate_routed(release),
+            samples=samples,
+            check_results=checks,
+        )
+
+    def _candidate_routed(self, release: Release) -> bool:
+        for ident, table in self.controller.pushed.items():
+            if not ident.startswith("gateway@"):
+                continue
+            for route in table.get("routes", []):
+                if route.get("service") != release.service:
+                    continue
+                for backend in route.get("backends", []):
+                    if backend.get("version") == release.candidate.label and backend.get(
+                        "weight", 0
+                    ):
+                        return True
+        return False
+
+    async def scrape(self) -> dict[str, GatewaySample] | None:
+        """Every ready site gateway's metrics, or None when one cannot be read."""
+        gateways = [
+            s for s in self.controller.runtime.statuses() if s.spec.kind is Kind.GATEWAY and s.ready
+        ]
+
+        async def one(host: str, port: int) -> GatewaySample:
+            response = await self._client.get(f"http://{host}:{port}/metrics")
+            response.raise_for_status()
+            return parse_gateway_metrics(response.text)
+
+        try:
+            results = await asyncio.gather(*(one(g.spec.host, g.spec.port) for g in gateways))
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("gateway metrics not read: %s", exc)
+            return None
+        return {g.spec.id: sample for g, sample in zip(gateways, results, strict=True)}
+
+    async def live_totals(self, release: Release) -> dict[str, Any]:
+        samples = await self.scrape()
+        if samples is None or not release.release_baseline:
+            return release.totals
+        return totals_of(release, samples)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _find(spec: PlatformSpec, service: str) -> Service:
+    for svc in spec.services:
+        if svc.name == service:
+            return svc
+    known = ", ".join(s.name for s in spec.services) or "none"
+    raise NotFoundError(f"unknown service {service!r} (services: {known})")
+
+
+def check_command(run: str, spec_folder: Path, service: str) -> None:
+    """The program of a run command must exist (a typo fails here, not as a crash loop)."""
+    try:
+        resolve_command(run, spec_folder)
+    except CommandNotFound as exc:
+        raise PermanentError(f"{service}: run command {run!r}: {exc}; nothing changed") from exc
