@@ -28,6 +28,7 @@ from alwayson.cli.common import (
     err,
 )
 from alwayson.util.durations import parse_duration
+from alwayson.util.merging import deep_merge
 
 release_app = typer.Typer(
     help="Follow, promote, abort and roll back releases (started by `deploy` or `apply`).",
@@ -141,7 +142,7 @@ def deploy(
             if not isinstance(extra, dict):
                 err.print("--settings-json: give a JSON object", markup=False)
                 raise Failed(2)
-            settings = _merge(extra, settings)
+            settings = deep_merge(extra, settings)
         body = DeployBody(
             service=service, version=version, run=run, strategy=strategy, settings=settings
         )
@@ -156,16 +157,6 @@ def deploy(
             raise Failed(1)
 
     _wrap(go)
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _follow(file: Path, service: str, quiet: bool) -> dict[str, Any]:

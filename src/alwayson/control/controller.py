@@ -53,6 +53,7 @@ from alwayson.util.errors import (
     PermanentError,
     TemporaryError,
 )
+from alwayson.util.merging import deep_merge
 
 log = logging.getLogger("alwayson.controller")
 
@@ -269,7 +270,7 @@ class Controller:
                 raise NotFoundError(f"unknown service {service!r} (services: {known})")
             policy = svc.release
             if settings:
-                merged = _deep_merge(policy.model_dump(mode="json"), settings)
+                merged = deep_merge(policy.model_dump(mode="json"), settings)
                 try:
                     policy = ReleasePolicy.model_validate(merged)
                 except ValueError as exc:
@@ -810,16 +811,6 @@ class Controller:
 
     def shutdown(self) -> None:
         self._done.set()
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _routes_file(inst: InstanceSpec) -> Path:
