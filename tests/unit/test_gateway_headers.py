@@ -5,6 +5,12 @@ from __future__ import annotations
 import json
 
 from alwayson.gateway.headers import (
+    CONNECTION,
+    DROP,
+    HOST,
+    KEEP,
+    REQUEST_HEADER_ACTIONS,
+    HeaderNames,
     HostNames,
     RequestIds,
     connection_tokens,
@@ -109,3 +115,21 @@ def test_host_names_are_checked_once_and_the_memory_is_bounded() -> None:
     for n in range(100):  # random hosts cost CPU, never memory
         assert names.lookup(b"h%d" % n) == b"h%d" % n
     assert len(names._known) == 3
+
+
+def test_header_names_are_classified_in_any_case_and_the_memory_is_bounded() -> None:
+    names = HeaderNames(REQUEST_HEADER_ACTIONS, size=4)
+    assert names.classify(b"HOST") == names.classify(b"host") == HOST
+    assert names.classify(b"Connection") == CONNECTION
+    assert names.classify(b"Keep-Alive") == DROP
+    assert names.classify(b"Proxy-Anything") == DROP  # Proxy-* never crosses a proxy
+    assert names.classify(b"X-Custom") == KEEP
+    assert names.known == {
+        b"HOST": HOST,
+        b"host": HOST,
+        b"Connection": CONNECTION,
+        b"Keep-Alive": DROP,
+    }
+    for n in range(100):  # random names cost CPU, never memory
+        assert names.classify(b"X-%d" % n) == KEEP
+    assert len(names.known) == 4

@@ -162,6 +162,26 @@ def test_http10_client_gets_a_close_delimited_body() -> None:
     assert downstream.closed
 
 
+@pytest.mark.parametrize("connection", [b"Connection: keep-alive", b"Proxy-Connection: keep-alive"])
+def test_http10_keep_alive_client_is_still_answered_as_http10(connection: bytes) -> None:
+    h = Harness(table(backend("a", A)))
+    conn, upstream = h.idle(A)
+    client, downstream = h.client()
+    for _ in range(2):
+        client.data_received(b"GET / HTTP/1.0\r\nHost: x\r\n" + connection + b"\r\n\r\n")
+        assert upstream.take().startswith(b"GET / HTTP/1.1\r\n")
+        conn.data_received(OK_RESPONSE)
+        first, headers, body = split(downstream.take())
+        assert first == "HTTP/1.1 200 OK" and body == b"hello"
+        assert headers["connection"] == "keep-alive"  # an HTTP/1.0 client is told so
+        assert not downstream.closed
+    # without a length, the body ends with the connection: an HTTP/1.0 client gets a close
+    client.data_received(b"GET / HTTP/1.0\r\nHost: x\r\n" + connection + b"\r\n\r\n")
+    conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+    _, headers, body = split(downstream.take())
+    assert headers["connection"] == "close" and body == b"ok" and downstream.closed
+
+
 def test_response_without_length_ends_with_the_backend_connection() -> None:
     h = Harness(table(backend("a", A)))
     conn, _ = h.idle(A)

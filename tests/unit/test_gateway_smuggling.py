@@ -109,6 +109,15 @@ REFUSED = {
     "fragment in the target": (b"GET /a#b HTTP/1.1\r\n" + H + b"\r\n", 400),
     "absolute target with another scheme": (b"GET ftp://h/p HTTP/1.1\r\n" + H + b"\r\n", 400),
     "HTTP/2.0 on an HTTP/1 connection": (b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505),
+    # kept alive like HTTP/1.1 requests: the version is still checked
+    "HTTP/2.0 with keep-alive": (
+        b"GET / HTTP/2.0\r\n" + H + b"Connection: keep-alive\r\n\r\n",
+        505,
+    ),
+    "HTTP/2.0 with Proxy-Connection: keep-alive": (
+        b"GET / HTTP/2.0\r\n" + H + b"Proxy-Connection: keep-alive\r\n\r\n",
+        505,
+    ),
     "HTTP/1.2": (b"GET / HTTP/1.2\r\n" + H + b"\r\n", 400),
     "HTTP/0.9": (b"GET /\r\n\r\n", 505),
     "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),

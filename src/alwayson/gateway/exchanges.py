@@ -48,26 +48,68 @@ class ExchangeOwner(Protocol):
         """The backend switched protocols (101, head already relayed): tunnel from now on."""
 
 
-class Exchange:
-    """State of one proxied request; plain slots, touched on every request."""
+class RequestExtras:
+    """What the rarer request headers ask for: framing, forwarding headers, Expect, Upgrade,
+    Connection options, a release pin. An exchange gets one at the first header that is
+    neither Host nor an end-to-end header (a hop-by-hop one included), so a plain request
+    allocates and checks none of it."""
 
     __slots__ = (
-        "body_done",
-        "body_size",
-        "cancelled",
         "chunked",
-        "client_transport",
-        "close_after",
-        "conn",
         "content_length",
-        "dispatched",
-        "exclude",
         "expect",
         "extra_drop",
         "forwarded_for",
         "forwarded_host",
         "forwarded_proto",
-        "fresh_only",
+        "track",
+        "upgrade",
+    )
+
+    def __init__(self) -> None:
+        self.content_length: bytes | None = None
+        self.chunked = False
+        self.forwarded_for: bytes | None = None  # X-Forwarded-For as received
+        self.forwarded_proto = False  # the client sent X-Forwarded-Proto
+        self.forwarded_host = False  # the client sent X-Forwarded-Host
+        self.expect: bytes | None = None
+        self.extra_drop: set[bytes] | None = None  # header names listed by Connection
+        self.upgrade: bytes | None = None  # the Upgrade header of a protocol switch request
+        self.track: str | None = None  # the release track the request is pinned to
+
+
+class RetryState:
+    """What the failed attempts of a request left, for the next one (see
+    :mod:`alwayson.gateway.retrying`); made at the first failure."""
+
+    __slots__ = ("exclude", "fresh_only", "retries", "stale_retries", "tried")
+
+    def __init__(self) -> None:
+        self.exclude: Target | None = None  # the target whose attempt just failed
+        self.tried: tuple[Target, ...] = ()  # targets that failed, in order: all avoided
+        self.fresh_only = False  # the next attempt opens a new connection
+        self.retries = 0  # to another backend, after the request may have reached one
+        self.stale_retries = 0  # on a fresh connection, after a stale pooled one
+
+
+# A request without extras reads as this one (never changed).
+NO_EXTRAS = RequestExtras()
+
+
+class Exchange:
+    """State of one proxied request; plain slots, touched on every request. What only some
+    requests need (:class:`RequestExtras`, :class:`RetryState`) is allocated when needed:
+    each slot costs every request its store and its release."""
+
+    __slots__ = (
+        "body_done",
+        "body_size",
+        "cancelled",
+        "client_transport",
+        "close_after",
+        "conn",
+        "dispatched",
+        "extras",
         "head",
         "head_parts",
         "host",
@@ -83,19 +125,15 @@ class Exchange:
         "replay_size",
         "request_id",
         "response_started",
-        "retries",
+        "retry",
         "route",
         "routing_host",
-        "stale_retries",
         "started_at",
         "status",
         "target",
         "touched",
-        "track",
-        "tried",
         "unsent",
         "unsent_size",
-        "upgrade",
         "url",
     )
 
@@ -116,16 +154,9 @@ class Exchange:
         self.head = b""
         self.host: bytes | None = None  # the Host header as sent
         self.routing_host = b""  # lower case, without the port
-        self.forwarded_for: bytes | None = None
-        self.forwarded_proto = False
-        self.forwarded_host = False
         self.request_id: bytes | None = None
-        self.extra_drop: set[bytes] | None = None
-        self.content_length: bytes | None = None
-        self.chunked = False
-        self.expect: bytes | None = None
-        self.upgrade: bytes | None = None  # the Upgrade header of a protocol switch request
-        self.track: str | None = None  # the release track the request is pinned to
+        # Set by the first header other than Host and the end-to-end ones.
+        self.extras: RequestExtras | None = None
         self.keep_alive = True
         self.http10 = False
         self.is_head = False
@@ -140,15 +171,10 @@ class Exchange:
         self.replay_size = 0
         self.route: RoutePlan | None = None
         self.target: Target | None = None
-        self.exclude: Target | None = None  # the target whose attempt just failed
-        # Targets that failed for this request, in order (a retry avoids them all).
-        self.tried: tuple[Target, ...] = ()
         self.conn: UpstreamConnection | None = None
         self.outstanding = False  # counted in target.upstream.outstanding
         self.dispatched = False
-        self.fresh_only = False
-        self.retries = 0
-        self.stale_retries = 0
+        self.retry: RetryState | None = None  # made by the first failed attempt
         self.response_started = False
         self.status = 0
         self.local_status = 0

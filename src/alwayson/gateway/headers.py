@@ -1,8 +1,9 @@
 """HTTP/1.1 header rules of a proxy: hop-by-hop removal, forwarding headers, request ids,
 framing and the few canned responses the gateway writes itself.
 
-Header names are classified by one dict lookup on the lower-cased name; everything the
-hot path needs is precomputed bytes.
+A header name is classified by one dict lookup on the name as sent (:class:`HeaderNames`
+remembers the lower-cased classification of each name); everything the hot path needs is
+precomputed bytes.
 """
 
 from __future__ import annotations
@@ -74,6 +75,36 @@ RESPONSE_HEADER_ACTIONS.update(
         b"upgrade": UPGRADE,
     }
 )
+
+
+class HeaderNames:
+    """Header name as sent → its action (``KEEP``: forwarded as is, ``DROP``: a hop-by-hop or
+    ``Proxy-*`` header, or one of the codes above), from the lower-cased name.
+
+    Peers send the same few names over and over, in their own casing: each is classified
+    once and remembered (up to ``size`` of them; beyond that they are classified every
+    time, so random names cost CPU, never memory). The hot path looks names up in
+    ``known`` and calls :meth:`classify` only on a miss."""
+
+    __slots__ = ("_by_lower", "_size", "known")
+
+    def __init__(self, by_lower_name: dict[bytes, int], size: int = 4096) -> None:
+        self._by_lower = by_lower_name
+        self._size = size
+        self.known: dict[bytes, int] = {}
+
+    def classify(self, raw: bytes) -> int:
+        lower = raw.lower()
+        action = self._by_lower.get(lower)
+        if action is None:
+            action = DROP if is_dropped_by_prefix(lower) else KEEP
+        if len(self.known) < self._size:
+            self.known[raw] = action
+        return action
+
+
+REQUEST_HEADER_NAMES = HeaderNames(REQUEST_HEADER_ACTIONS)
+RESPONSE_HEADER_NAMES = HeaderNames(RESPONSE_HEADER_ACTIONS)
 
 VIA = b"via: 1.1 alwayson\r\n"
 VIA_AND_REQUEST_ID = VIA + b"x-request-id: "

@@ -26,8 +26,8 @@ from typing import cast
 
 from httptools import HttpParserError, HttpParserUpgrade
 
-from alwayson.gateway.balancing import Target, choose_target
-from alwayson.gateway.exchanges import Exchange, ProxyContext
+from alwayson.gateway.balancing import choose_target
+from alwayson.gateway.exchanges import Exchange, ProxyContext, RetryState
 from alwayson.gateway.headers import CONTINUE_RESPONSE, error_response
 from alwayson.gateway.reading import (
     BUFFERING,
@@ -147,8 +147,10 @@ class ClientConnection(RequestReader):
         if exchange.local_status:
             self._answer_locally(exchange)
             return
+        extras = exchange.extras
         if (
-            exchange.expect is not None
+            extras is not None
+            and extras.expect is not None
             and not exchange.body_done
             and not exchange.http10
             and not exchange.unsent
@@ -172,16 +174,21 @@ class ClientConnection(RequestReader):
                 exchange.local_message = "no route for this host and path"
                 self._answer_locally(exchange)
                 return
-            if exchange.track is not None:
-                fresh = fresh.pinned.get(exchange.track, fresh)
+            extras = exchange.extras
+            if extras is not None and extras.track is not None:
+                fresh = fresh.pinned.get(extras.track, fresh)
             route = exchange.route = fresh
-            exchange.exclude = None
+            if exchange.retry is not None:
+                exchange.retry.exclude = None
         now = ctx.clock.now
         local = route.local
-        if len(local) == 1 and exchange.exclude is None and local[0].upstream.ejected_until <= now:
-            target: Target | None = local[0]  # choose_target's first case, in line
+        retry = exchange.retry
+        if retry is not None:
+            target = choose_target(route, now, retry.exclude, ctx.outliers, retry.tried)
+        elif len(local) == 1 and local[0].upstream.ejected_until <= now:
+            target = local[0]  # choose_target's first case, in line
         else:
-            target = choose_target(route, now, exchange.exclude, ctx.outliers, exchange.tried)
+            target = choose_target(route, now, None, ctx.outliers)
         if target is None:
             exchange.local_status = 503
             exchange.local_message = f"no usable backend for service {route.service}"
@@ -192,7 +199,7 @@ class ClientConnection(RequestReader):
         upstream.outstanding += 1
         exchange.outstanding = True
         exchange.touched = now
-        conn = None if exchange.fresh_only else upstream.take_idle()
+        conn = None if retry is not None and retry.fresh_only else upstream.take_idle()
         if conn is not None:
             self._begin(exchange, conn, reused=True)
         else:
@@ -252,26 +259,29 @@ class ClientConnection(RequestReader):
             return
         route = exchange.route
         assert route is not None
+        retry = exchange.retry
+        if retry is None:
+            retry = exchange.retry = RetryState()
         decision = decide_retry(
             exchange.method,
             failure,
-            retries_used=exchange.retries,
-            stale_retries_used=exchange.stale_retries,
+            retries_used=retry.retries,
+            stale_retries_used=retry.stale_retries,
             body_replayable=exchange.replay is not None,
-            connect_retries_used=len(exchange.tried) - exchange.retries,
-            backends_left=route.reach - len(exchange.tried) - 1,
+            connect_retries_used=len(retry.tried) - retry.retries,
+            backends_left=route.reach - len(retry.tried) - 1,
         )
         if decision is not Retry.NO:
             ctx.metrics.count_retry(target.service)
             if decision is Retry.FRESH_CONNECTION:
-                exchange.stale_retries += 1
-                exchange.fresh_only = True
+                retry.stale_retries += 1
+                retry.fresh_only = True
             else:  # to another backend
                 if decision is Retry.ANOTHER_BACKEND:
-                    exchange.retries += 1
-                exchange.tried += (target,)
-                exchange.exclude = target
-                exchange.fresh_only = False
+                    retry.retries += 1
+                retry.tried += (target,)
+                retry.exclude = target
+                retry.fresh_only = False
             exchange.rewind()
             self._attempt(exchange)
             return

@@ -41,7 +41,13 @@ from typing import NoReturn, cast
 
 from httptools import HttpParserError, HttpRequestParser, parse_url
 
-from alwayson.gateway.exchanges import Exchange, ExchangeOwner, ProxyContext
+from alwayson.gateway.exchanges import (
+    NO_EXTRAS,
+    Exchange,
+    ExchangeOwner,
+    ProxyContext,
+    RequestExtras,
+)
 from alwayson.gateway.headers import (
     CHUNKED_END,
     CONNECTION,
@@ -52,9 +58,10 @@ from alwayson.gateway.headers import (
     FORWARDED_PROTO,
     HOST,
     HOST_NAMES,
+    KEEP,
     KNOWN_HOSTS,
     PIN,
-    REQUEST_HEADER_ACTIONS,
+    REQUEST_HEADER_NAMES,
     REQUEST_ID,
     TRACK_HEADER,
     TRACKS,
@@ -80,7 +87,7 @@ CONTINUE = b"100-continue"
 _HASH = ord("#")
 # Python 3.11 compiles ``imported.method(x)`` as an attribute load that it cannot
 # specialize (a bound method is built on every call): the hot path calls bound methods.
-_request_header_action = REQUEST_HEADER_ACTIONS.get
+_known_request_header = REQUEST_HEADER_NAMES.known.get
 _known_host = KNOWN_HOSTS.get
 # Each closes the x-request-id line the head has open at that point.
 _FORWARDED_PROTO_AND_VIA = b"\r\nx-forwarded-proto: http\r\n" + VIA
@@ -216,11 +223,11 @@ class RequestReader(asyncio.Protocol):
         assert exchange is not None
         if not self.reading_head:
             return  # a trailer of a chunked body: dropped (it could redefine framing)
-        lower = name.lower()
-        action = _request_header_action(lower)
+        action = _known_request_header(name)
         if action is None:
-            if not lower.startswith(b"proxy-"):
-                exchange.head_parts += (name, b": ", value, b"\r\n")
+            action = REQUEST_HEADER_NAMES.classify(name)
+        if action == KEEP:
+            exchange.head_parts += (name, b": ", value, b"\r\n")
         elif action == HOST:
             if exchange.host is not None:
                 self._stop(400, "more than one Host header")
@@ -230,46 +237,50 @@ class RequestReader(asyncio.Protocol):
             exchange.host = value
             exchange.routing_host = routing_host
             exchange.head_parts += (name, b": ", value, b"\r\n")
-        elif action == CONTENT_LENGTH:
-            exchange.content_length = value.strip()
-        elif action == TRANSFER_ENCODING:
-            if not is_plain_chunked(value):
-                self._stop(501, "transfer codings other than chunked are not supported")
-            exchange.chunked = True
-        elif action == FORWARDED_FOR:
-            previous = exchange.forwarded_for
-            exchange.forwarded_for = value if previous is None else previous + b", " + value
-        elif action == REQUEST_ID:
-            if value:
-                exchange.request_id = value
-        elif action == EXPECT:
-            exchange.expect = value.strip().lower()
-        elif action == CONNECTION:
-            tokens = connection_tokens(value)
-            if tokens:
-                extra = exchange.extra_drop
-                exchange.extra_drop = tokens if extra is None else extra | tokens
-        elif action == UPGRADE:
-            exchange.upgrade = value
-        elif action == FORWARDED_PROTO:
-            exchange.forwarded_proto = True
-            exchange.head_parts += (name, b": ", value, b"\r\n")
-        elif action == FORWARDED_HOST:
-            exchange.forwarded_host = True
-            exchange.head_parts += (name, b": ", value, b"\r\n")
-        elif action == PIN:
-            self._pin(exchange, lower, value)
-            exchange.head_parts += (name, b": ", value, b"\r\n")
-        # Anything else is a hop-by-hop header: it stays on this hop.
+        else:
+            extras = exchange.extras
+            if extras is None:
+                extras = exchange.extras = RequestExtras()
+            if action == CONTENT_LENGTH:
+                extras.content_length = value.strip()
+            elif action == TRANSFER_ENCODING:
+                if not is_plain_chunked(value):
+                    self._stop(501, "transfer codings other than chunked are not supported")
+                extras.chunked = True
+            elif action == FORWARDED_FOR:
+                previous = extras.forwarded_for
+                extras.forwarded_for = value if previous is None else previous + b", " + value
+            elif action == REQUEST_ID:
+                if value:
+                    exchange.request_id = value
+            elif action == EXPECT:
+                extras.expect = value.strip().lower()
+            elif action == CONNECTION:
+                tokens = connection_tokens(value)
+                if tokens:
+                    extra = extras.extra_drop
+                    extras.extra_drop = tokens if extra is None else extra | tokens
+            elif action == UPGRADE:
+                extras.upgrade = value
+            elif action == FORWARDED_PROTO:
+                extras.forwarded_proto = True
+                exchange.head_parts += (name, b": ", value, b"\r\n")
+            elif action == FORWARDED_HOST:
+                extras.forwarded_host = True
+                exchange.head_parts += (name, b": ", value, b"\r\n")
+            elif action == PIN:
+                self._pin(extras, name.lower(), value)
+                exchange.head_parts += (name, b": ", value, b"\r\n")
+            # Anything else is a hop-by-hop header: it stays on this hop.
 
-    def _pin(self, exchange: Exchange, lower_name: bytes, value: bytes) -> None:
+    def _pin(self, extras: RequestExtras, lower_name: bytes, value: bytes) -> None:
         """X-Alwayson-Track or X-Alwayson-Preview (rules: :mod:`alwayson.gateway.balancing`)."""
         if lower_name == TRACK_HEADER:
             track = TRACKS.get(value.strip().lower())
             if track is not None:
-                exchange.track = track  # set after a Preview header too: Track wins
-        elif exchange.track is None and value.strip() == b"1":  # Preview
-            exchange.track = "candidate"
+                extras.track = track  # set after a Preview header too: Track wins
+        elif extras.track is None and value.strip() == b"1":  # Preview
+            extras.track = "candidate"
 
     def on_headers_complete(self) -> None:
         exchange = self.current
@@ -280,13 +291,19 @@ class RequestReader(asyncio.Protocol):
         method = parser.get_method()
         exchange.method = method
         exchange.is_head = method == b"HEAD"
-        exchange.keep_alive = parser.should_keep_alive()
-        version = parser.get_http_version()
+        keep_alive = exchange.keep_alive = parser.should_keep_alive()
+        # None when the request had only Host and end-to-end headers: every check of the
+        # extras is then skipped (a Connection or Proxy-Connection header makes extras).
+        extras = exchange.extras
+        # llhttp reads HTTP/0.9, 1.0, 1.1 and 2.0 only, and keeps a connection alive without
+        # a Connection header for HTTP/1.1 only: such a request needs no call to the costly
+        # get_http_version.
+        version = "1.1" if keep_alive and extras is None else parser.get_http_version()
         if version != "1.1":
             if version != "1.0":
                 self._stop(505, f"HTTP version {version} is not supported")
             exchange.http10 = True
-            if exchange.chunked:  # any other coding was refused already
+            if extras is not None and extras.chunked:  # other codings were refused already
                 self._stop(400, "Transfer-Encoding in an HTTP/1.0 request")
         elif exchange.host is None:
             self._stop(400, "an HTTP/1.1 request needs a Host header")
@@ -302,20 +319,20 @@ class RequestReader(asyncio.Protocol):
             url = exchange.url
         elif _HASH in url:
             self._stop(400, "a request target cannot hold a fragment")
-        if exchange.upgrade is not None:
+        if extras is not None and extras.upgrade is not None:
             if parser.should_upgrade():
-                if exchange.chunked or exchange.content_length not in (None, b"0"):
+                if extras.chunked or extras.content_length not in (None, b"0"):
                     self._stop(400, "an Upgrade request cannot carry a body")
                 exchange.close_after = True  # if the backend declines, the rest is not HTTP
             else:
-                exchange.upgrade = None  # no "Connection: upgrade": a plain request
+                extras.upgrade = None  # no "Connection: upgrade": a plain request
         # In line (not self.place()): this runs for every request.
         if self.active is None:
             self.active = exchange
         else:
             self.queue.append(exchange)
             self.pause(PIPELINING)
-        if exchange.expect is not None and exchange.expect != CONTINUE:
+        if extras is not None and extras.expect is not None and extras.expect != CONTINUE:
             exchange.local_status = 417
             exchange.local_message = "only Expect: 100-continue is supported"
             return
@@ -330,19 +347,33 @@ class RequestReader(asyncio.Protocol):
                 exchange.local_message = "this gateway has no route table yet"
             return
         exchange.route = route
-        if exchange.track is not None:
-            exchange.route = route.pinned.get(exchange.track, route)
-        length = exchange.content_length
+        host = exchange.host
+        if extras is None and host:
+            # The common request, in few pieces (joining ten or fewer saves an allocation).
+            parts = exchange.head_parts
+            parts += (
+                self.forwarded_for_line,
+                exchange.request_id,
+                _PROTO_VIA_AND_FORWARDED_HOST,
+                host,
+                b"\r\n\r\n",
+            )
+            exchange.head = b"%s %s HTTP/1.1\r\n%s" % (method, url, b"".join(parts))
+            return
+        if extras is None:
+            extras = NO_EXTRAS
+        elif extras.track is not None:
+            exchange.route = route.pinned.get(extras.track, route)
+        length = extras.content_length
         if length is not None and int(length) > route.max_body:
             exchange.local_status = 413
             exchange.local_message = f"request body larger than {route.max_body} bytes"
             return
-        # The head the backend gets: the client's end-to-end headers, then ours, in as few
-        # pieces as can be (joining ten or fewer saves an allocation).
+        # The head the backend gets: the client's end-to-end headers, then ours.
         parts = exchange.head_parts
-        if exchange.extra_drop:
-            parts = drop_named(parts, exchange.extra_drop)
-        previous = exchange.forwarded_for
+        if extras.extra_drop:
+            parts = drop_named(parts, extras.extra_drop)
+        previous = extras.forwarded_for
         if previous is None:
             parts += (self.forwarded_for_line, exchange.request_id)
         else:
@@ -354,24 +385,16 @@ class RequestReader(asyncio.Protocol):
                 b"\r\nx-request-id: ",
                 exchange.request_id,
             )
-        host = exchange.host
-        if host and not exchange.forwarded_proto and not exchange.forwarded_host:
-            if length is None and exchange.upgrade is None and not exchange.chunked:
-                parts += (_PROTO_VIA_AND_FORWARDED_HOST, host, b"\r\n\r\n")
-                exchange.head = b"%s %s HTTP/1.1\r\n%s" % (method, url, b"".join(parts))
-                return
-            parts += (_PROTO_VIA_AND_FORWARDED_HOST, host, b"\r\n")
-        else:
-            parts.append(_VIA if exchange.forwarded_proto else _FORWARDED_PROTO_AND_VIA)
-            if host is None:
-                # HTTP/1.0 without Host; HTTP/1.1 requires one: empty, as RFC 9112 §3.2
-                # says for a target without an authority.
-                parts.append(b"host: \r\n")
-            elif host and not exchange.forwarded_host:
-                parts += (b"x-forwarded-host: ", host, b"\r\n")
-        if exchange.upgrade is not None:
-            parts += (b"connection: upgrade\r\nupgrade: ", exchange.upgrade, b"\r\n\r\n")
-        elif exchange.chunked:
+        parts.append(_VIA if extras.forwarded_proto else _FORWARDED_PROTO_AND_VIA)
+        if host is None:
+            # HTTP/1.0 without Host; HTTP/1.1 requires one: empty, as RFC 9112 §3.2 says
+            # for a target without an authority.
+            parts.append(b"host: \r\n")
+        elif host and not extras.forwarded_host:
+            parts += (b"x-forwarded-host: ", host, b"\r\n")
+        if extras.upgrade is not None:
+            parts += (b"connection: upgrade\r\nupgrade: ", extras.upgrade, b"\r\n\r\n")
+        elif extras.chunked:
             parts.append(b"transfer-encoding: chunked\r\n\r\n")
         elif length is not None:
             parts += (b"content-length: ", length, b"\r\n\r\n")
@@ -411,7 +434,8 @@ class RequestReader(asyncio.Protocol):
         route = exchange.route
         if route is not None and size > route.max_body:
             self._stop(413, f"request body larger than {route.max_body} bytes")
-        if exchange.chunked:
+        extras = exchange.extras
+        if extras is not None and extras.chunked:
             exchange.unsent += (b"%x\r\n" % len(body), body, b"\r\n")
         else:
             exchange.unsent.append(body)
@@ -422,7 +446,8 @@ class RequestReader(asyncio.Protocol):
         assert exchange is not None
         self.current = None
         self.reading_head = False
-        if exchange.chunked and not exchange.local_status:
+        extras = exchange.extras
+        if extras is not None and extras.chunked and not exchange.local_status:
             exchange.unsent.append(CHUNKED_END)
         exchange.body_done = True
 

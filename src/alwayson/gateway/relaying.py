@@ -22,9 +22,10 @@ from alwayson.gateway.headers import (
     CHUNKED_END,
     CONNECTION,
     CONTENT_LENGTH,
-    REQUEST_ID,
+    KEEP,
     RELAYED_STATUS_LINES,
-    RESPONSE_HEADER_ACTIONS,
+    REQUEST_ID,
+    RESPONSE_HEADER_NAMES,
     TRANSFER_ENCODING,
     UPGRADE,
     VIA,
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # A bound method: Python 3.11 cannot specialize ``imported.method(x)`` (see reading.py).
-_response_header_action = RESPONSE_HEADER_ACTIONS.get
+_known_response_header = RESPONSE_HEADER_NAMES.known.get
 
 
 class InvalidUpstreamResponse(Exception):
@@ -283,11 +284,11 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         # Trailers of a chunked body land here too, after the head was written: what
         # they set is never read again, so they are dropped without a check.
-        lower = name.lower()
-        action = _response_header_action(lower)
+        action = _known_response_header(name)
         if action is None:
-            if not lower.startswith(b"proxy-"):  # is_dropped_by_prefix, in line
-                self.headers += (name, b": ", value, b"\r\n")
+            action = RESPONSE_HEADER_NAMES.classify(name)
+        if action == KEEP:
+            self.headers += (name, b": ", value, b"\r\n")
         elif action == CONTENT_LENGTH:
             self.length = int(value)  # digits only: llhttp refuses anything else
             self.headers += (name, b": ", value, b"\r\n")
@@ -357,7 +358,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _switch(self, exchange: Exchange) -> None:
         """A 101: relay its head; the parser then stops with HttpParserUpgrade."""
-        if not exchange.upgrade or self.upgrade is None:
+        extras = exchange.extras
+        if extras is None or not extras.upgrade or self.upgrade is None:
             raise InvalidUpstreamResponse("protocol switch was not asked for")
         exchange.status = 101
         headers = self.headers

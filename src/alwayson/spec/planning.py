@@ -133,9 +133,7 @@ def _service_changes(
             if field in ("version", "run") and svc.replicas:
                 why += f"; apply releases it ({svc.release.strategy})"
             out.append(
-                Change(
-                    ChangeKind.CHANGE, target, f"{field} {_show(before)} → {_show(after)}{why}"
-                )
+                Change(ChangeKind.CHANGE, target, f"{field} {_show(before)} → {_show(after)}{why}")
             )
     return out
 
