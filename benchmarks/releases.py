@@ -4,7 +4,8 @@
 
 Runs the sample bank's ``fx`` service alone (it calls no other service) from a temporary
 copy: 2 replicas in each of two workload sites plus a witness, on private loopback subnets
-(127.200 and up, held by the same lock files as the tests' subnets) and private ports.
+(taken through the tests' own subnet locks, so a test run never shares one) and private
+ports.
 Analysis every 2 s, a rollback after 2 failed analyses, 20 candidate requests for a verdict.
 
 Scenarios, each a release of a new version under ``wrk -t1 -c8`` (GET /fx/rates on the
@@ -33,38 +34,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import platform
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the tests' platform helpers: wrk, subnets, cleanup by pid
+from tests.support import Wrk, free_port, kill_recorded, reserve_subnet  # noqa: E402
+
 BANK = ROOT / "examples" / "digital-bank" / "bank"
 SERVICE = "fx"
-# The tests' subnet locks: a benchmark and a test run never share a subnet.
-SUBNET_LOCKS = Path(tempfile.gettempdir()) / "alwayson-test-subnets"
-FIRST_OCTET = 200
 FX_RATES = 'request = function()\n  return wrk.format("GET", "/fx/rates")\nend\n'
 TARGET_REQUESTS = 20_000
 TARGET_ROLLBACK_SECONDS = 10.0
 ENDED = ("succeeded", "rolled-back")
-WRK_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True)
@@ -145,30 +140,7 @@ def ensure_wrk() -> None:
         raise SystemExit("wrk is still missing after apt-get install")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def reserve_subnet(held: list[int]) -> int:
-    """A free 127.N.0.0/16, locked (flock) until this process exits."""
-    SUBNET_LOCKS.mkdir(exist_ok=True)
-    with contextlib.suppress(OSError):
-        os.chmod(SUBNET_LOCKS, 0o777)
-    for octet in range(FIRST_OCTET, 250):
-        fd = os.open(SUBNET_LOCKS / f"{octet}.lock", os.O_CREAT | os.O_RDWR, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        held.append(fd)
-        return octet
-    raise SystemExit(f"no free subnet in 127.{FIRST_OCTET}-249.0.0/16")
-
-
-def spec(held: list[int]) -> dict[str, Any]:
+def spec() -> dict[str, Any]:
     analysis = {"interval": "2s", "failure_limit": 2, "min_requests": 20}
     return {
         "platform": "release-bench",
@@ -176,9 +148,9 @@ def spec(held: list[int]) -> dict[str, Any]:
         "front_door": {"listen": f"127.0.0.1:{free_port()}"},
         "gateway": {"port": free_port(), "admin_port": free_port()},
         "sites": [
-            {"name": "jakarta", "subnet": f"127.{reserve_subnet(held)}.0.0/16"},
-            {"name": "surabaya", "subnet": f"127.{reserve_subnet(held)}.0.0/16"},
-            {"name": "witness", "witness": True, "subnet": f"127.{reserve_subnet(held)}.0.0/16"},
+            {"name": "jakarta", "subnet": f"127.{reserve_subnet()}.0.0/16"},
+            {"name": "surabaya", "subnet": f"127.{reserve_subnet()}.0.0/16"},
+            {"name": "witness", "witness": True, "subnet": f"127.{reserve_subnet()}.0.0/16"},
         ],
         "services": [
             {
@@ -201,10 +173,10 @@ def spec(held: list[int]) -> dict[str, Any]:
 class Bench:
     """One platform in a temporary folder; ``close()`` downs it and kills what is left."""
 
-    def __init__(self, folder: Path, held: list[int]) -> None:
+    def __init__(self, folder: Path) -> None:
         self.folder = folder
         shutil.copytree(BANK, folder / "bank", ignore=shutil.ignore_patterns("__pycache__"))
-        data = spec(held)
+        data = spec()
         self.spec_path = folder / "alwayson.yaml"
         with self.spec_path.open("w") as out:
             YAML().dump(data, out)
@@ -249,92 +221,18 @@ class Bench:
             time.sleep(0.5)
         raise RuntimeError(f"the release did not end within {timeout:g}s: {self.release()}")
 
-    def recorded_processes(self) -> list[tuple[int, float]]:
-        out = []
-        for path in [
-            *self.state_dir.glob("run/instances/*.json"),
-            self.state_dir / "controller.json",
-        ]:
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                record = json.loads(path.read_text())
-                out.append((int(record["pid"]), float(record["start_time"])))
-        return out
-
-    def kill_everything(self) -> list[int]:
-        """Last-resort cleanup by pid (never by name), checked against start times."""
-        killed = []
-        for pid, start in self.recorded_processes():
-            try:
-                proc = psutil.Process(pid)
-                if abs(proc.create_time() - start) > 0.05:
-                    continue
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-                proc.kill()
-                killed.append(pid)
-            except psutil.Error:
-                continue
-        return killed
-
     def close(self) -> None:
         if (self.state_dir / "controller.json").exists():
             try:
                 self.cli("down", check=False, timeout=90)
             except subprocess.TimeoutExpired:
                 print("`alwayson down` timed out", file=sys.stderr)
-        killed = self.kill_everything()
+        killed = kill_recorded(self.state_dir)
         if killed:
             print(f"killed leftover processes {killed}", file=sys.stderr)
 
 
 # -- load --------------------------------------------------------------------------------
-
-
-@dataclass
-class WrkResult:
-    requests: int
-    failed: int
-    seconds: float
-    output: str
-
-
-class Wrk:
-    """wrk in the background until ``stop()`` (SIGINT: wrk prints its summary)."""
-
-    def __init__(self, url: str, folder: Path, seconds: int) -> None:
-        lua = folder / "fx-rates.lua"
-        lua.write_text(FX_RATES)
-        cmd = ["wrk", "-t1", "-c8", f"-d{seconds}s", "--timeout", "5s", "-s", str(lua), url]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self._out = ""
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        self._out = self.proc.stdout.read()
-
-    def stop(self) -> WrkResult:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=60)
-        self._reader.join(timeout=10)
-        out = self._out
-        match = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m|h)", out)
-        if not match:
-            raise RuntimeError(f"no wrk summary:\n{out}")
-        failed = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        failed += int(non2xx.group(1)) if non2xx else 0
-        seconds = float(match.group(2)) * WRK_UNITS[match.group(3)]
-        return WrkResult(int(match.group(1)), failed, seconds, out)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
 
 # -- one release -------------------------------------------------------------------------
@@ -359,7 +257,7 @@ class Run:
 
 
 def one_release(bench: Bench, scenario: Scenario, version: str, work: Path, timeout: float) -> Run:
-    wrk = Wrk(bench.front_door, work, seconds=int(timeout) + 60)
+    wrk = Wrk(bench.front_door, FX_RATES, work, seconds=int(timeout) + 60)
     try:
         time.sleep(1.0)  # load before the release starts (wrk has no readiness to poll)
         bench.cli("deploy", SERVICE, "--version", version, *scenario.args)
@@ -440,7 +338,6 @@ def notes(name: str, scenario: Scenario, runs: list[Run]) -> list[str]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     ensure_wrk()
     about_machine = machine()  # before the platform adds its own load
-    held: list[int] = []
     chosen = [s for s in scenarios(args) if s.name in args.scenarios]
     results: dict[str, list[Run]] = {s.name: [] for s in chosen}
     up_seconds = 0.0
@@ -450,7 +347,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         os.chmod(work, 0o755)
         folder = work / "platform"
         folder.mkdir(mode=0o755)
-        bench = Bench(folder, held)
+        bench = Bench(folder)
         try:
             started = time.monotonic()
             bench.cli("up", "--timeout", "90", timeout=180)

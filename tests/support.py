@@ -124,31 +124,37 @@ class Platform:
             return None
 
     def recorded_processes(self) -> list[tuple[int, float]]:
-        out = []
-        for path in [
-            *self.state_dir.glob("run/instances/*.json"),
-            self.state_dir / "controller.json",
-        ]:
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                record = json.loads(path.read_text())
-                out.append((int(record["pid"]), float(record["start_time"])))
-        return out
+        return recorded_processes(self.state_dir)
 
     def kill_everything(self) -> list[int]:
-        """Last-resort cleanup by pid (never by name), checked against start times."""
-        killed = []
-        for pid, start in self.recorded_processes():
-            try:
-                proc = psutil.Process(pid)
-                if abs(proc.create_time() - start) > 0.05:
-                    continue
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-                proc.kill()
-                killed.append(pid)
-            except psutil.Error:
+        return kill_recorded(self.state_dir)
+
+
+def recorded_processes(state_dir: Path) -> list[tuple[int, float]]:
+    """(pid, start time) of every process a platform's state directory records."""
+    out = []
+    for path in [*state_dir.glob("run/instances/*.json"), state_dir / "controller.json"]:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            record = json.loads(path.read_text())
+            out.append((int(record["pid"]), float(record["start_time"])))
+    return out
+
+
+def kill_recorded(state_dir: Path) -> list[int]:
+    """Last-resort cleanup by pid (never by name), checked against start times."""
+    killed = []
+    for pid, start in recorded_processes(state_dir):
+        try:
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - start) > 0.05:
                 continue
-        return killed
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            proc.kill()
+            killed.append(pid)
+        except psutil.Error:
+            continue
+    return killed
 
 
 def write_spec(path: Path, data: dict[str, Any]) -> None:
@@ -303,11 +309,15 @@ def running_small(make_platform: Callable[..., Platform], echo_folder: Path) -> 
     return platform
 
 
+_WRK_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
 @dataclass
 class WrkResult:
     requests: int
     failed: int
     output: str
+    seconds: float = 0.0  # how long wrk ran
 
 
 def _wrk_binary() -> str:
@@ -343,7 +353,9 @@ class Wrk:
         failed = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         failed += int(non2xx.group(1)) if non2xx else 0
-        return WrkResult(int(match.group(1)), failed, out)
+        took = re.search(r"requests in ([\d.]+)(us|ms|s|m|h)", out)
+        seconds = float(took.group(1)) * _WRK_UNITS[took.group(2)] if took else 0.0
+        return WrkResult(int(match.group(1)), failed, out, seconds)
 
     def stop(self) -> WrkResult:
         """End the run now (SIGINT: wrk stops and prints its summary)."""

@@ -4,7 +4,8 @@ Honours HOST and PORT like every alwayson workload. Behaviour switches (env):
 ECHO_FAIL_START=1 exits at once with code 3; ECHO_NEVER_READY=1 answers /healthz with 503;
 a file named sick-<instance> in the working directory makes /healthz answer 503 too.
 Flags: ``--fail-rate F`` answers that share of requests (not /healthz) with 500, exactly
-(every request where floor(n*F) grows); ``--delay S`` delays each request S seconds.
+(every request where floor(n*F) grows); ``--delay S`` delays each request S seconds;
+``--exit N`` exits at once with code N.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def _flags(argv: list[str]) -> tuple[float, float]:
             fail_rate = float(value)
         elif flag == "--delay":
             delay = float(value)
+        elif flag == "--exit":
+            print(f"echo: exiting with {value} on purpose (--exit)", flush=True)
+            sys.exit(int(value))
         else:
             sys.exit(f"echo: unknown flag {flag}")
     return fail_rate, delay

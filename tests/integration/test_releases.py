@@ -11,13 +11,13 @@ import json
 import os
 import shutil
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from ruamel.yaml import YAML
 from tests.support import ROOT, Platform, Wrk, echo_service, wait_for, write_spec
 
@@ -97,6 +97,23 @@ def _wait_end(
     return _release(platform, service)
 
 
+def _served(platform: Platform) -> int:
+    """Requests the site gateways have answered so far (from their metrics)."""
+    total = 0
+    for gateway in platform.instances(kind="gateway"):
+        text = httpx.get(f"http://{gateway['address']}/metrics", trust_env=False).text
+        for family in text_string_to_metric_families(text):
+            if family.name == "alwayson_gateway_requests":
+                total += int(sum(sample.value for sample in family.samples))
+    return total
+
+
+def _wait_served(platform: Platform, count: int = 300) -> None:
+    """Until the load has reached the gateways (wrk says nothing while it runs)."""
+    target = _served(platform) + count
+    wait_for(f"{count} more requests through the gateways", lambda: _served(platform) >= target, 30)
+
+
 def _versions(platform: Platform, service: str = "accounts") -> dict[str, int]:
     out: dict[str, int] = {}
     for inst in platform.instances(service=service, desired=True):
@@ -114,10 +131,10 @@ def _deploy_under_load(
 ) -> tuple[dict[str, Any], Any]:
     wrk = Wrk(platform.front_door, script, tmp_path, seconds=int(timeout) + 30)
     try:
-        time.sleep(1.0)  # load before the release starts (wrk has no readiness to poll)
+        _wait_served(platform)  # load before the release starts
         platform.cli("deploy", service, *args)
         release = _wait_end(platform, timeout, service)
-        time.sleep(1.0)  # and after it ends
+        _wait_served(platform)  # and after it ends
         result = wrk.stop()
     finally:
         wrk.kill()
@@ -146,8 +163,9 @@ def test_rolling_release_of_a_good_version_drops_nothing(
     assert release["totals"]["failed"] == 0
     history = json.loads(platform.cli("release", "history", "accounts", "--json").stdout)
     assert [h["phase"] for h in history] == ["succeeded"]
-    # The version is drift now; `plan` says so.
-    assert "version" in platform.cli("plan").stdout or True
+    # The version is drift now: `plan` says so, and that apply would release 1.0.0 back.
+    drift = platform.cli("plan").stdout
+    assert "version '2.0.0' → '1.0.0' (drift: set by `alwayson deploy`)" in drift, drift
 
 
 def test_blue_green_previews_then_switches_without_dropping(
@@ -177,7 +195,7 @@ def test_blue_green_previews_then_switches_without_dropping(
         assert plain == {"1.0.0"} and preview == {"2.0.0"}
         platform.cli("release", "promote", "accounts")
         release = _wait_end(platform)
-        time.sleep(1.0)
+        _wait_served(platform)
         load = wrk.stop()
     finally:
         wrk.kill()
@@ -298,7 +316,7 @@ def test_controller_killed_mid_release_continues_it(platform: Platform, tmp_path
         wait_for("the controller to die", lambda: not _alive(pid), 10)
         platform.cli("up", "--timeout", "60")
         release = _wait_end(platform)
-        time.sleep(0.5)
+        _wait_served(platform)
         load = wrk.stop()
     finally:
         wrk.kill()
@@ -344,6 +362,8 @@ def test_bad_release_input_changes_nothing(platform: Platform) -> None:
     again = platform.cli("deploy", "accounts", "--version", "3.0.0", check=False)
     assert again.returncode == 1 and "already running" in again.stderr
     assert "release 1 of accounts" in again.stderr
+    scaled = platform.cli("scale", "accounts", "3", check=False)
+    assert scaled.returncode == 1 and "is being released" in scaled.stderr
     platform.cli("release", "abort", "accounts")
     release = _wait_end(platform, 60)
     assert release["phase"] == "rolled-back" and "aborted" in release["message"]
@@ -379,9 +399,9 @@ def test_upgrade_gateway_rolls_site_by_site_without_dropping(
     before = {i["id"]: i["pid"] for i in platform.instances(kind="gateway")}
     wrk = Wrk(platform.front_door, GETS, tmp_path, seconds=120)
     try:
-        time.sleep(1.0)
+        _wait_served(platform)
         result = json.loads(platform.cli("upgrade", "gateway", "--json").stdout)
-        time.sleep(1.0)
+        _wait_served(platform)
         load = wrk.stop()
     finally:
         wrk.kill()
@@ -396,3 +416,21 @@ def test_upgrade_gateway_rolls_site_by_site_without_dropping(
     assert load.requests > 1000
     after = {i["id"]: i["pid"] for i in platform.instances(kind="gateway")}
     assert all(after[k] != v for k, v in before.items())
+
+
+def test_a_new_instance_that_fails_stops_the_release(platform: Platform) -> None:
+    platform.cli(
+        "deploy",
+        "accounts",
+        "--version",
+        "2.0.0",
+        "--run",
+        "python echo.py --exit 3",
+        "--strategy",
+        "rolling",
+    )
+    release = _wait_end(platform, 60)
+    assert release["phase"] == "rolled-back", release["message"]
+    assert "a new instance failed: accounts-surabaya-101" in release["message"]
+    assert "exit" in release["message"]
+    assert _versions(platform) == {"1.0.0": 4}

@@ -300,3 +300,15 @@ def test_stepping_is_idempotent_for_the_same_observation() -> None:
     obs_samples = samples({"1.0": (10, 0, 0.01)})
     once = step(rel, pol, 1001.0, samples=obs_samples)
     assert step(once, pol, 1001.0, samples=obs_samples) == once
+
+
+def test_a_rollback_does_not_wait_for_a_candidate_that_never_gets_ready() -> None:
+    pol = policy()
+    rel = release("rolling", pol)
+    crashing = {"surabaya": SiteView(2, 2, 1, ()), "jakarta": SiteView(2, 2, 0, ())}
+    back = step(rel, pol, 1001, sites=crashing, candidate_failures=["accounts-surabaya-101 exited"])
+    assert back.phase is Phase.ROLLING_BACK
+    restored = step(back, pol, 1002, sites=crashing, candidate_routed=False)
+    assert restored.stage == back.stage + 1  # stables ready: on to removing the candidate
+    gone = {"surabaya": SiteView(2, 2, 0, ()), "jakarta": SiteView(2, 2, 0, ())}
+    assert step(restored, pol, 1003, sites=gone).phase is Phase.ROLLED_BACK

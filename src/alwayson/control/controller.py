@@ -539,19 +539,20 @@ class Controller:
 
     async def restart_gateways(self, site: str | None, actor: str) -> list[dict[str, Any]]:
         """Replace each site's gateway, then its front door, handing sockets over."""
-        if self.loaded is None:
-            raise NotFoundError("nothing is applied yet; run `alwayson up` first")
-        sites = [s.name for s in self.loaded.spec.workload_sites]
-        if site is not None and site not in sites:
-            raise NotFoundError(f"unknown workload site {site!r} (sites: {', '.join(sites)})")
+        spec = self.spec()
+        sites = [s.name for s in spec.workload_sites]
         await self._audit(actor, "gateway-restart", {"site": site})
+        return await self._replace_components(_only_site(sites, site), "restart requested")
+
+    async def _replace_components(self, sites: list[str], reason: str) -> list[dict[str, Any]]:
+        """Site by site, the gateway then the front door, each ready before the next."""
         desired = self.desired()
         results = []
-        for name in [site] if site else sites:
+        for name in sites:
             for ident in (gateway_id(name), frontdoor_id(name)):
                 if ident in self.stopping:
                     raise ConflictError(f"{ident} is already being stopped or replaced")
-                results.append(await self._replace(desired[ident], "restart requested"))
+                results.append(await self._replace(desired[ident], reason))
         return results
 
     async def upgrade_gateways(self, site: str | None, actor: str) -> dict[str, Any]:
@@ -560,22 +561,14 @@ class Controller:
         Each replacement hands the listening sockets over (no refused connection) and waits
         until the new process is ready before the next one starts."""
         spec = self.spec()
-        sites = [s.name for s in reversed(spec.workload_sites)]
-        if site is not None:
-            if site not in sites:
-                raise NotFoundError(f"unknown workload site {site!r} (sites: {', '.join(sites)})")
-            sites = [site]
+        sites = _only_site([s.name for s in reversed(spec.workload_sites)], site)
         if any(self.releases.running(s.name) for s in spec.services):
             raise ConflictError("a service release is running; upgrade the gateways after it")
         started = self.clock.monotonic()
         await self._audit(actor, "upgrade-gateway", {"site": site})
-        desired = self.desired()
         replaced = []
         for name in sites:
-            for ident in (gateway_id(name), frontdoor_id(name)):
-                if ident in self.stopping:
-                    raise ConflictError(f"{ident} is already being stopped or replaced")
-                replaced.append(await self._replace(desired[ident], "upgrade"))
+            replaced += await self._replace_components([name], "upgrade")
             await self._event("upgraded", f"gateway@{name}", f"site {name} upgraded")
         return {
             "version": __version__,
@@ -811,6 +804,15 @@ class Controller:
 
     def shutdown(self) -> None:
         self._done.set()
+
+
+def _only_site(sites: list[str], site: str | None) -> list[str]:
+    """``sites``, or just ``site`` when one is named (which must be among them)."""
+    if site is None:
+        return sites
+    if site not in sites:
+        raise NotFoundError(f"unknown workload site {site!r} (sites: {', '.join(sites)})")
+    return [site]
 
 
 def _routes_file(inst: InstanceSpec) -> Path:

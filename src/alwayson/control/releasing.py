@@ -483,8 +483,10 @@ class ReleaseDriver:
         )
 
     def _candidate_routed(self, release: Release) -> bool:
+        desired = self.controller.desired()
         for ident, table in self.controller.pushed.items():
-            if not ident.startswith("gateway@"):
+            inst = desired.get(ident)
+            if inst is None or inst.kind is not Kind.GATEWAY:
                 continue
             for route in table.get("routes", []):
                 if route.get("service") != release.service:

@@ -84,6 +84,7 @@ class Stage(Model):
     manual: bool = False
     analysis: bool = False
     require_traffic: bool = False  # a canary step: too few requests fails the step
+    need_candidates: bool = True  # False: candidate counts are an upper bound (rollback)
 
 
 class Decision(Model):

@@ -225,6 +225,9 @@ def rollback_stages(release: Release, replicas: Mapping[str, int]) -> list[Stage
             name=f"rollback: {release.stable.label} restored",
             counts=restore,
             routing=Routing.STABLE if full else Routing.INSTANCES,
+            # The candidates serve until the stables are back, but a failing one must not
+            # hold the rollback up: only the stables' readiness ends this stage.
+            need_candidates=False,
         ),
         Stage(
             name=f"rollback: {release.candidate.label} removed",
@@ -254,7 +257,7 @@ def missing(stage: Stage, obs: Observation, min_ready: float) -> list[str]:
     for site, want in stage.counts.items():
         view = obs.sites.get(site, SiteView())
         aged = sum(1 for t in view.candidate_ready_since if obs.now - t >= min_ready)
-        if aged < want.candidate:
+        if stage.need_candidates and aged < want.candidate:
             out.append(f"{site}: {aged}/{want.candidate} new ready")
         if view.stable_ready < want.stable:
             out.append(f"{site}: {view.stable_ready}/{want.stable} old ready")
