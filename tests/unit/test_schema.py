@@ -37,6 +37,7 @@ def test_schema_describes_the_spec() -> None:
         "front_door",
         "gateway",
         "runtime",
+        "databases",
     }
 
 

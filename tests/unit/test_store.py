@@ -318,3 +318,13 @@ async def test_sqlite_unreadable_file_is_a_temporary_error(tmp_path: Path) -> No
 
     assert str(folder) in str(caught.value)
     assert caught.value.retry_after > 0
+
+
+async def test_list_prefix_returns_only_matching_keys_in_order(store: StateStore) -> None:
+    for key in ("db/bank/record/2", "db/bank/record/1", "db/bankx/record/1", "db/bank/lease"):
+        await store.put(key, {"key": key})
+    found = await store.list_prefix("db/bank/record/")
+    assert [k for k, _ in found] == ["db/bank/record/1", "db/bank/record/2"]
+    assert found[0][1].value == {"key": "db/bank/record/1"}
+    assert await store.list_prefix("db/bank/record/", limit=1) == found[:1]
+    assert await store.list_prefix("nothing/") == []

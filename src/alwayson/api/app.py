@@ -115,6 +115,45 @@ def create_app(
         data["summary"] = release.summary()
         return data
 
+    @app.get("/api/v1/databases", dependencies=guarded)
+    async def databases() -> list[dict[str, Any]]:
+        """Every database: lease, per-site role, lag, endpoint, alerts, recent records."""
+        return await controller.databases.status()
+
+    @app.get("/api/v1/databases/{db}/records", dependencies=guarded)
+    async def db_records(db: str, limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        controller.databases.database(db)
+        return await controller.databases.records(db, limit)
+
+    @app.get("/api/v1/databases/{db}/records/{ident}", dependencies=guarded)
+    async def db_record(db: str, ident: str) -> dict[str, Any]:
+        found = await controller.databases.result(db, ident)
+        if found is None:
+            raise HTTPException(404, f"request {ident} has no result yet")
+        return found
+
+    @app.post("/api/v1/databases/{db}/failover", dependencies=guarded)
+    async def db_failover(
+        db: str, body: dict[str, Any], who: str = Depends(actor)
+    ) -> dict[str, Any]:
+        return await controller.databases.failover(db, str(body.get("to", "")), who)
+
+    @app.post("/api/v1/databases/{db}/requests", dependencies=guarded)
+    async def db_request(
+        db: str, body: dict[str, Any], who: str = Depends(actor)
+    ) -> dict[str, Any]:
+        """switchover {to}, failback, backup {verify}, verify {backup}, restore {to_time,
+        into}, drop-restore {into}: carried out by a site agent; poll records/{id}."""
+        op = str(body.pop("op", ""))
+        if op not in ("switchover", "failback", "backup", "verify", "restore", "drop-restore"):
+            raise HTTPException(400, f"unknown database request {op!r}")
+        return await controller.databases.request(db, op, who, **body)
+
+    @app.get("/api/v1/databases/{db}/backups", dependencies=guarded)
+    async def db_backups(db: str) -> list[dict[str, Any]]:
+        controller.databases.database(db)
+        return await controller.databases.backups(db)
+
     @app.post("/api/v1/releases", dependencies=guarded)
     async def deploy(body: DeployBody, who: str = Depends(actor)) -> dict[str, Any]:
         release = await controller.deploy(

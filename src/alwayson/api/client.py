@@ -125,6 +125,12 @@ class ApiClient:
         data: dict[str, Any] = response.json()
         return data
 
+    async def get_json(self, path: str, **params: Any) -> Any:
+        return (await self._request("GET", path, params=params)).json()
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> Any:
+        return (await self._request("POST", path, json=body)).json()
+
     async def down(self) -> MessageOut:
         response = await self._request("POST", "/api/v1/down", timeout=120.0)
         return MessageOut.model_validate(response.json())

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from alwayson.api.client import ApiClient
 from alwayson.api.daemon import LOG_FILE, controller_record, spawn
-from alwayson.cli import gateways, releases
+from alwayson.cli import databases, gateways, releases
 from alwayson.cli.common import (
     Failed,
     JsonOpt,
@@ -48,6 +48,8 @@ app = typer.Typer(
 app.add_typer(gateways.app, name="gateway")
 app.add_typer(releases.release_app, name="release")
 app.add_typer(releases.upgrade_app, name="upgrade")
+app.add_typer(databases.db_app, name="db")
+app.add_typer(databases.backup_app, name="backup")
 app.command()(releases.deploy)
 
 

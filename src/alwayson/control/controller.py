@@ -17,8 +17,11 @@ from typing import Any
 
 from alwayson import __version__
 from alwayson.control.backoff import CrashRecord
+from alwayson.control.databases import DatabaseOps
 from alwayson.control.desired import (
     Context,
+    agent_config_path,
+    agent_config_text,
     allocate_slots,
     desired_instances,
     frontdoor_id,
@@ -30,6 +33,7 @@ from alwayson.control.pushing import RoutePusher, write_table
 from alwayson.control.reconciling import Decision, Observed, Snapshot, decide
 from alwayson.control.releasing import ReleaseDriver
 from alwayson.control.routing import Table, frontdoor_table, same_table, site_table
+from alwayson.data.layout import secrets_of, write_private
 from alwayson.release.model import Release
 from alwayson.runtime.base import (
     EventKind,
@@ -59,7 +63,7 @@ log = logging.getLogger("alwayson.controller")
 
 DESIRED_KEY = "desired"
 SLOTS_KEY = "addressing"
-STOP_ORDER = (Kind.FRONTDOOR, Kind.GATEWAY, Kind.WORKLOAD)
+STOP_ORDER = (Kind.FRONTDOOR, Kind.GATEWAY, Kind.WORKLOAD, Kind.AGENT, Kind.KEEPER)
 DRAIN_PUSH_DEADLINE = 5.0
 DRAIN_RETRY = 0.1
 REPLACE_READY_DEADLINE = 20.0
@@ -106,6 +110,7 @@ class Controller:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()
         self.releases = ReleaseDriver(self, store)
+        self.databases = DatabaseOps(self)
         (state_dir / "run" / "handover").mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------ desired state
@@ -162,7 +167,8 @@ class Controller:
 
     def _context(self, loaded: LoadedSpec, slots: dict[str, int]) -> Context:
         user = loaded.spec.runtime.user or self.default_user
-        return Context(loaded.folder, self.state_dir, user, slots)
+        passwords = secrets_of(self.state_dir, loaded.spec) if loaded.spec.databases else {}
+        return Context(loaded.folder, self.state_dir, user, slots, passwords)
 
     def desired(self) -> dict[str, InstanceSpec]:
         """What should run; recomputed only when the spec, drift or address slots change."""
@@ -474,6 +480,12 @@ class Controller:
                 raise PermanentError(
                     f"{spec.id}: address {spec.host}:{spec.port} is in use by another process "
                     f"(service {spec.service}, port {spec.port})"
+                )
+            if spec.kind is Kind.AGENT and self.loaded is not None:
+                ctx = self._context(self.loaded, self.slots)
+                write_private(
+                    agent_config_path(self.state_dir, spec.site),
+                    agent_config_text(self.loaded.spec, spec.site, ctx),
                 )
             status = await self.runtime.start(spec)
         except PermanentError as exc:

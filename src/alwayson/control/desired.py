@@ -7,11 +7,20 @@ leaves the other accepting, and each prefers its own site's gateway.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from alwayson.data.layout import (
+    AGENT_PORT,
+    KEEPER_PORT,
+    agent_config,
+    database_url,
+    keeper_address,
+    witness_of,
+)
 from alwayson.runtime.base import InstanceSpec, Kind
 from alwayson.spec.commands import resolve_command
 from alwayson.spec.models import PlatformSpec, Probe, Service
@@ -31,6 +40,7 @@ class Context:
     state_dir: Path
     user: str | None
     service_slots: dict[str, int]
+    db_passwords: Mapping[str, Mapping[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,93 @@ def desired_instances(
         fd = frontdoor_instance(spec, site.name, ctx)
         out[gw.id] = gw
         out[fd.id] = fd
+        if spec.databases:
+            agent = agent_instance(spec, site.name, ctx)
+            out[agent.id] = agent
+    if spec.databases:
+        keeper = keeper_instance(spec, ctx)
+        out[keeper.id] = keeper
     return out
+
+
+def agent_id(site: str) -> str:
+    return f"agent@{site}"
+
+
+def keeper_id(site: str) -> str:
+    return f"keeper@{site}"
+
+
+def agent_config_path(state_dir: Path, site: str) -> Path:
+    return state_dir / "run" / "agents" / f"{site}.json"
+
+
+def agent_config_text(spec: PlatformSpec, site: str, ctx: Context) -> str:
+    passwords = {k: dict(v) for k, v in (ctx.db_passwords or {}).items()}
+    return agent_config(spec, site, ctx.state_dir, ctx.user, passwords).model_dump_json(indent=1)
+
+
+def agent_instance(spec: PlatformSpec, site: str, ctx: Context) -> InstanceSpec:
+    """The site agent: PostgreSQL, the lease, fencing, the endpoints and the site links.
+    Its configuration (with passwords) is a 0600 file the controller writes at start; the
+    hash in the environment makes a changed configuration a new process."""
+    text = agent_config_text(spec, site, ctx)
+    host = spec.site_address(site, 0, 9)
+    return InstanceSpec(
+        id=agent_id(site),
+        kind=Kind.AGENT,
+        site=site,
+        service="agent",
+        version="builtin",
+        argv=[
+            sys.executable,
+            "-m",
+            "alwayson.data.agent",
+            "--config",
+            str(agent_config_path(ctx.state_dir, site)),
+        ],
+        cwd=str(ctx.state_dir),
+        env={
+            "PYTHONUNBUFFERED": "1",
+            "ALWAYSON_CONFIG_SHA": hashlib.sha256(text.encode()).hexdigest()[:12],
+        },
+        host=host,
+        port=AGENT_PORT,
+        readiness=Probe(http="/healthz", interval=1.0, timeout=0.5, start_timeout=30.0),
+        liveness=Probe(http="/healthz", interval=1.0, timeout=1.0, failure_threshold=10),
+        stop_grace=40.0,
+        user=None,
+    )
+
+
+def keeper_instance(spec: PlatformSpec, ctx: Context) -> InstanceSpec:
+    witness = witness_of(spec)
+    address = keeper_address(spec)
+    host = address.rsplit(":", 1)[0]
+    return InstanceSpec(
+        id=keeper_id(witness),
+        kind=Kind.KEEPER,
+        site=witness,
+        service="keeper",
+        version="builtin",
+        argv=[
+            sys.executable,
+            "-m",
+            "alwayson.data.keeper",
+            "--listen",
+            address,
+            "--state-dir",
+            str(ctx.state_dir),
+        ],
+        cwd=str(ctx.state_dir),
+        env={"PYTHONUNBUFFERED": "1"},
+        host=host,
+        port=KEEPER_PORT,
+        readiness=Probe(http="/healthz", interval=1.0, timeout=0.5, start_timeout=30.0),
+        liveness=Probe(http="/healthz", interval=1.0, timeout=1.0, failure_threshold=10),
+        stop_grace=10.0,
+        user=None,
+    )
 
 
 def workload_instance(
@@ -119,6 +215,9 @@ def workload_instance(
         "ALWAYSON_GATEWAY": gateway,
         "ALWAYSON_PLATFORM": spec.platform,
     }
+    for db in spec.databases:
+        if svc.name in db.services and ctx.db_passwords and db.name in ctx.db_passwords:
+            env["DATABASE_URL"] = database_url(spec, db, site, ctx.db_passwords[db.name]["app"])
     return InstanceSpec(
         id=ident,
         kind=Kind.WORKLOAD,
@@ -224,7 +323,7 @@ def takeover_args(inst: InstanceSpec) -> list[str]:
 
 def listen_addresses(inst: InstanceSpec) -> list[str]:
     """Addresses a process binds (for checking they are free before starting it)."""
-    if inst.kind is Kind.WORKLOAD:
+    if inst.kind in (Kind.WORKLOAD, Kind.AGENT):
         return [f"{inst.host}:{inst.port}"]
     out = [inst.argv[i + 1] for i, a in enumerate(inst.argv) if a in ("--listen", "--admin")]
     return out

@@ -21,6 +21,8 @@ class Kind(StrEnum):
     WORKLOAD = "workload"
     GATEWAY = "gateway"
     FRONTDOOR = "frontdoor"
+    AGENT = "agent"
+    KEEPER = "keeper"
 
 
 class Phase(StrEnum):

@@ -333,6 +333,98 @@ class Service(Strict):
         )
 
 
+class LeaseSettings(Strict):
+    """Who may write: the primary holds a lease on the witness and fences itself without it."""
+
+    ttl: Duration = Field(default=6.0, description="How long one renewal lets a primary write.")
+    margin: Duration = Field(
+        default=2.0,
+        description="The primary fences itself this long before its lease could expire.",
+    )
+
+    @model_validator(mode="after")
+    def _margin_inside_ttl(self) -> LeaseSettings:
+        if self.ttl < 1.5:
+            raise ValueError("ttl must be at least 1.5s (renewals run every ttl/3)")
+        if not 0 < self.margin < self.ttl * 2 / 3:
+            raise ValueError(
+                "margin must be above 0 and below two thirds of ttl, so a primary renews "
+                "at least once before it has to fence"
+            )
+        return self
+
+
+class BackupRetention(Strict):
+    count: int = Field(default=7, ge=1, description="Keep at most this many base backups.")
+    age: Duration = Field(default=7 * 86400.0, description="Remove base backups older than this.")
+
+
+class BackupSettings(Strict):
+    """Base backups on a schedule plus continuous WAL archiving, in both sites' repositories."""
+
+    schedule: str | None = Field(
+        default="0 2 * * *",
+        description="Cron expression (controller's local time); null: only `backup create`.",
+    )
+    retention: BackupRetention = Field(default_factory=BackupRetention)
+    verify: bool = Field(
+        default=True, description="Restore every scheduled backup into a scratch instance."
+    )
+    keep_free: ByteSize = Field(
+        default=ByteSize(256 * 1024 * 1024),
+        description="Refuse a backup that would leave the repository's disk with less free.",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression (like '0 2 * * *')")
+        return value
+
+
+class Objectives(Strict):
+    rto: Duration = Field(default=10.0, description="Longest time without writes after a fault.")
+    rpo: Duration = Field(default=0.0, description="Most acknowledged writes lost, as time.")
+
+
+class Database(Strict):
+    """A PostgreSQL database: a primary in one workload site, a standby in the other."""
+
+    name: Name
+    engine: Literal["postgres"] = "postgres"
+    primary_site: Name
+    replication: Literal["synchronous", "asynchronous"] = "synchronous"
+    on_standby_loss: Literal["continue", "block"] = Field(
+        default="continue",
+        description="Synchronous mode without its standby: keep serving (alert: RPO=0 no "
+        "longer holds) or block commits until it is back.",
+    )
+    standby_timeout: Duration = Field(
+        default=5.0, description="How long commits may wait for a lost standby before continue."
+    )
+    services: list[Name] = Field(
+        default_factory=list, description="Services that get DATABASE_URL for this database."
+    )
+    objectives: Objectives = Field(default_factory=Objectives)
+    lease: LeaseSettings = Field(default_factory=LeaseSettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
+    switchover_max_lag: ByteSize = Field(
+        default=ByteSize(16 * 1024 * 1024),
+        description="Refuse a switchover to a standby more than this many bytes behind.",
+    )
+    bin_dir: str | None = Field(
+        default=None, description="PostgreSQL binaries; default: the pgserver wheel's."
+    )
+    settings: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Extra postgresql.conf settings."
+    )
+
+
 class Controller(Strict):
     api: ListenAddress = Field(default="127.0.0.1:7070", description="REST API and dashboard.")
     state_dir: str = Field(default=".alwayson", description="Relative to the spec's folder.")
@@ -367,6 +459,7 @@ class PlatformSpec(Strict):
     front_door: FrontDoor = Field(default_factory=FrontDoor)
     gateway: Gateway = Field(default_factory=Gateway)
     runtime: Runtime = Field(default_factory=Runtime)
+    databases: list[Database] = Field(default_factory=list)
 
     @property
     def workload_sites(self) -> list[Site]:
@@ -480,6 +573,59 @@ def consistency_problems(spec: PlatformSpec) -> list[tuple[Location, str]]:
                 )
     if spec.gateway.port == spec.gateway.admin_port:
         problems.append((("gateway", "admin_port"), "must differ from gateway.port"))
+    problems += _database_problems(spec, workload)
+    return problems
+
+
+MAX_DATABASES = 4
+
+
+def _database_problems(spec: PlatformSpec, workload: list[str]) -> list[tuple[Location, str]]:
+    problems = _duplicates([d.name for d in spec.databases], "databases")
+    if not spec.databases:
+        return problems
+    if len(spec.databases) > MAX_DATABASES:
+        problems.append((("databases",), f"at most {MAX_DATABASES} databases"))
+    if not any(s.witness for s in spec.sites):
+        problems.append(
+            (
+                ("databases",),
+                "databases need a witness site (a site with witness: true) to hold the "
+                "lease that decides which site may write",
+            )
+        )
+    if len(workload) > 2:
+        problems.append(
+            (("databases",), "databases support one or two workload sites (primary, standby)")
+        )
+    services = {svc.name for svc in spec.services}
+    users: dict[str, str] = {}
+    for d_index, db in enumerate(spec.databases):
+        if db.primary_site not in workload:
+            problems.append(
+                (
+                    ("databases", d_index, "primary_site"),
+                    f"{db.primary_site!r} is not a workload site (workload sites: "
+                    f"{', '.join(workload)})",
+                )
+            )
+        for s_index, name in enumerate(db.services):
+            if name not in services:
+                problems.append(
+                    (
+                        ("databases", d_index, "services", s_index),
+                        f"no service named {name!r} (services: {', '.join(sorted(services))})",
+                    )
+                )
+            elif name in users:
+                problems.append(
+                    (
+                        ("databases", d_index, "services", s_index),
+                        f"{name!r} already uses database {users[name]!r}; a service gets one "
+                        "DATABASE_URL",
+                    )
+                )
+            users.setdefault(name, db.name)
     return problems
 
 

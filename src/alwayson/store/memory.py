@@ -33,6 +33,12 @@ class MemoryStore:
         await self.put(key, value)
         return True
 
+    async def list_prefix(self, prefix: str, limit: int = 1000) -> list[tuple[str, Versioned]]:
+        keys = sorted(k for k in self._data if k.startswith(prefix))[:limit]
+        return [
+            (k, Versioned(copy.deepcopy(self._data[k].value), self._data[k].version)) for k in keys
+        ]
+
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)
 

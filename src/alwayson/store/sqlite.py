@@ -117,6 +117,17 @@ class SQLiteStore:
 
         return await self._run(cas)
 
+    async def list_prefix(self, prefix: str, limit: int = 1000) -> list[tuple[str, Versioned]]:
+        def read() -> list[tuple[str, Versioned]]:
+            rows = self._db.execute(
+                "SELECT key, value, version FROM kv WHERE substr(key, 1, ?) = ? "
+                "ORDER BY key LIMIT ?",
+                (len(prefix), prefix, limit),
+            ).fetchall()
+            return [(str(r[0]), Versioned(json.loads(r[1]), int(r[2]))) for r in rows]
+
+        return await self._run(read)
+
     async def delete(self, key: str) -> None:
         await self._run(lambda: self._db.execute("DELETE FROM kv WHERE key=?", (key,)))
 

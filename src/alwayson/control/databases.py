@@ -1,0 +1,225 @@
+"""The operator's side of the databases: status, switchover, failover, failback, backups.
+
+The controller never decides who writes: the site agents and the lease keeper do, even
+while it is down. It reads what they report (``db/<name>/site/<site>``), checks requests
+against it so a bad one is refused before anything moves, and hands the agents one request
+at a time (``db/<name>/request``); the agent that carries it out records the result under
+``db/<name>/record/<id>``. A forced failover is the one exception: it revokes the lease
+directly, so the primary can no longer renew whatever state it is in.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from alwayson.data import leases
+from alwayson.data.keeping import change_lease, read_lease, request_key
+from alwayson.data.layout import endpoint_address
+from alwayson.data.settings import slot_name
+from alwayson.spec.models import Database, PlatformSpec
+from alwayson.store.base import AuditEntry
+from alwayson.util.clocks import SystemClock
+from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
+
+if TYPE_CHECKING:
+    from alwayson.control.controller import Controller
+
+STALE_AFTER = 5.0
+
+
+class DatabaseOps:
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.clock = SystemClock()
+
+    @property
+    def store(self) -> Any:
+        return self.controller.store
+
+    def _spec(self) -> PlatformSpec:
+        return self.controller.spec()
+
+    def database(self, name: str | None) -> Database:
+        spec = self._spec()
+        if not spec.databases:
+            raise NotFoundError("the spec declares no databases (add a `databases:` section)")
+        if name is None:
+            if len(spec.databases) > 1:
+                names = ", ".join(d.name for d in spec.databases)
+                raise PermanentError(f"several databases ({names}); name one with --database")
+            return spec.databases[0]
+        for db in spec.databases:
+            if db.name == name:
+                return db
+        known = ", ".join(d.name for d in spec.databases)
+        raise NotFoundError(f"unknown database {name!r} (databases: {known})")
+
+    async def status(self) -> list[dict[str, Any]]:
+        spec = self.controller.spec_or_none()
+        if spec is None:
+            return []
+        out = []
+        now = self.clock.wall()
+        for index, db in enumerate(spec.databases):
+            lease = await read_lease(self.store, db.name)
+            sites = []
+            for site in [s.name for s in spec.workload_sites]:
+                found = await self.store.get(f"db/{db.name}/site/{site}")
+                report = dict(found.value) if found else {"site": site, "role": "unknown"}
+                report["stale"] = (
+                    not found or now - float(report.get("reported_at", 0)) > STALE_AFTER
+                )
+                report["endpoint_url"] = (
+                    f"postgresql://{db.name}:***@{endpoint_address(spec, site, index)}/{db.name}"
+                )
+                sites.append(report)
+            records = await self.records(db.name, limit=5)
+            request = await self.store.get(request_key(db.name))
+            out.append(
+                {
+                    "name": db.name,
+                    "replication": db.replication,
+                    "primary_site": db.primary_site,
+                    "objectives": db.objectives.model_dump(mode="json"),
+                    "lease": lease.to_json() if lease else None,
+                    "lease_expires_in": (lease.expires_at - now) if lease else None,
+                    "sites": sites,
+                    "pending_request": request.value if request and request.value else None,
+                    "recent": records,
+                    "alerts": [s["alert"] for s in sites if s.get("alert")],
+                }
+            )
+        return out
+
+    async def records(self, db: str, limit: int = 50) -> list[dict[str, Any]]:
+        found = await self.store.list_prefix(f"db/{db}/record/", limit=10_000)
+        values = [v.value for _, v in found]
+        values.sort(key=lambda r: float(r.get("finished_at") or r.get("promoted_at") or 0))
+        return values[-limit:]
+
+    async def result(self, db: str, ident: str) -> dict[str, Any] | None:
+        self.database(db)
+        found = await self.store.get(f"db/{db}/record/{ident}")
+        return dict(found.value) if found else None
+
+    async def _site_report(self, db: Database, site: str) -> dict[str, Any]:
+        found = await self.store.get(f"db/{db.name}/site/{site}")
+        return dict(found.value) if found else {}
+
+    def _site(self, site: str) -> str:
+        workload = [s.name for s in self._spec().workload_sites]
+        if site not in workload:
+            raise NotFoundError(f"unknown workload site {site!r} (sites: {', '.join(workload)})")
+        return site
+
+    async def request(self, name: str | None, op: str, actor: str, **params: Any) -> dict[str, Any]:
+        db = self.database(name)
+        await self._check(db, op, params)
+        ident = f"{op}-{int(time.time() * 1000)}-{secrets.token_hex(3)}"
+        request = {"id": ident, "op": op, "at": self.clock.wall(), "actor": actor, **params}
+        found = await self.store.get(request_key(db.name))
+        if found and found.value:
+            pending = found.value
+            raise ConflictError(
+                f"{db.name}: request {pending.get('id')} ({pending.get('op')}) is still being "
+                "carried out; wait for it (alwayson db status)"
+            )
+        if not await self.store.compare_and_set(
+            request_key(db.name), found.version if found else None, request
+        ):
+            raise ConflictError(f"{db.name}: another request arrived at the same moment; retry")
+        await self.store.append_audit(
+            AuditEntry(at=self.clock.wall(), actor=actor, action=f"db-{op}", detail=request)
+        )
+        return request
+
+    async def _check(self, db: Database, op: str, params: dict[str, Any]) -> None:
+        lease = await read_lease(self.store, db.name)
+        holder = lease.holder if lease else None
+        if op == "switchover":
+            to = self._site(str(params["to"]))
+            if holder is None:
+                raise ConflictError(f"{db.name} has no primary right now; nothing to switch over")
+            if holder == to:
+                raise ConflictError(f"{to} is already the primary of {db.name}")
+            primary = await self._site_report(db, holder)
+            row = next(
+                (r for r in primary.get("replication", []) if r.get("standby") == slot_name(to)),
+                None,
+            )
+            if row is None or row.get("state") != "streaming":
+                raise ConflictError(
+                    f"{to} is not streaming from {holder}; a switchover would lose writes. "
+                    "Nothing was changed"
+                )
+            if int(row.get("lag_bytes", 0)) > int(db.switchover_max_lag):
+                raise ConflictError(
+                    f"{to} is {row['lag_bytes']} bytes behind {holder} (switchover_max_lag "
+                    f"{int(db.switchover_max_lag)}); wait for it to catch up. Nothing was changed"
+                )
+        elif op == "failback":
+            fenced = [
+                s.name
+                for s in self._spec().workload_sites
+                if (await self._site_report(db, s.name)).get("role") == "fenced"
+            ]
+            if not fenced:
+                raise ConflictError(
+                    f"no site of {db.name} is waiting to rejoin (none is fenced); nothing to do"
+                )
+        elif op in ("backup", "verify", "restore", "drop-restore"):
+            if holder is None:
+                raise ConflictError(f"{db.name} has no primary right now; try again after failover")
+            if op == "restore" and params.get("to_time") is not None:
+                backups = await self.backups(db.name)
+                usable = [b for b in backups if b.get("verified") is not False]
+                if not usable:
+                    raise ConflictError(f"{db.name} has no usable backup (alwayson backup create)")
+                oldest = min(float(b["finished_at"]) for b in usable)
+                if float(params["to_time"]) < oldest:
+                    raise PermanentError(
+                        f"{_iso(float(params['to_time']))} is before the oldest backup of "
+                        f"{db.name}; the oldest restorable time is {_iso(oldest)}"
+                    )
+            if op == "verify":
+                found = await self.store.get(f"db/{db.name}/backup/{params['backup']}")
+                if not found:
+                    raise NotFoundError(
+                        f"no backup {params['backup']!r} of {db.name} (alwayson backup list)"
+                    )
+
+    async def failover(self, name: str | None, to: str, actor: str) -> dict[str, Any]:
+        """Forced: revoke the lease for ``to``; the holder cannot renew and fences."""
+        db = self.database(name)
+        to = self._site(to)
+        lease = await read_lease(self.store, db.name)
+        if lease is not None and lease.holder == to:
+            raise ConflictError(f"{to} is already the primary of {db.name}")
+        report = await self._site_report(db, to)
+        if report.get("role") not in ("standby",):
+            raise ConflictError(
+                f"{to} has no running standby of {db.name} (role {report.get('role', 'unknown')}); "
+                "nothing was changed"
+            )
+        new = await change_lease(
+            self.store, db.name, self.clock, lambda cur, now: leases.revoke(cur, to, now)
+        )
+        detail = {"database": db.name, "to": to, "previous_holder": lease.holder if lease else None}
+        await self.store.append_audit(
+            AuditEntry(at=self.clock.wall(), actor=actor, action="db-failover", detail=detail)
+        )
+        return {
+            "revoked": new.to_json(),
+            "to": to,
+            "expires_in": new.expires_at - self.clock.wall(),
+        }
+
+    async def backups(self, db: str) -> list[dict[str, Any]]:
+        found = await self.store.list_prefix(f"db/{db}/backup/", limit=10_000)
+        return [v.value for _, v in found]
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -1,0 +1,223 @@
+"""The site agent: ``python -m alwayson.data.agent --config data/agents/<site>.json``.
+
+One per workload site, started by the controller like a gateway and adopted (not
+restarted) when the controller restarts. It owns, for its site:
+
+- one :class:`~alwayson.data.stewarding.Steward` per database (PostgreSQL, the lease,
+  fencing, promotion, requests);
+- the site links (relays to the other site's PostgreSQL and to the lease keeper);
+- the database endpoints (``DATABASE_URL``);
+- WAL/backup mirroring to the other site's repository and the backup schedule;
+- ``GET /healthz`` and ``GET /status`` on its admin address.
+
+PostgreSQL runs as its child with a parent-death signal: if this process dies, its
+primary stops with it (docs/DATA-DESIGN.md, "Self-fencing").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from croniter import croniter
+from fastapi import FastAPI
+
+from alwayson.data import backups
+from alwayson.data.client import KeeperClient
+from alwayson.data.engines import Engine, Identity, find_binaries
+from alwayson.data.layout import AgentConfig
+from alwayson.data.links import Partitions, Relay, Target, sweep_forever
+from alwayson.data.stewarding import Role, Steward
+from alwayson.util.addresses import split_hostport
+from alwayson.util.errors import AlwaysonError
+
+log = logging.getLogger("alwayson.agent")
+
+ENDPOINT_HOLD = 10.0
+MIRROR_INTERVAL = 1.0
+
+
+def fixed(target: Target) -> Callable[[], Target]:
+    return lambda: target
+
+
+def build_app(agent: Agent) -> FastAPI:
+    app = FastAPI(title=f"alwayson site agent {agent.cfg.site}", docs_url=None, redoc_url=None)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "site": agent.cfg.site}
+
+    @app.get("/status")
+    async def status() -> dict[str, Any]:
+        return agent.status()
+
+    return app
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        token = Path(cfg.token_file).read_text().strip()
+        self.keeper = KeeperClient(cfg.keeper, token)
+        self.partitions = Partitions(Path(cfg.partitions_file))
+        self.partitions.refresh()
+        self.log_dir = Path(cfg.state_dir) / "logs" / cfg.site
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        ident = Identity.of(cfg.user)
+        self.stewards: list[Steward] = []
+        self.relays: list[Relay] = []
+        for link in cfg.links:
+            self.relays.append(
+                Relay(
+                    f"link→{link.peer}",
+                    cfg.site,
+                    link.listen,
+                    fixed(Target(link.target, link.peer)),
+                    self.partitions,
+                )
+            )
+        for db in cfg.databases:
+            engine = Engine(
+                find_binaries(db.bin_dir),
+                ident,
+                db.superuser_password,
+                self.log_dir / f"{db.name}@{db.site}.tools.log",
+            )
+            steward = Steward(db, self.keeper, engine, self.partitions, self.log_dir)
+            self.stewards.append(steward)
+            self.relays.append(
+                Relay(
+                    f"endpoint {db.name}",
+                    cfg.site,
+                    db.endpoint,
+                    steward.endpoint_target,
+                    self.partitions,
+                    hold=ENDPOINT_HOLD,
+                )
+            )
+        self.started = time.time()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "site": self.cfg.site,
+            "started_at": self.started,
+            "databases": {s.name: s.status() for s in self.stewards},
+            "relays": [
+                {
+                    "name": r.name,
+                    "listen": r.listen,
+                    "open": len(r.pipes),
+                    "connections": r.connections,
+                    "refused": r.refused,
+                }
+                for r in self.relays
+            ],
+        }
+
+    async def run(self) -> None:
+        for relay in self.relays:
+            await relay.start()
+        host, port = split_hostport(self.cfg.admin)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                build_app(self), host=host, port=port, log_level="warning", lifespan="off"
+            )
+        )
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        tasks = [
+            asyncio.create_task(sweep_forever(self.relays, self.partitions)),
+            asyncio.create_task(self._mirroring()),
+            asyncio.create_task(self._scheduling()),
+            *[asyncio.create_task(s.run()) for s in self.stewards],
+        ]
+        serving = asyncio.create_task(server.serve())
+        await stopping.wait()
+        log.info("%s: stopping (PostgreSQL shuts down with the agent)", self.cfg.site)
+        server.should_exit = True
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for steward in self.stewards:
+            await steward.shutdown()
+        for relay in self.relays:
+            await relay.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        await self.keeper.close()
+
+    async def _mirroring(self) -> None:
+        while True:
+            for steward in self.stewards:
+                try:
+                    await asyncio.to_thread(backups.mirror, steward.cfg, self.partitions)
+                except OSError as exc:
+                    log.warning("%s: mirroring backups: %s", steward.name, exc)
+            await asyncio.sleep(MIRROR_INTERVAL)
+
+    async def _scheduling(self) -> None:
+        """Scheduled base backups (then verified) by whichever site is primary."""
+        due: dict[str, float] = {}
+        for steward in self.stewards:
+            if steward.cfg.backup_schedule:
+                due[steward.name] = croniter(steward.cfg.backup_schedule, time.time()).get_next(
+                    float
+                )
+        while True:
+            await asyncio.sleep(1.0)
+            for steward in self.stewards:
+                when = due.get(steward.name)
+                if when is None or time.time() < when or steward.cfg.backup_schedule is None:
+                    continue
+                due[steward.name] = croniter(steward.cfg.backup_schedule, time.time()).get_next(
+                    float
+                )
+                if steward.role is not Role.PRIMARY:
+                    continue
+                try:
+                    result = await backups.create(steward, verify=steward.cfg.verify_backups)
+                    log.info("%s: scheduled backup %s", steward.name, result["backup"]["id"])
+                except AlwaysonError as exc:
+                    log.error("%s: scheduled backup failed: %s", steward.name, exc)
+                    with contextlib.suppress(AlwaysonError):
+                        await self.keeper.event(
+                            "db-backup-failed", steward.name, f"scheduled backup failed: {exc}", {}
+                        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m alwayson.data.agent")
+    parser.add_argument("--config", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
+    logging.Formatter.converter = time.gmtime
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        cfg = AgentConfig.model_validate_json(args.config.read_text())
+        agent = Agent(cfg)
+    except (OSError, ValueError, AlwaysonError) as exc:
+        print(f"alwayson agent: {args.config}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    asyncio.run(agent.run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,926 @@
+"""One database in one site, as its site agent keeps it (the Patroni-like part).
+
+Three concurrent duties, each with its own bound:
+
+- **renewing** (primary only): renew the lease every ttl/3 with a deadline shorter than
+  what is left of it; a refusal fences at once.
+- **watchdog** (a thread, so a blocked event loop cannot delay it): when the agent's own
+  view of the lease runs out (``Tenure.must_fence``) the postmaster gets SIGQUIT.
+- **cycle** (every ``CYCLE``): observe PostgreSQL and the keeper's view, decide, act, and
+  report; promotion, switchover, failback and backups are requests the cycle carries out.
+
+Every decision is logged as a sentence (``"promoted: lease epoch 4 acquired after
+jakarta's expired"``) and kept in ``last_verdict``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import threading
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+
+from alwayson.data import backups
+from alwayson.data.client import KeeperClient
+from alwayson.data.engines import Engine, EngineError, Postmaster, conninfo, query
+from alwayson.data.layout import SUPERUSER, DatabaseConfig
+from alwayson.data.leases import Lease, LeaseRefused, Tenure
+from alwayson.data.links import Partitions, Target
+from alwayson.data.settings import HBA, INCLUDE_LINE, postgresql_conf, slot_name
+from alwayson.util.errors import AlwaysonError, TemporaryError
+
+log = logging.getLogger("alwayson.agent")
+
+CYCLE = 0.25
+WATCHDOG = 0.02
+CATCH_UP_BYTES = 1 << 20
+SWITCHOVER_WAIT = 30.0
+LONG_REQUESTS = ("backup", "verify", "restore", "drop-restore")
+
+
+class Role(StrEnum):
+    STARTING = "starting"
+    PRIMARY = "primary"
+    STANDBY = "standby"
+    FENCED = "fenced"
+    """Was primary, stopped without the lease; its data may be ahead of the new primary."""
+    SWITCHING = "switching"
+    REJOINING = "rejoining"
+
+
+def lsn_int(text: str | None) -> int:
+    if not text:
+        return 0
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+class Steward:
+    def __init__(
+        self,
+        cfg: DatabaseConfig,
+        keeper: KeeperClient,
+        engine: Engine,
+        partitions: Partitions,
+        log_dir: Path,
+    ) -> None:
+        self.cfg = cfg
+        self.keeper = keeper
+        self.engine = engine
+        self.partitions = partitions
+        self.log_dir = log_dir
+        self.data = Path(cfg.data_dir)
+        self.role = Role.STARTING
+        self.postmaster: Postmaster | None = None
+        self.tenure: Tenure | None = None
+        self.lease: Lease | None = None
+        self.view: dict[str, Any] = {}
+        self.keeper_offset = 0.0
+        self.holding = False
+        self.writable = False
+        self.sync_names: list[str] = []
+        self.sync_standby: str | None = None
+        self.degraded_since: float | None = None
+        self.standby_missing_since: float | None = None
+        self.alert: str | None = None
+        self.fence_reason = ""
+        self.retake_after = 0.0
+        self.last_verdict = "starting"
+        self.last_error = ""
+        self.replication: list[dict[str, Any]] = []
+        self.facts: dict[str, Any] = {}
+        self.detected_at: float | None = None
+        self.restores: dict[str, Postmaster] = {}
+        self._job: asyncio.Task[None] | None = None
+        self._stop = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name=f"fence-{cfg.name}", daemon=True)
+
+    # -- addresses ---------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def admin_dsn(self, address: str | None = None, dbname: str = "postgres") -> str:
+        return conninfo(address or self.cfg.listen, SUPERUSER, self.cfg.superuser_password, dbname)
+
+    def endpoint_target(self) -> Target | None:
+        """Where the site's endpoint sends a new client now (None: hold it)."""
+        if self.holding:
+            return None
+        if self.role is Role.PRIMARY:
+            tenure = self.tenure
+            if self.writable and tenure is not None and not tenure.must_fence(time.monotonic()):
+                return Target(self.cfg.listen, self.cfg.site)
+            return None
+        lease = self.lease
+        if lease is not None and lease.holder and lease.holder in self.cfg.peers:
+            return Target(self.cfg.peers[lease.holder], lease.holder)
+        return None
+
+    # -- the watchdog ------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCHDOG):
+            tenure, pm = self.tenure, self.postmaster
+            if (
+                self.role is Role.PRIMARY
+                and tenure is not None
+                and pm is not None
+                and tenure.must_fence(time.monotonic())
+                and pm.alive()
+            ):
+                self.writable = False
+                pm.signal(signal.SIGQUIT)
+                log.warning("%s: watchdog fenced the primary: lease not renewed in time", self.name)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._watchdog.start()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._renewing())
+                group.create_task(self._cycling())
+        finally:
+            self._stop.set()
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+        self.writable = False
+        for pm in [self.postmaster, *self.restores.values()]:
+            if pm is not None and pm.alive():
+                await pm.stop("fast", timeout=20)
+
+    async def _cycling(self) -> None:
+        while True:
+            try:
+                verdict = await self.cycle()
+            except AlwaysonError as exc:
+                verdict = f"cycle failed: {exc}"
+                self.last_error = str(exc)
+            except Exception as exc:
+                log.exception("%s: cycle crashed", self.name)
+                verdict = f"cycle crashed: {exc!r}"
+                self.last_error = repr(exc)
+            if verdict != self.last_verdict:
+                log.info("%s: %s", self.name, verdict)
+                self.last_verdict = verdict
+            await asyncio.sleep(CYCLE)
+
+    async def _renewing(self) -> None:
+        while True:
+            tenure = self.tenure
+            now = time.monotonic()
+            if self.role is Role.PRIMARY and tenure is not None and tenure.renew_due(now):
+                await self.renew_now()
+            await asyncio.sleep(0.05)
+
+    async def renew_now(self) -> bool:
+        tenure = self.tenure
+        if tenure is None:
+            return False
+        sent = time.monotonic()
+        budget = min(1.5, tenure.fence_at() - sent - 0.05)
+        if budget <= 0:
+            return False
+        try:
+            lease = await self.keeper.lease(
+                self.name,
+                "renew",
+                self.cfg.site,
+                tenure.epoch,
+                self.cfg.ttl,
+                budget,
+                sync=self.sync_standby,
+                synchronous=self.cfg.replication == "synchronous",
+            )
+        except LeaseRefused as exc:
+            self.lease = exc.lease
+            await self.fence(f"renewal refused: {exc.reason}")
+            return False
+        except TemporaryError as exc:
+            self.last_error = str(exc)
+            return False
+        if self.tenure is tenure and sent > tenure.renewed_at:
+            tenure.renewed_at = sent
+        self.lease = lease
+        return True
+
+    async def fence(self, why: str) -> None:
+        """Stop the primary now: nothing commits after this returns."""
+        self.writable = False
+        if self.role is not Role.PRIMARY:
+            return
+        self.role = Role.FENCED
+        self.fence_reason = why
+        self.tenure = None
+        pm = self.postmaster
+        if pm is not None:
+            await pm.stop("immediate", timeout=5)
+        log.warning("%s: fenced the primary: %s", self.name, why)
+        await self._event("db-fenced", f"{self.cfg.site} stopped its primary: {why}")
+
+    # -- one cycle ---------------------------------------------------------------------
+
+    async def cycle(self) -> str:
+        await self._refresh_view()
+        if self.role is Role.STARTING:
+            return await self._bootstrap()
+        if self.role is Role.PRIMARY:
+            verdict = await self._primary_cycle()
+        elif self.role is Role.STANDBY:
+            verdict = await self._standby_cycle()
+        elif self.role is Role.FENCED:
+            verdict = await self._fenced_cycle()
+        else:
+            verdict = f"{self.role.value}"
+        await self._requests()
+        await self._report()
+        return verdict
+
+    async def _refresh_view(self) -> None:
+        sites = self.cfg.sites
+        try:
+            sent = time.time()
+            view = await self.keeper.view(self.name, sites, timeout=1.0)
+        except TemporaryError as exc:
+            self.last_error = str(exc)
+            return
+        self.view = view
+        self.keeper_offset = float(view["now"]) - sent
+        lease = Lease.from_json(view["lease"]) if view.get("lease") else None
+        if self.role is not Role.PRIMARY or lease is None or lease.holder != self.cfg.site:
+            self.lease = lease
+
+    def keeper_now(self) -> float:
+        return time.time() + self.keeper_offset
+
+    # -- bootstrap ---------------------------------------------------------------------
+
+    def _my_epoch(self) -> int:
+        try:
+            return int(json.loads((self.data.parent / "agent.json").read_text())["epoch"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def _save_epoch(self, epoch: int) -> None:
+        path = self.data.parent / "agent.json"
+        path.write_text(json.dumps({"epoch": epoch}))
+
+    async def _bootstrap(self) -> str:
+        if not self.view:
+            return "waiting for the lease keeper"
+        lease = self.lease
+        if (self.data / "PG_VERSION").exists():
+            if (self.data / "standby.signal").exists():
+                self.role = Role.STANDBY
+                return "found a standby; following the primary"
+            if (
+                lease is None
+                or lease.holder in (None, self.cfg.site)
+                or (lease.previous_holder == self.cfg.site and lease.epoch == self._my_epoch())
+            ):
+                return await self._become_primary_again("restarted")
+            self.role = Role.FENCED
+            self.fence_reason = f"{lease.holder} became primary while this site was down"
+            return f"fenced: {self.fence_reason}; `alwayson db failback` rejoins it"
+        if lease is None and self.cfg.site == self.cfg.primary_site:
+            return await self._initialise()
+        if lease is not None and lease.holder and lease.holder != self.cfg.site:
+            return await self._clone_from(lease.holder)
+        return "waiting for a primary to clone from"
+
+    async def _initialise(self) -> str:
+        root = self.data.parent
+        root.mkdir(parents=True, exist_ok=True)
+        self.engine.ident.check_reachable(root)
+        shutil.rmtree(self.data, ignore_errors=True)
+        await self.engine.initdb(self.data, SUPERUSER)
+        self._prepare_repo()
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(INCLUDE_LINE)
+        self.engine.write_file(self.data / "pg_hba.conf", HBA)
+        lease = await self.keeper.lease(self.name, "acquire", self.cfg.site, 0, self.cfg.ttl, 2.0)
+        sent = time.monotonic()
+        self._hold(lease, sent)
+        await self._start(sync_names=[])
+        await self._wait_ready()
+        await self._ensure_slots()
+        await self._create_app_objects()
+        self.role = Role.PRIMARY
+        self.writable = True
+        await self._event("db-initialised", f"{self.cfg.site}: new primary at epoch {lease.epoch}")
+        return f"initialised a new primary (lease epoch {lease.epoch})"
+
+    def _hold(self, lease: Lease, sent: float) -> None:
+        self.lease = lease
+        self.tenure = Tenure(lease.epoch, self.cfg.ttl, self.cfg.margin, sent)
+        self._save_epoch(lease.epoch)
+
+    def _prepare_repo(self) -> None:
+        repo = Path(self.cfg.repo_dir)
+        for sub in (repo, repo / "wal", repo / "base"):
+            self.engine.ident.own(sub)
+
+    async def _create_app_objects(self) -> None:
+        name, pw = self.name, self.cfg.app_password
+        rows = await query(self.admin_dsn(), "SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
+        if not rows:
+            await query(
+                self.admin_dsn(),
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(name), sql.Literal(pw)
+                ),
+            )
+        rows = await query(
+            self.admin_dsn(), "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+        )
+        if not rows:
+            await query(
+                self.admin_dsn(),
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(name), sql.Identifier(name)
+                ),
+            )
+
+    async def _ensure_slots(self) -> None:
+        for site in self.cfg.standby_sites:
+            await query(
+                self.admin_dsn(),
+                "SELECT pg_create_physical_replication_slot(%s) WHERE NOT EXISTS "
+                "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
+                (slot_name(site), slot_name(site)),
+            )
+
+    async def _clone_from(self, holder: str) -> str:
+        if not self.partitions.connected(self.cfg.site, holder):
+            return f"cannot reach {holder} to clone the standby"
+        root = self.data.parent
+        root.mkdir(parents=True, exist_ok=True)
+        self.engine.ident.check_reachable(root)
+        shutil.rmtree(self.data, ignore_errors=True)
+        self.engine.ident.own(self.data)
+        self._prepare_repo()
+        source = self.cfg.peers[holder]
+        host, _, port = source.rpartition(":")
+        await self.engine.run(
+            "pg_basebackup",
+            "-D",
+            str(self.data),
+            "-h",
+            host,
+            "-p",
+            port,
+            "-U",
+            SUPERUSER,
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+            "--no-manifest",
+            timeout=600,
+        )
+        await self._start_standby(holder)
+        self.role = Role.STANDBY
+        return f"cloned a standby from {holder} with pg_basebackup"
+
+    # -- starting ----------------------------------------------------------------------
+
+    def _write_conf(self, sync_names: list[str], follow: str | None) -> None:
+        self.engine.write_file(
+            self.data / "alwayson.conf",
+            postgresql_conf(self.cfg, self.cfg.listen, sync_names, follow),
+        )
+        self.sync_names = list(sync_names)
+
+    async def _start(self, sync_names: list[str], follow: str | None = None) -> None:
+        old = self.postmaster
+        if old is not None and old.alive():
+            await old.stop("fast", timeout=20)
+        self._write_conf(sync_names, follow)
+        signal_file = self.data / "standby.signal"
+        if follow is not None:
+            self.engine.write_file(signal_file, "")
+        else:
+            signal_file.unlink(missing_ok=True)
+        self.postmaster = self.engine.spawn(
+            self.data, self.log_dir / f"{self.name}@{self.cfg.site}.pg.log"
+        )
+
+    async def _start_standby(self, holder: str) -> None:
+        await self._start([], follow=self.cfg.peers[holder])
+        self.writable = False
+
+    async def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            pm = self.postmaster
+            if pm is None or not pm.alive():
+                raise EngineError(f"{self.name}: PostgreSQL exited while starting (see its log)")
+            try:
+                await query(self.admin_dsn(), "SELECT 1", timeout=2)
+                return
+            except TemporaryError:
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.05)
+
+    async def _become_primary_again(self, why: str) -> str:
+        try:
+            lease = await self.keeper.lease(
+                self.name, "acquire", self.cfg.site, 0, self.cfg.ttl, 1.5
+            )
+        except LeaseRefused as exc:
+            self.role = Role.FENCED
+            return f"cannot take the lease back: {exc.reason}"
+        sent = time.monotonic()
+        self._hold(lease, sent)
+        await self._start(sync_names=[])
+        await self._wait_ready()
+        self.role = Role.PRIMARY
+        self.writable = True
+        self.fence_reason = ""
+        return f"{why}: primary again at lease epoch {lease.epoch}"
+
+    # -- primary -----------------------------------------------------------------------
+
+    async def _primary_cycle(self) -> str:
+        pm = self.postmaster
+        if pm is None or not pm.alive():
+            return await self._primary_died()
+        try:
+            rows = await query(
+                self.admin_dsn(),
+                "SELECT application_name, state, sync_state, "
+                "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, "
+                "pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint, "
+                "extract(epoch FROM replay_lag)::float8, pg_current_wal_lsn()::text "
+                "FROM pg_stat_replication",
+                timeout=2,
+            )
+            current = await query(
+                self.admin_dsn(),
+                "SELECT pg_current_wal_lsn()::text, "
+                "(SELECT timeline_id FROM pg_control_checkpoint())",
+                timeout=2,
+            )
+        except TemporaryError as exc:
+            self.last_error = str(exc)
+            return f"primary not answering: {exc}"
+        self.facts = {"lsn": current[0][0], "timeline": current[0][1]}
+        self.replication = [
+            {
+                "standby": r[0],
+                "state": r[1],
+                "sync_state": r[2],
+                "lag_bytes": r[3] or 0,
+                "flush_lag_bytes": r[4] or 0,
+                "lag_seconds": r[5] or 0.0,
+            }
+            for r in rows
+        ]
+        if self.cfg.replication == "synchronous":
+            await self._keep_synchronous()
+        return f"primary at epoch {self.tenure.epoch if self.tenure else '?'}"
+
+    async def _primary_died(self) -> str:
+        self.writable = False
+        detected = time.time()
+        tenure = self.tenure
+        self.tenure = None
+        self.role = Role.FENCED
+        self.fence_reason = "the PostgreSQL process exited"
+        await backups_wait_gone(self.data)
+        if tenure is not None:
+            with contextlib.suppress(LeaseRefused, TemporaryError):
+                await self.keeper.lease(
+                    self.name,
+                    "release",
+                    self.cfg.site,
+                    tenure.epoch,
+                    self.cfg.ttl,
+                    2.0,
+                    why=f"primary process exited at {detected:.3f}",
+                )
+        self.retake_after = time.monotonic() + 2 * self.cfg.ttl
+        await self._event("db-primary-exited", f"{self.cfg.site}: primary exited; lease released")
+        return "primary exited: all its processes are gone, lease released for the standby"
+
+    async def _keep_synchronous(self) -> None:
+        standbys = [slot_name(s) for s in self.cfg.standby_sites]
+        streaming = {r["standby"]: r for r in self.replication if r["state"] == "streaming"}
+        present = [s for s in standbys if s in streaming]
+        now = time.monotonic()
+        if present:
+            self.standby_missing_since = None
+            row = streaming[present[0]]
+            if not self.sync_names and row["flush_lag_bytes"] <= CATCH_UP_BYTES:
+                self._write_conf([present[0]], None)
+                await query(self.admin_dsn(), "SELECT pg_reload_conf()")
+            elif self.sync_names and row["sync_state"] == "sync":
+                site = next(s for s in self.cfg.standby_sites if slot_name(s) == present[0])
+                if self.sync_standby != site:
+                    self.sync_standby = site
+                    await self.renew_now()
+                    if self.alert:
+                        await self._event(
+                            "db-rpo-restored",
+                            f"{self.name}: {site} is synchronous again; RPO=0 holds",
+                        )
+                        self.alert = None
+            return
+        if self.standby_missing_since is None:
+            self.standby_missing_since = now
+        if self.sync_standby is not None:
+            # The lease must stop naming a standby before commits may go without it.
+            self.sync_standby = None
+            if not await self.renew_now():
+                return
+        if (
+            self.sync_names
+            and self.cfg.on_standby_loss == "continue"
+            and now - self.standby_missing_since >= self.cfg.standby_timeout
+        ):
+            self._write_conf([], None)
+            await query(self.admin_dsn(), "SELECT pg_reload_conf()")
+            self.alert = (
+                f"RPO=0 no longer holds for {self.name}: the standby is lost; commits "
+                f"continue on {self.cfg.site} alone"
+            )
+            await self._event("db-rpo-alert", self.alert)
+
+    # -- fenced ------------------------------------------------------------------------
+
+    async def _fenced_cycle(self) -> str:
+        lease = self.lease
+        if lease is None:
+            return f"fenced ({self.fence_reason}); the lease keeper is unreachable"
+        untouched = lease.epoch == self._my_epoch() and lease.previous_holder in (
+            None,
+            self.cfg.site,
+        )
+        if (
+            untouched
+            and lease.expired(self.keeper_now())
+            and time.monotonic() >= self.retake_after
+            and (self.data / "PG_VERSION").exists()
+        ):
+            return await self._become_primary_again("nobody took over")
+        return f"fenced ({self.fence_reason}); `alwayson db failback` rejoins it as a standby"
+
+    # -- standby -----------------------------------------------------------------------
+
+    async def _standby_cycle(self) -> str:
+        lease = self.lease
+        pm = self.postmaster
+        holder = lease.holder if lease else None
+        if pm is None or not pm.alive():
+            target = holder if holder and holder != self.cfg.site else self._other()
+            if target is None:
+                return "standby stopped; no primary known"
+            await self._start_standby(target)
+            return f"started the standby following {target}"
+        if lease is not None and holder == self.cfg.site:
+            return await self._promote("the lease was handed over")
+        if lease is not None and self._may_take(lease):
+            try:
+                new = await self.keeper.lease(
+                    self.name, "acquire", self.cfg.site, 0, self.cfg.ttl, 1.5
+                )
+            except LeaseRefused as exc:
+                return f"standby: cannot take the lease: {exc.reason}"
+            self.detected_at = self.detected_at or time.time()
+            self._hold(new, time.monotonic())
+            return await self._promote(
+                f"lease epoch {new.epoch} acquired after {lease.holder or lease.previous_holder}'s "
+                + ("was released" if lease.holder is None else "expired")
+            )
+        await self._standby_facts()
+        return f"standby following {holder}"
+
+    def _other(self) -> str | None:
+        others = [s for s in self.cfg.sites if s != self.cfg.site]
+        return others[0] if others else None
+
+    def _may_take(self, lease: Lease) -> bool:
+        if lease.revoked_for not in (None, self.cfg.site):
+            return False
+        if not lease.expired(self.keeper_now()):
+            return False
+        if self.detected_at is None:
+            self.detected_at = time.time()
+        return True
+
+    async def _standby_facts(self) -> None:
+        self.replication = []
+        try:
+            rows = await query(
+                self.admin_dsn(),
+                "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, "
+                "extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, "
+                "(SELECT status FROM pg_stat_wal_receiver), "
+                "(SELECT received_tli FROM pg_stat_wal_receiver)",
+                timeout=2,
+            )
+        except TemporaryError as exc:
+            self.last_error = str(exc)
+            return
+        receive, replay, age, status, tli = rows[0]
+        self.facts = {
+            "receive_lsn": receive,
+            "replay_lsn": replay,
+            "replay_age_seconds": age,
+            "receiver": status,
+            "timeline": tli,
+        }
+
+    async def _promote(self, why: str) -> str:
+        started = time.time()
+        lag = self._lag_at_fault()
+        # Handed over: renew first, so our own view of the lease starts after the keeper
+        # granted it, never before.
+        if self.tenure is None and not await self._take_handed_lease():
+            return "handed the lease but could not renew it yet; still a standby"
+        self.role = Role.PRIMARY
+        self.writable = False
+        try:
+            await query(self.admin_dsn(), "SELECT pg_promote(true, 30)", timeout=35)
+        except TemporaryError as exc:
+            return f"promotion failed: {exc}"
+        promoted = time.time()
+        self._write_conf([], None)
+        (self.data / "standby.signal").unlink(missing_ok=True)
+        await query(self.admin_dsn(), "SELECT pg_reload_conf()")
+        self.sync_standby = None
+        self.sync_names = []
+        await self._ensure_slots()
+        self.writable = True
+        writable_at = await self._first_write()
+        lease = self.lease
+        record = {
+            "kind": "failover" if "acquired" in why else "switchover-promotion",
+            "database": self.name,
+            "to": self.cfg.site,
+            "from": (lease.previous_holder if lease else None),
+            "epoch": lease.epoch if lease else None,
+            "why": why,
+            "fault_at": self._fault_time(),
+            "detected_at": self.detected_at or started,
+            "promoted_at": promoted,
+            "writable_at": writable_at,
+            "promote_seconds": promoted - started,
+            "lag_at_fault": lag,
+            "replication": self.cfg.replication,
+        }
+        fault = self._fault_time() or self.detected_at or started
+        record["rto_seconds"] = (writable_at - fault) if writable_at else None
+        self.detected_at = None
+        with contextlib.suppress(TemporaryError):
+            await self.keeper.record(
+                self.name, "record", f"{int(promoted * 1000)}-{self.cfg.site}", record
+            )
+        await self._event("db-promoted", f"{self.cfg.site} promoted: {why}", record)
+        return f"promoted: {why}"
+
+    async def _take_handed_lease(self) -> bool:
+        lease = self.lease
+        if lease is None or lease.holder != self.cfg.site:
+            return False
+        sent = time.monotonic()
+        try:
+            new = await self.keeper.lease(
+                self.name, "renew", self.cfg.site, lease.epoch, self.cfg.ttl, 1.5
+            )
+        except (LeaseRefused, TemporaryError) as exc:
+            self.last_error = str(exc)
+            return False
+        self._hold(new, sent)
+        return True
+
+    def _fault_time(self) -> float | None:
+        previous = self.view.get("lease") or {}
+        if previous.get("released_at"):
+            return float(previous["released_at"])
+        if previous.get("expires_at") and previous.get("ttl"):
+            return float(previous["expires_at"]) - float(previous["ttl"])
+        return None
+
+    def _lag_at_fault(self) -> dict[str, Any]:
+        mine = lsn_int(self.facts.get("receive_lsn"))
+        primary = (self.view.get("sites") or {}).get(
+            self.lease.previous_holder if self.lease else "", {}
+        )
+        theirs = lsn_int(primary.get("lsn")) if primary else 0
+        return {
+            "bytes_behind_last_report": max(0, theirs - mine) if theirs else None,
+            "replay_age_seconds": self.facts.get("replay_age_seconds"),
+        }
+
+    async def _first_write(self) -> float | None:
+        dsn = conninfo(self.cfg.endpoint, SUPERUSER, self.cfg.superuser_password)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                await query(dsn, "SELECT txid_current()", timeout=2)
+                return time.time()
+            except TemporaryError:
+                await asyncio.sleep(0.05)
+        return None
+
+    # -- requests from the operator ------------------------------------------------------
+
+    async def _requests(self) -> None:
+        request = self.view.get("request") or {}
+        ident = request.get("id")
+        if not ident or request.get("site") not in (None, self.cfg.site):
+            return
+        op = request.get("op")
+        mine = self._claims(op)
+        if not mine:
+            return
+        if op in LONG_REQUESTS:
+            if self._job is None or self._job.done():
+                self._job = asyncio.create_task(self._run_request(op, request))
+            return
+        await self._run_request(op, request)
+
+    async def _run_request(self, op: str | None, request: dict[str, Any]) -> None:
+        ident = str(request["id"])
+        started = time.time()
+        try:
+            result = await self._carry_out(op, request)
+            outcome = {"ok": True, **result}
+        except AlwaysonError as exc:
+            outcome = {"ok": False, "error": str(exc)}
+        record = {
+            **request,
+            **outcome,
+            "started_at": started,
+            "finished_at": time.time(),
+            "site": self.cfg.site,
+        }
+        with contextlib.suppress(TemporaryError):
+            await self.keeper.record(self.name, "record", ident, record)
+            await self.keeper.finish(self.name, ident)
+        self.view["request"] = None
+
+    def _claims(self, op: str | None) -> bool:
+        if op in ("switchover", "backup", "verify"):
+            return self.role is Role.PRIMARY
+        if op == "failback":
+            return self.role is Role.FENCED
+        if op in ("restore", "drop-restore"):
+            return self.role is Role.PRIMARY
+        return False
+
+    async def _carry_out(self, op: str | None, request: dict[str, Any]) -> dict[str, Any]:
+        if op == "switchover":
+            return await self._switchover(str(request["to"]))
+        if op == "failback":
+            return await self._failback()
+        if op == "backup":
+            return await backups.create(self, verify=bool(request.get("verify", False)))
+        if op == "verify":
+            return await backups.verify(self, str(request["backup"]))
+        if op == "restore":
+            return await backups.restore(self, request.get("to_time"), str(request["into"]))
+        if op == "drop-restore":
+            return await backups.drop_restore(self, str(request["into"]))
+        raise AlwaysonError(f"unknown request {op!r}")
+
+    async def _switchover(self, to: str) -> dict[str, Any]:
+        if to not in self.cfg.peers:
+            raise AlwaysonError(f"{to!r} has no standby of {self.name}")
+        row = next((r for r in self.replication if r["standby"] == slot_name(to)), None)
+        if row is None or row["state"] != "streaming":
+            raise AlwaysonError(f"{to} is not streaming from {self.cfg.site}; nothing was changed")
+        if row["lag_bytes"] > self.cfg.switchover_max_lag:
+            raise AlwaysonError(
+                f"{to} is {row['lag_bytes']} bytes behind (switchover_max_lag "
+                f"{self.cfg.switchover_max_lag}); wait for it to catch up; nothing was changed"
+            )
+        tenure = self.tenure
+        pm = self.postmaster
+        assert tenure is not None and pm is not None
+        began = time.time()
+        self.holding = True
+        self.writable = False
+        self.role = Role.SWITCHING
+        try:
+            await pm.stop("fast", timeout=20)
+            control = await self.engine.controldata(self.data)
+            final = lsn_int(control.get("Latest checkpoint location"))
+            deadline = time.monotonic() + SWITCHOVER_WAIT
+            replayed = 0
+            while time.monotonic() < deadline:
+                with contextlib.suppress(TemporaryError):
+                    rows = await query(
+                        self.admin_dsn(self.cfg.peers[to]),
+                        "SELECT pg_last_wal_replay_lsn()::text",
+                        timeout=2,
+                    )
+                    replayed = lsn_int(rows[0][0])
+                    if replayed >= final:
+                        break
+                await asyncio.sleep(0.05)
+            if replayed < final:
+                await self._start(self.sync_names)
+                await self._wait_ready()
+                self.role = Role.PRIMARY
+                self.writable = True
+                raise AlwaysonError(
+                    f"{to} did not replay up to {final:X} within {SWITCHOVER_WAIT:.0f}s; "
+                    f"{self.cfg.site} stays primary"
+                )
+            await self.keeper.lease(
+                self.name, "handover", self.cfg.site, tenure.epoch, self.cfg.ttl, 2.0, to=to
+            )
+            self.tenure = None
+            handed = time.time()
+            await self._start_standby(to)
+            self.role = Role.STANDBY
+            return {
+                "from": self.cfg.site,
+                "to": to,
+                "stopped_at": began,
+                "handed_at": handed,
+                "final_lsn": f"{final:X}",
+            }
+        finally:
+            self.holding = False
+
+    async def _failback(self) -> dict[str, Any]:
+        lease = self.lease
+        holder = lease.holder if lease else None
+        if holder is None or holder == self.cfg.site:
+            raise AlwaysonError("no other site is primary; nothing to fail back to")
+        self.role = Role.REJOINING
+        source = conninfo(self.cfg.peers[holder], SUPERUSER, self.cfg.superuser_password)
+        began = time.time()
+        method = "rewind"
+        try:
+            await self.engine.run(
+                "pg_rewind",
+                "--target-pgdata",
+                str(self.data),
+                "--source-server",
+                source,
+                "--no-sync",
+                timeout=600,
+            )
+        except EngineError as exc:
+            method = f"re-clone (pg_rewind failed: {str(exc)[:200]})"
+            await self._clone_from(holder)
+        else:
+            await self._start_standby(holder)
+        self.role = Role.STANDBY
+        self.fence_reason = ""
+        return {"method": method, "follows": holder, "seconds": time.time() - began}
+
+    # -- reporting ---------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        pm = self.postmaster
+        lease = self.lease
+        return {
+            "site": self.cfg.site,
+            "role": self.role.value,
+            "pid": pm.pid if pm is not None and pm.alive() else None,
+            "address": self.cfg.listen,
+            "endpoint": self.cfg.endpoint,
+            "writable": self.writable,
+            "epoch": lease.epoch if lease else None,
+            "lease_holder": lease.holder if lease else None,
+            "sync_standby": self.sync_standby,
+            "sync_names": self.sync_names,
+            "alert": self.alert,
+            "fence_reason": self.fence_reason,
+            "replication": self.replication,
+            "verdict": self.last_verdict,
+            "last_error": self.last_error,
+            "restores": sorted(self.restores),
+            **self.facts,
+        }
+
+    async def _report(self) -> None:
+        with contextlib.suppress(TemporaryError):
+            await self.keeper.report(self.name, self.cfg.site, self.status())
+
+    async def _event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        with contextlib.suppress(TemporaryError):
+            await self.keeper.event(kind, self.name, message, data or {})
+
+
+async def backups_wait_gone(data: Path) -> None:
+    from alwayson.data.engines import wait_backends_gone
+
+    await wait_backends_gone(data, 5.0)
