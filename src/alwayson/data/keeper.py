@@ -83,7 +83,7 @@ def create_keeper_app(store: StateStore, token: str, clock: Clock) -> FastAPI:
                     current, body.site, body.epoch, body.ttl, now, body.synchronous, body.sync
                 )
             if op == "acquire":
-                return leases.acquire(current, body.site, body.ttl, now)
+                return leases.acquire(current, body.site, body.ttl, now, body.synchronous)
             if op == "release":
                 return leases.release(current, body.site, body.epoch, now, body.why)
             if op == "handover" and body.to:

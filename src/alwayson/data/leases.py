@@ -80,7 +80,9 @@ def renew(
     )
 
 
-def acquire(lease: Lease | None, site: str, ttl: float, now: float) -> Lease:
+def acquire(
+    lease: Lease | None, site: str, ttl: float, now: float, synchronous: bool = False
+) -> Lease:
     """A new holder, epoch + 1; only when nobody holds a live lease."""
     if lease is not None and not lease.expired(now):
         raise LeaseRefused(
@@ -104,6 +106,7 @@ def acquire(lease: Lease | None, site: str, ttl: float, now: float) -> Lease:
         expires_at=now + ttl,
         granted_at=now,
         previous_holder=(lease.holder or lease.previous_holder) if lease else None,
+        synchronous=synchronous,
     )
 
 
@@ -122,6 +125,8 @@ def hand_over(lease: Lease | None, site: str, epoch: int, to: str, ttl: float, n
         raise LeaseRefused(f"{site} does not hold the lease at epoch {epoch}", lease)
     if now >= lease.expires_at:
         raise LeaseRefused("lease expired before the handover arrived", lease)
+    if lease.revoked_for not in (None, to):
+        raise LeaseRefused(f"a forced failover to {lease.revoked_for} is under way", lease)
     return Lease(
         holder=to,
         epoch=epoch + 1,
@@ -129,6 +134,7 @@ def hand_over(lease: Lease | None, site: str, epoch: int, to: str, ttl: float, n
         expires_at=now + ttl,
         granted_at=now,
         previous_holder=site,
+        synchronous=lease.synchronous,
     )
 
 

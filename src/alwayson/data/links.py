@@ -50,9 +50,15 @@ class Partitions:
             return
         try:
             pairs = json.loads(self.path.read_text()).get("cut", [])
-            self._cut = frozenset(frozenset(p) for p in pairs if len(p) == 2)
+            if not isinstance(pairs, list):
+                raise ValueError("'cut' must be a list of [site, site] pairs")
+            self._cut = frozenset(
+                frozenset(p)
+                for p in pairs
+                if isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+            )
             self._stamp = stamp
-        except (OSError, ValueError, AttributeError) as exc:
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
             log.warning("%s: unreadable (%s); keeping the previous partitions", self.path, exc)
 
     def connected(self, a: str, b: str) -> bool:

@@ -104,6 +104,10 @@ class Steward:
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name=f"fence-{cfg.name}", daemon=True)
 
+    @property
+    def synchronous(self) -> bool:
+        return self.cfg.replication == "synchronous"
+
     # -- addresses ---------------------------------------------------------------------
 
     @property
@@ -310,8 +314,10 @@ class Steward:
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(INCLUDE_LINE)
         self.engine.write_file(self.data / "pg_hba.conf", HBA)
-        lease = await self.keeper.lease(self.name, "acquire", self.cfg.site, 0, self.cfg.ttl, 2.0)
-        sent = time.monotonic()
+        sent = time.monotonic()  # before asking: our view must end before the keeper's
+        lease = await self.keeper.lease(
+            self.name, "acquire", self.cfg.site, 0, self.cfg.ttl, 2.0, synchronous=self.synchronous
+        )
         self._hold(lease, sent)
         await self._start(sync_names=[])
         await self._wait_ready()
@@ -435,14 +441,20 @@ class Steward:
             await asyncio.sleep(0.05)
 
     async def _become_primary_again(self, why: str) -> str:
+        sent = time.monotonic()  # before asking: our view must end before the keeper's
         try:
             lease = await self.keeper.lease(
-                self.name, "acquire", self.cfg.site, 0, self.cfg.ttl, 1.5
+                self.name,
+                "acquire",
+                self.cfg.site,
+                0,
+                self.cfg.ttl,
+                1.5,
+                synchronous=self.synchronous,
             )
         except LeaseRefused as exc:
             self.role = Role.FENCED
             return f"cannot take the lease back: {exc.reason}"
-        sent = time.monotonic()
         self._hold(lease, sent)
         await self._start(sync_names=[])
         await self._wait_ready()
@@ -592,14 +604,21 @@ class Steward:
         if lease is not None and holder == self.cfg.site:
             return await self._promote("the lease was handed over")
         if lease is not None and self._may_take(lease):
+            sent = time.monotonic()  # before asking: our view must end before the keeper's
             try:
                 new = await self.keeper.lease(
-                    self.name, "acquire", self.cfg.site, 0, self.cfg.ttl, 1.5
+                    self.name,
+                    "acquire",
+                    self.cfg.site,
+                    0,
+                    self.cfg.ttl,
+                    1.5,
+                    synchronous=self.synchronous,
                 )
             except LeaseRefused as exc:
                 return f"standby: cannot take the lease: {exc.reason}"
             self.detected_at = self.detected_at or time.time()
-            self._hold(new, time.monotonic())
+            self._hold(new, sent)
             return await self._promote(
                 f"lease epoch {new.epoch} acquired after {lease.holder or lease.previous_holder}'s "
                 + ("was released" if lease.holder is None else "expired")
@@ -698,7 +717,14 @@ class Steward:
         sent = time.monotonic()
         try:
             new = await self.keeper.lease(
-                self.name, "renew", self.cfg.site, lease.epoch, self.cfg.ttl, 1.5
+                self.name,
+                "renew",
+                self.cfg.site,
+                lease.epoch,
+                self.cfg.ttl,
+                1.5,
+                sync=None,
+                synchronous=self.synchronous,
             )
         except (LeaseRefused, TemporaryError) as exc:
             self.last_error = str(exc)
@@ -881,10 +907,28 @@ class Steward:
             method = f"re-clone (pg_rewind failed: {str(exc)[:200]})"
             await self._clone_from(holder)
         else:
-            await self._start_standby(holder)
+            if await self._diverged_after_rewind(holder):
+                method = "re-clone (both sites wrote on the same timeline; rewind cannot tell)"
+                await self._clone_from(holder)
+            else:
+                await self._start_standby(holder)
         self.role = Role.STANDBY
         self.fence_reason = ""
         return {"method": method, "follows": holder, "seconds": time.time() - began}
+
+    async def _diverged_after_rewind(self, holder: str) -> bool:
+        """pg_rewind compares timelines only: when the new primary was promoted before it
+        learnt the old one's newest timeline, both chose the same id and rewind sees
+        nothing to do although this copy has WAL the new primary never had."""
+        control = await self.engine.controldata(self.data)
+        mine = lsn_int(control.get("Latest checkpoint location"))
+        tli = int(control.get("Latest checkpoint's TimeLineID", "0") or 0)
+        rows = await query(
+            self.admin_dsn(self.cfg.peers[holder]),
+            "SELECT pg_current_wal_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint())",
+        )
+        theirs, their_tli = lsn_int(rows[0][0]), int(rows[0][1])
+        return tli >= their_tli and mine > theirs
 
     # -- reporting ---------------------------------------------------------------------
 

@@ -1,0 +1,448 @@
+"""The geo-replicated PostgreSQL, with real PostgreSQL processes, real kills and real cuts.
+
+Every test brings up its own platform (two workload sites and a witness) with one
+database; clients write through the per-site endpoints (``DATABASE_URL``) and, for the
+split-brain check, straight to both PostgreSQL instances.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from tests.support import Platform, wait_for
+
+from alwayson.data.links import write_partitions
+from alwayson.spec.loading import load_spec_file
+
+SITES = ("jakarta", "surabaya")
+
+
+def db_spec(replication: str = "synchronous", **extra: Any) -> dict[str, Any]:
+    database = {
+        "name": "bank",
+        "primary_site": "jakarta",
+        "replication": replication,
+        "backup": {"schedule": None},
+        **extra,
+    }
+    return {
+        "platform": "dbtest",
+        "sites": [{"name": "jakarta"}, {"name": "surabaya"}, {"name": "witness", "witness": True}],
+        "services": [],
+        "databases": [database],
+    }
+
+
+@dataclass
+class Cluster:
+    platform: Platform
+    subnets: dict[str, str]
+
+    def octets(self, site: str) -> str:
+        return self.subnets[site].split(".")[1]
+
+    def agent(self, site: str) -> dict[str, Any]:
+        url = f"http://127.{self.octets(site)}.0.9:7400/status"
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            data: dict[str, Any] = json.loads(resp.read())["databases"]["bank"]
+        return data
+
+    def secrets(self) -> dict[str, str]:
+        data: dict[str, str] = json.loads(
+            (self.platform.state_dir / "data" / "secrets.json").read_text()
+        )["bank"]
+        return data
+
+    def endpoint(self, site: str) -> str:
+        pw = self.secrets()["app"]
+        return f"host=127.{self.octets(site)}.0.11 port=5432 user=bank password={pw} dbname=bank"
+
+    def direct(self, site: str) -> str:
+        pw = self.secrets()["superuser"]
+        return (
+            f"host=127.{self.octets(site)}.0.10 port=5432 user=alwayson password={pw} dbname=bank"
+        )
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.platform.cli("db", "status", "--json").stdout)[0]
+        return data
+
+    def role(self, site: str) -> str:
+        try:
+            return str(self.agent(site)["role"])
+        except OSError:
+            return "unreachable"
+
+    def primary(self) -> str:
+        return str(wait_for("a writable primary", self._writable_primary, timeout=60))
+
+    def _writable_primary(self) -> str | None:
+        for site in SITES:
+            try:
+                got = self.agent(site)
+            except OSError:
+                continue
+            if got["role"] == "primary" and got["writable"]:
+                return site
+        return None
+
+    def execute(self, dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
+            cur = conn.execute(sql, params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+    def synchronous(self) -> bool:
+        lease = self.status()["lease"] or {}
+        return bool(lease.get("sync_standby"))
+
+    def cut(self, *pairs: tuple[str, str]) -> None:
+        write_partitions(self.platform.state_dir / "data" / "partitions.json", list(pairs))
+
+
+@pytest.fixture
+def cluster(make_platform: Callable[..., Platform]) -> Callable[..., Cluster]:
+    def make(replication: str = "synchronous", **extra: Any) -> Cluster:
+        platform = make_platform(db_spec(replication, **extra))
+        platform.cli("up", timeout=180)
+        loaded = load_spec_file(platform.spec_path, check_commands=False).spec
+        subnets = {s.name: loaded.subnet_of(s.name) for s in loaded.sites}
+        made = Cluster(platform, subnets)
+        wait_for(
+            "primary and streaming standby",
+            lambda: made.role("jakarta") == "primary" and made.role("surabaya") == "standby",
+            timeout=90,
+        )
+        wait_for(
+            "the standby streaming",
+            lambda: made.agent("surabaya").get("receiver") == "streaming",
+            timeout=30,
+        )
+        if replication == "synchronous":
+            wait_for("synchronous standby in the lease", made.synchronous, timeout=30)
+        return made
+
+    return make
+
+
+@dataclass
+class Writers:
+    """Clients inserting unique ids through the endpoints; ids are kept only once committed."""
+
+    cluster: Cluster
+    table: str = "registrations"
+    per_site: int = 2
+    acked: list[tuple[int, float]] = field(default_factory=list)
+    errors: list[tuple[float, str]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> Writers:
+        self.cluster.execute(
+            self.cluster.endpoint("jakarta"),
+            f"CREATE TABLE IF NOT EXISTS {self.table} (id bigint PRIMARY KEY, "
+            "at timestamptz DEFAULT clock_timestamp())",
+        )
+        # The table must have reached the standby before the test starts losing things.
+        wait_for(
+            f"{self.table} on the standby",
+            lambda: self.cluster.execute(
+                self.cluster.direct("surabaya"), "SELECT to_regclass(%s)::text", (self.table,)
+            )[0][0],
+        )
+        for index, site in enumerate(s for s in SITES for _ in range(self.per_site)):
+            thread = threading.Thread(target=self._run, args=(site, index), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _run(self, site: str, index: int) -> None:
+        counter = 0
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.is_set():
+            ident = index * 10_000_000 + counter
+            try:
+                if conn is None:
+                    conn = psycopg.connect(
+                        self.cluster.endpoint(site), autocommit=True, connect_timeout=2
+                    )
+                conn.execute(f"INSERT INTO {self.table} (id) VALUES (%s)", (ident,))  # type: ignore[arg-type]
+                with self._lock:
+                    self.acked.append((ident, time.monotonic()))
+                counter += 1
+            except psycopg.Error as exc:
+                with self._lock:
+                    self.errors.append((time.monotonic(), str(exc)[:200]))
+                if conn is not None:
+                    conn.close()
+                conn = None
+                counter += 1
+                self._stop.wait(0.02)
+        if conn is not None:
+            conn.close()
+
+    def count_after(self, moment: float) -> int:
+        with self._lock:
+            return sum(1 for _, at in self.acked if at > moment)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def final_ids(self) -> set[int]:
+        rows = self.cluster.execute(
+            self.cluster.endpoint(self.cluster.primary()), f"SELECT id FROM {self.table}"
+        )
+        return {r[0] for r in rows}
+
+
+def kill_primary_process(cluster: Cluster, site: str) -> float:
+    pid = cluster.agent(site)["pid"]
+    assert pid, f"{site} has no PostgreSQL pid"
+    os.kill(int(pid), signal.SIGKILL)
+    return time.monotonic()
+
+
+def test_kill_primary_synchronous_loses_no_acknowledged_write(
+    cluster: Callable[..., Cluster],
+) -> None:
+    made = cluster("synchronous")
+    writers = Writers(made).start()
+    try:
+        wait_for("writes before the fault", lambda: len(writers.acked) > 200, timeout=30)
+        killed = kill_primary_process(made, "jakarta")
+        wait_for("surabaya promoted", lambda: made.role("surabaya") == "primary", timeout=30)
+        wait_for("writes after the fault", lambda: writers.count_after(killed) > 100, timeout=30)
+    finally:
+        writers.stop()
+    lost = {i for i, _ in writers.acked} - writers.final_ids()
+    assert lost == set(), f"{len(lost)} acknowledged registrations lost: {sorted(lost)[:10]}"
+    record = made.status()["recent"][-1]
+    assert record["kind"] == "failover" and record["to"] == "surabaya"
+    assert record["rto_seconds"] is not None and record["promote_seconds"] >= 0
+    times = sorted(at for _, at in writers.acked)
+    gap = max(b - a for a, b in itertools.pairwise(times) if b > killed - 1)
+    print(
+        f"sync kill -9: {len(writers.acked)} acknowledged, 0 lost, {len(writers.errors)} client "
+        f"errors, longest gap between acknowledged writes {gap:.2f}s; record {record}"
+    )
+    assert gap < 15
+
+
+def test_kill_primary_asynchronous_reports_loss_and_lag(cluster: Callable[..., Cluster]) -> None:
+    made = cluster("asynchronous")
+    writers = Writers(made).start()
+    try:
+        wait_for("writes before the fault", lambda: len(writers.acked) > 200, timeout=30)
+        killed = kill_primary_process(made, "jakarta")
+        wait_for("surabaya promoted", lambda: made.role("surabaya") == "primary", timeout=30)
+        wait_for("writes after the fault", lambda: writers.count_after(killed) > 100, timeout=30)
+    finally:
+        writers.stop()
+    lost = {i for i, _ in writers.acked} - writers.final_ids()
+    record = made.status()["recent"][-1]
+    assert record["replication"] == "asynchronous"
+    assert "lag_at_fault" in record and "bytes_behind_last_report" in record["lag_at_fault"]
+    assert not (made.status()["lease"] or {}).get("synchronous")
+    print(f"async kill -9: {len(writers.acked)} acknowledged, {len(lost)} lost; {record}")
+
+
+def test_cut_off_primary_site_never_two_writable_primaries(
+    cluster: Callable[..., Cluster],
+) -> None:
+    made = cluster("synchronous")
+    made.execute(made.endpoint("jakarta"), "CREATE TABLE probe (site text, at float8)")
+    successes: dict[str, list[float]] = {site: [] for site in SITES}
+    stop = threading.Event()
+
+    def hammer(site: str) -> None:
+        # Straight to each PostgreSQL, not through any endpoint or link.
+        while not stop.is_set():
+            try:
+                with psycopg.connect(made.direct(site), autocommit=True, connect_timeout=1) as conn:
+                    while not stop.is_set():
+                        conn.execute("INSERT INTO probe VALUES (%s, %s)", (site, time.time()))
+                        successes[site].append(time.monotonic())
+            except psycopg.Error:
+                stop.wait(0.02)
+
+    threads = [threading.Thread(target=hammer, args=(s,), daemon=True) for s in SITES]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for("writes on jakarta", lambda: len(successes["jakarta"]) > 50, timeout=30)
+        made.cut(("jakarta", "surabaya"), ("jakarta", "witness"))
+        cut_at = time.monotonic()
+        wait_for("surabaya promoted", lambda: made.role("surabaya") == "primary", timeout=30)
+        wait_for("writes on surabaya", lambda: len(successes["surabaya"]) > 50, timeout=30)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        made.cut()
+    last_old = max(successes["jakarta"])
+    first_new = min(successes["surabaya"])
+    ttl = 6.0
+    assert last_old < cut_at + ttl, "the cut-off primary accepted writes after its lease ttl"
+    assert last_old < first_new, (
+        f"two primaries accepted writes at once: jakarta until {last_old - cut_at:.2f}s, "
+        f"surabaya from {first_new - cut_at:.2f}s after the cut"
+    )
+    assert made.role("jakarta") == "fenced"
+    print(
+        f"partition: jakarta's last write {last_old - cut_at:.2f}s after the cut, surabaya's "
+        f"first {first_new - cut_at:.2f}s after (gap {first_new - last_old:.2f}s)"
+    )
+
+
+def test_switchover_under_load_loses_nothing_and_failback_rewinds(
+    cluster: Callable[..., Cluster],
+) -> None:
+    made = cluster("synchronous")
+    writers = Writers(made).start()
+    try:
+        wait_for("writes before the switch", lambda: len(writers.acked) > 200, timeout=30)
+        switched = time.monotonic()
+        result = json.loads(
+            made.platform.cli("db", "switchover", "--to", "surabaya", "--json").stdout
+        )
+        assert result["ok"] and result["to"] == "surabaya"
+        wait_for("writes after the switch", lambda: writers.count_after(switched) > 200, timeout=30)
+    finally:
+        writers.stop()
+    during = [e for e in writers.errors if e[0] >= switched]
+    lost = {i for i, _ in writers.acked} - writers.final_ids()
+    assert lost == set()
+    assert made.role("jakarta") == "standby"
+    print(f"switchover: {len(writers.acked)} acknowledged, 0 lost, {len(during)} client errors")
+
+    # Until jakarta is synchronous again, losing surabaya must NOT promote jakarta by itself
+    # (it may lack acknowledged commits); once it is, it may.
+    wait_for(
+        "jakarta synchronous again",
+        lambda: (made.status()["lease"] or {}).get("sync_standby") == "jakarta",
+        timeout=30,
+    )
+    # Now lose surabaya's primary, write on jakarta, and bring surabaya back with pg_rewind.
+    kill_primary_process(made, "surabaya")
+    wait_for("jakarta promoted", lambda: made.role("jakarta") == "primary", timeout=30)
+    made.primary()
+    made.execute(made.endpoint("jakarta"), "INSERT INTO registrations (id) VALUES (-1), (-2)")
+    assert made.role("surabaya") == "fenced"
+    back = json.loads(made.platform.cli("db", "failback", "--json", timeout=300).stdout)
+    assert back["ok"] and back["method"] == "rewind", back
+    wait_for("surabaya streaming", lambda: made.agent("surabaya").get("receiver") == "streaming")
+    wait_for(
+        "surabaya caught up",
+        lambda: (
+            made.execute(made.direct("surabaya"), "SELECT count(*) FROM registrations")
+            == made.execute(made.direct("jakarta"), "SELECT count(*) FROM registrations")
+        ),
+    )
+    checksum = "SELECT md5(string_agg(id::text, ',' ORDER BY id)) FROM registrations"
+    assert made.execute(made.direct("surabaya"), checksum) == made.execute(
+        made.direct("jakarta"), checksum
+    )
+
+
+def test_backup_pitr_verify_and_bad_input(cluster: Callable[..., Cluster]) -> None:
+    made = cluster("synchronous")
+    ep = made.endpoint("jakarta")
+    made.execute(ep, "CREATE TABLE t (id int PRIMARY KEY)")
+    made.execute(ep, "INSERT INTO t SELECT generate_series(1, 100)")
+    created = json.loads(made.platform.cli("backup", "create", "--json", timeout=600).stdout)
+    backup = created["backup"]
+    assert backup["verified"] is True, backup
+    made.execute(ep, "INSERT INTO t SELECT generate_series(101, 150)")
+    target = made.execute(ep, "SELECT extract(epoch FROM clock_timestamp())::float8")[0][0]
+    made.execute(ep, "INSERT INTO t SELECT generate_series(151, 200)")
+    restored = json.loads(
+        made.platform.cli(
+            "backup", "restore", "--to", str(target), "--into", "pitr", "--json", timeout=600
+        ).stdout
+    )
+    assert restored["ok"], restored
+    rows = made.execute(restored["url"], "SELECT count(*), min(id), max(id) FROM t")
+    assert rows == [(150, 1, 150)]
+    made.platform.cli("backup", "drop", "pitr")
+
+    # A restore time before the oldest backup: refused with the oldest restorable time.
+    early = made.platform.cli("backup", "restore", "--to", "2020-01-01T00:00:00Z", check=False)
+    assert early.returncode != 0 and "oldest restorable time" in early.stderr + early.stdout
+
+    # A corrupted file in the backup: verify says so and records it.
+    folder = Path(backup["path"])
+    victim = next(
+        p for p in sorted((folder / "base").rglob("*")) if p.is_file() and p.stat().st_size > 200
+    )
+    with victim.open("r+b") as handle:
+        handle.seek(100)
+        original = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([original[0] ^ 0xFF]))
+    bad = made.platform.cli("backup", "verify", backup["id"], check=False, timeout=600)
+    assert bad.returncode != 0 and "checksum mismatch" in bad.stdout + bad.stderr
+    listed = json.loads(made.platform.cli("backup", "list", "--json").stdout)
+    assert [b["verified"] for b in listed if b["id"] == backup["id"]] == [False]
+
+    # A switchover to a standby that is too far behind: refused, nothing moves.
+    made.execute(made.direct("surabaya"), "SELECT pg_wal_replay_pause()")
+    made.execute(
+        ep,
+        "CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 60000) g",
+    )
+    wait_for(
+        "standby reported behind",
+        lambda: any(
+            r.get("lag_bytes", 0) > 16 * 1024 * 1024
+            for r in made.agent("jakarta").get("replication", [])
+        ),
+        timeout=30,
+    )
+    far = made.platform.cli("db", "switchover", "--to", "surabaya", check=False)
+    assert far.returncode != 0 and "behind" in far.stdout + far.stderr
+    assert made.role("jakarta") == "primary"
+    made.execute(made.direct("surabaya"), "SELECT pg_wal_replay_resume()")
+
+
+def test_full_backup_disk_and_controller_restart(cluster: Callable[..., Cluster]) -> None:
+    made = cluster("synchronous", backup={"schedule": None, "keep_free": "1000TB"})
+    before = {site: made.agent(site)["pid"] for site in SITES}
+    full = made.platform.cli("backup", "create", check=False, timeout=120)
+    assert full.returncode != 0 and "keep_free" in full.stdout + full.stderr
+    assert "primary is untouched" in full.stdout + full.stderr
+    repo = made.platform.state_dir / "data" / "bank" / "jakarta" / "repo" / "base"
+    assert list(repo.iterdir()) == []
+
+    # Kill the controller outright and start it again: the databases do not notice.
+    pid = made.platform.controller_pid()
+    assert pid is not None
+    epoch = made.status()["lease"]["epoch"]
+    os.kill(pid, signal.SIGKILL)
+    made.platform.cli("up", timeout=180)
+    assert {site: made.agent(site)["pid"] for site in SITES} == before
+    assert made.status()["lease"]["epoch"] == epoch
+    assert made.role("jakarta") == "primary" and made.role("surabaya") == "standby"
+
+
+def test_spec_naming_an_unknown_site_is_refused(make_platform: Callable[..., Platform]) -> None:
+    spec = db_spec()
+    spec["databases"][0]["primary_site"] = "bandung"
+    platform = make_platform(spec)
+    result = platform.cli("validate", str(platform.spec_path), check=False)
+    assert result.returncode != 0
+    assert "databases[0:bank].primary_site" in result.stdout + result.stderr
+    assert "'bandung' is not a workload site" in result.stdout + result.stderr
