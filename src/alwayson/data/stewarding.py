@@ -128,7 +128,10 @@ class Steward:
             return None
         lease = self.lease
         if lease is not None and lease.holder and lease.holder in self.cfg.peers:
-            return Target(self.cfg.peers[lease.holder], lease.holder)
+            # Hold clients until the new holder says it takes writes (not while it promotes).
+            report = (self.view.get("sites") or {}).get(lease.holder) or {}
+            if report.get("writable") and report.get("epoch") == lease.epoch:
+                return Target(self.cfg.peers[lease.holder], lease.holder)
         return None
 
     # -- the watchdog ------------------------------------------------------------------
