@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -33,7 +34,8 @@ def test_sample_bank_demo_flow(make_platform: Callable[..., Platform], tmp_path:
     assert status["converged"] is True
     workloads = [i for i in status["instances"] if i["kind"] == "workload"]
     assert len(workloads) == services * 2 * 2
-    assert {s["name"]: s["ready"] for s in status["sites"]}["jakarta"] == services * 2 + 2
+    # gateway, front door and the site agent of the database
+    assert {s["name"]: s["ready"] for s in status["sites"]}["jakarta"] == services * 2 + 3
 
     customer = {
         "name": "Siti Rahma",
@@ -59,9 +61,15 @@ def test_sample_bank_demo_flow(make_platform: Callable[..., Platform], tmp_path:
     assert "no changes" in platform.cli("plan").stdout
 
     pids = [pid for pid, _ in platform.recorded_processes()]
-    assert len(pids) == services * 4 + 4 + 1
+    # instances, 2 gateways, 2 front doors, 2 site agents, the lease keeper, the controller
+    assert len(pids) == services * 4 + 4 + 3 + 1
+    database = json.loads(platform.cli("db", "status", "--json").stdout)[0]
+    roles = {s["site"]: s["role"] for s in database["sites"]}
+    assert roles == {"jakarta": "primary", "surabaya": "standby"}
+    postgres = [s["pid"] for s in database["sites"] if s.get("pid")]
+    assert len(postgres) == 2
     platform.cli("down")
-    assert [p for p in pids if _running(p)] == []
+    assert [p for p in pids + postgres if _running(p)] == []
     assert list(platform.state_dir.glob("run/instances/*.json")) == []
 
 

@@ -3,6 +3,15 @@
 Balances are credit-normal (credits minus debits): a customer's deposit is a credit to their
 account. Customer accounts (``acc_…``) can never go below zero; the bank's own general-ledger
 accounts (``gl:…``, e.g. ``gl:cash:teller``) can. Entries are idempotent by ``entry_id``.
+
+With ``DATABASE_URL`` an entry is ONE PostgreSQL transaction (see :mod:`bank.db`): lock the
+entry's accounts (``SELECT … FOR UPDATE`` in account id order, so two entries never
+deadlock), check funds, insert one ``ledger_entries`` row per posting (signed: credit +,
+debit -) and ``UPDATE accounts SET balance = balance + net``. A customer account must have
+been opened by the accounts service (same database) and every account holds one currency;
+a bank account (``gl:…``) is created on its first posting. So in every currency the
+balances of all accounts sum to 0 and each balance is the sum of its rows. Without it,
+in-memory tables per instance.
 """
 
 from __future__ import annotations
@@ -10,15 +19,23 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
+from bank import db
 from bank.money import CURRENCIES
 from bank.server import run
 from bank.store import Store, new_id, now_iso
 from bank.validate import MAX_AMOUNT, Fields
 from bank.web import App, HTTPError, Request, Response, json_response
 
+if TYPE_CHECKING:
+    from psycopg import AsyncCursor
+
+    Cursor = AsyncCursor[dict[str, Any]]
+
 app = App("ledger", "Double-entry ledger: balanced entries, balances, postings, trial balance.")
+database = db.setup(app, "/ledger/db")  # None: in-memory tables
 ENTRY_ID = re.compile(r"^[A-Za-z0-9_:.-]{1,80}$")
 ACCOUNT = re.compile(r"^(gl:[a-z0-9_:.-]{1,60}|[A-Za-z0-9_]{1,64})$")
 POSTINGS_KEPT = 1000  # per account, for statements
@@ -70,6 +87,11 @@ async def post_entry(request: Request) -> Response:
     credits = sum(p["amount"] for p in lines if p["direction"] == "credit")
     if debits != credits:
         raise HTTPError(400, f"entry does not balance: debits {debits} != credits {credits}")
+    if database is not None:
+        entry, created = await _db_post(entry_id, description, currency, lines)
+        return json_response(
+            entry if created else {**entry, "replayed": True}, 201 if created else 200
+        )
     existing = entries.get(entry_id)
     if existing is not None:
         if existing["postings"] == lines and existing["currency"] == currency:
@@ -114,7 +136,10 @@ async def post_entry(request: Request) -> Response:
 
 @app.get("/ledger/entries/{entry_id}")
 async def get_entry(request: Request) -> Response:
-    entry = entries.get(request.params["entry_id"])
+    if database is not None:
+        entry = await database.run(_loader(request.params["entry_id"]))
+    else:
+        entry = entries.get(request.params["entry_id"])
     if entry is None:
         raise HTTPError(404, "no such entry", entry_id=request.params["entry_id"])
     return json_response(entry)
@@ -123,6 +148,8 @@ async def get_entry(request: Request) -> Response:
 @app.get("/ledger/accounts/{account}/balance")
 async def get_balance(request: Request) -> Response:
     account = request.params["account"]
+    if database is not None:
+        return json_response({"account": account, "balances": await _db_balances(account)})
     return json_response({"account": account, "balances": balances.get(account, {})})
 
 
@@ -138,11 +165,14 @@ async def get_postings(request: Request) -> Response:
         raise HTTPError(400, "since and until must be unix times in seconds") from None
     if currency not in CURRENCIES:
         raise HTTPError(400, "invalid request", fields={"currency": "unknown currency"})
-    kept = [p for p in postings.get(account, ()) if p["currency"] == currency]
-    closing_now = balances.get(account, {}).get(currency, 0)
-    later = sum(_signed(p) for p in kept if p["at"] >= until)
-    window = [p for p in kept if since <= p["at"] < until]
-    closing = closing_now - later
+    if database is not None:
+        closing, window = await _db_postings(account, currency, since, until)
+    else:
+        kept = [p for p in postings.get(account, ()) if p["currency"] == currency]
+        closing_now = balances.get(account, {}).get(currency, 0)
+        later = sum(_signed(p) for p in kept if p["at"] >= until)
+        window = [p for p in kept if since <= p["at"] < until]
+        closing = closing_now - later
     opening = closing - sum(_signed(p) for p in window)
     lines = [{**p, "at": now_iso(p["at"])} for p in window]
     return json_response(
@@ -164,6 +194,8 @@ def _signed(posting: dict[str, Any]) -> int:
 @app.get("/ledger/trial-balance")
 async def trial_balance(request: Request) -> Response:
     """Debits equal credits in every currency, and all balances sum to zero."""
+    if database is not None:
+        return json_response(await database.run(_db_trial_balance))
     sums: dict[str, int] = {}
     for per_currency in balances.values():
         for currency, amount in per_currency.items():
@@ -183,6 +215,218 @@ async def trial_balance(request: Request) -> Response:
             "entries": len(entries),
         }
     )
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _loader(entry_id: str) -> Callable[[Cursor], Awaitable[dict[str, Any] | None]]:
+    async def load(cur: Cursor) -> dict[str, Any] | None:
+        return await _db_entry(cur, entry_id)
+
+    return load
+
+
+async def _db_entry(cur: Cursor, entry_id: str) -> dict[str, Any] | None:
+    await cur.execute(
+        "SELECT account_id, amount, currency, description, created_at FROM ledger_entries"
+        " WHERE entry_id = %s ORDER BY line",
+        (entry_id,),
+    )
+    rows = await cur.fetchall()
+    if not rows:
+        return None
+    return {
+        "entry_id": entry_id,
+        "description": rows[0]["description"],
+        "currency": rows[0]["currency"],
+        "postings": [
+            {
+                "account": row["account_id"],
+                "direction": "credit" if row["amount"] > 0 else "debit",
+                "amount": abs(row["amount"]),
+            }
+            for row in rows
+        ],
+        "posted_at": db.iso(rows[0]["created_at"]),
+    }
+
+
+async def _db_post(
+    entry_id: str, description: str, currency: str, lines: list[dict[str, Any]]
+) -> tuple[dict[str, Any], bool]:
+    """Post an entry in one transaction; (entry, True) or (the existing entry, False)."""
+    assert database is not None
+    net = _net(lines)
+    involved = sorted(net)
+
+    async def work(cur: Cursor) -> tuple[dict[str, Any], bool]:
+        existing = await _db_entry(cur, entry_id)
+        if existing is not None:
+            if existing["postings"] == lines and existing["currency"] == currency:
+                return existing, False
+            raise HTTPError(409, "entry_id already used for a different entry", entry_id=entry_id)
+        for account in involved:  # the bank's own accounts open on first use
+            if account.startswith("gl:"):
+                await cur.execute(
+                    "INSERT INTO accounts (id, kind, currency) VALUES (%s, 'bank', %s)"
+                    " ON CONFLICT (id) DO NOTHING",
+                    (account, currency),
+                )
+        await cur.execute(
+            "SELECT id, kind, currency, status, balance FROM accounts WHERE id = ANY(%s)"
+            " ORDER BY id FOR UPDATE",
+            (involved,),
+        )
+        found = {row["id"]: row for row in await cur.fetchall()}
+        for account in involved:
+            row = found.get(account)
+            if row is None:
+                raise HTTPError(404, "no such account", account=account)
+            if row["currency"] != currency:
+                raise HTTPError(
+                    409,
+                    f"account holds {row['currency']}, not {currency}",
+                    account=account,
+                    account_currency=row["currency"],
+                )
+            change = net[account]
+            if row["kind"] == "customer" and change < 0:
+                if row["status"] != "active":
+                    raise HTTPError(409, f"account is {row['status']}", account=account)
+                if row["balance"] + change < 0:
+                    raise HTTPError(
+                        409,
+                        "insufficient funds",
+                        account=account,
+                        balance=row["balance"],
+                        needed=-change,
+                    )
+        await cur.executemany(
+            "INSERT INTO ledger_entries (entry_id, line, account_id, currency, amount,"
+            " description) VALUES (%s, %s, %s, %s, %s, %s)",
+            [
+                (
+                    entry_id,
+                    index,
+                    line["account"],
+                    currency,
+                    line["amount"] if line["direction"] == "credit" else -line["amount"],
+                    description,
+                )
+                for index, line in enumerate(lines)
+            ],
+        )
+        for account in involved:
+            if net[account]:
+                await cur.execute(
+                    "UPDATE accounts SET balance = balance + %s WHERE id = %s",
+                    (net[account], account),
+                )
+        await cur.execute("SELECT now() AS posted_at")
+        row = await cur.fetchone()
+        assert row is not None
+        entry = {
+            "entry_id": entry_id,
+            "description": description,
+            "currency": currency,
+            "postings": lines,
+            "posted_at": db.iso(row["posted_at"]),
+        }
+        return entry, True
+
+    # The same entry_id posted twice at once: the second INSERT violates (entry_id, line),
+    # and its next attempt finds the first one's entry (a replay, or a 409 if it differs).
+    return await database.run_again_on_conflict(work)
+
+
+async def _db_balances(account: str) -> dict[str, int]:
+    assert database is not None
+
+    async def work(cur: Cursor) -> dict[str, int]:
+        await cur.execute("SELECT currency, balance FROM accounts WHERE id = %s", (account,))
+        return {row["currency"]: row["balance"] for row in await cur.fetchall()}
+
+    return await database.run(work)
+
+
+async def _db_postings(
+    account: str, currency: str, since: float, until: float
+) -> tuple[int, list[dict[str, Any]]]:
+    """(balance at ``until``, the latest POSTINGS_KEPT postings in [since, until))."""
+    assert database is not None
+
+    async def work(cur: Cursor) -> tuple[int, list[dict[str, Any]]]:
+        window = "created_at < to_timestamp(%s)"
+        await cur.execute(
+            "SELECT coalesce(sum(amount), 0)::bigint AS closing FROM ledger_entries"
+            f" WHERE account_id = %s AND currency = %s AND {window}",
+            (account, currency, until),
+        )
+        row = await cur.fetchone()
+        closing = int(row["closing"]) if row else 0
+        await cur.execute(
+            "SELECT entry_id, extract(epoch FROM created_at)::float8 AS at, amount, description"
+            " FROM ledger_entries WHERE account_id = %s AND currency = %s"
+            f" AND created_at >= to_timestamp(%s) AND {window} ORDER BY id DESC LIMIT %s",
+            (account, currency, since, until, POSTINGS_KEPT),
+        )
+        rows = await cur.fetchall()
+        return closing, [
+            {
+                "entry_id": row["entry_id"],
+                "at": row["at"],
+                "currency": currency,
+                "account": account,
+                "direction": "credit" if row["amount"] > 0 else "debit",
+                "amount": abs(row["amount"]),
+                "description": row["description"],
+            }
+            for row in reversed(rows)
+        ]
+
+    return await database.run(work)
+
+
+async def _db_trial_balance(cur: Cursor) -> dict[str, Any]:
+    """The trial balance, and the invariant: each balance is the sum of its postings."""
+    await cur.execute(
+        "SELECT currency, coalesce(sum(-amount) FILTER (WHERE amount < 0), 0)::bigint AS debits,"
+        " coalesce(sum(amount) FILTER (WHERE amount > 0), 0)::bigint AS credits,"
+        " count(DISTINCT entry_id) AS entries FROM ledger_entries GROUP BY currency"
+    )
+    totals_by_currency = {row["currency"]: row for row in await cur.fetchall()}
+    await cur.execute(
+        "SELECT currency, sum(balance)::bigint AS total, count(*) AS n FROM accounts"
+        " GROUP BY currency"
+    )
+    sums = {row["currency"]: row for row in await cur.fetchall()}
+    await cur.execute(
+        "SELECT count(*) AS n FROM accounts a LEFT JOIN (SELECT account_id,"
+        " sum(amount) AS total FROM ledger_entries GROUP BY account_id) p"
+        " ON p.account_id = a.id WHERE a.balance <> coalesce(p.total, 0)"
+    )
+    row = await cur.fetchone()
+    mismatched = int(row["n"]) if row else 0
+    report = {}
+    for currency in sorted(set(totals_by_currency) | set(sums)):
+        moved = totals_by_currency.get(currency, {})
+        report[currency] = {
+            "debits": int(moved.get("debits", 0)),
+            "credits": int(moved.get("credits", 0)),
+            "sum_of_balances": int(sums.get(currency, {}).get("total", 0)),
+        }
+    balanced = mismatched == 0 and all(
+        r["debits"] == r["credits"] and r["sum_of_balances"] == 0 for r in report.values()
+    )
+    return {
+        "balanced": balanced,
+        "currencies": report,
+        "accounts": sum(int(r["n"]) for r in sums.values()),
+        "entries": sum(int(r["entries"]) for r in totals_by_currency.values()),
+        "balances_matching_postings": mismatched == 0,
+        "storage": "postgresql",
+    }
 
 
 if __name__ == "__main__":

@@ -170,6 +170,8 @@ class Server:
         ready_ms = (time.perf_counter() - started) * 1000
         self.app.log(f"listening on {self.host}:{self.port} ({engine}, ready in {ready_ms:.0f} ms)")
         sweeper = loop.create_task(self._sweep())
+        for hook in self.app.on_startup:
+            await hook()
         await self._stop.wait()
         listener.close()
         sweeper.cancel()

@@ -184,6 +184,7 @@ class App:
         self.gateway = env.get("ALWAYSON_GATEWAY", "")
         self.metrics = Metrics(service, self.version, self.site, self.instance)
         self.routes: list[Route] = []
+        self.on_startup: list[Hook] = []  # run once listening; must not block for long
         self.on_shutdown: list[Hook] = []
         self.draining = False
         self.fail_rate: Fraction | int = 0  # --fail-rate: this share of requests answers 500
