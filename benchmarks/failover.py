@@ -47,11 +47,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import itertools
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -71,7 +69,10 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the tests' platform helpers: subnets, ports, cleanup by pid
+from benchmarks.releases import machine  # noqa: E402
 from tests.support import free_port, kill_recorded, reserve_subnet, write_spec  # noqa: E402
+
+from alwayson.data.engines import default_bin_dir  # noqa: E402
 
 DB = "bank"
 SITES = ("jakarta", "surabaya")  # the first is the primary site
@@ -90,27 +91,11 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def pg_bin() -> Path:
-    found = importlib.util.find_spec("pgserver")
-    if found is None or not found.submodule_search_locations:
+    found = default_bin_dir()
+    if found is None:
         raise SystemExit("the pgserver wheel is not installed in this Python")
-    return Path(next(iter(found.submodule_search_locations))) / "pginstall" / "bin"
+    return found
 
 
 def median(values: list[float | None]) -> float | None:

@@ -12,7 +12,6 @@ recover on their own. Every process started here is stopped by its pid, even on 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import pwd
 import random
@@ -30,15 +29,15 @@ import pytest
 from tests.integration.test_bank_services import Launcher, Service, free_port, nik, wait_ready
 from tests.support import reserve_subnet, wait_for
 
+from alwayson.data.engines import find_binaries
+
 SERVICES = ["customers", "accounts", "ledger"]
 TOP_UP = 1_000_000
 
 
 def pg_bin() -> Path:
-    spec = importlib.util.find_spec("pgserver")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the pgserver wheel (PostgreSQL binaries) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    # pgserver is a dependency of alwayson: missing binaries are a broken install, not a skip.
+    return find_binaries(None)
 
 
 class Postgres:

@@ -73,6 +73,14 @@ async def _request(
     raise Failed(1)
 
 
+def _ask(
+    file: Path, command: str, database: str | None, body: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """One request to the agents from the command line, waited for."""
+    what = str(body["op"])
+    return _call(file, command, lambda c: _request(c, database, body, timeout, what))
+
+
 async def _sleep(seconds: float) -> None:
     import asyncio
 
@@ -167,11 +175,7 @@ def switchover(
     refused when the standby is not streaming or more than switchover_max_lag behind."""
 
     def go() -> None:
-        result = _call(
-            file,
-            "db switchover",
-            lambda c: _request(c, database, {"op": "switchover", "to": to}, 90, "switchover"),
-        )
+        result = _ask(file, "db switchover", database, {"op": "switchover", "to": to}, 90)
         took = float(result.get("finished_at", 0)) - float(result.get("started_at", 0))
         _finish(result, as_json, f"switched over to {to} in {took:.2f}s")
 
@@ -217,11 +221,7 @@ def failback(database: str | None = DbOpt, file: Path = SpecOpt, as_json: bool =
     pg_basebackup when rewind is impossible. Then `db switchover --to` moves the primary back."""
 
     def go() -> None:
-        result = _call(
-            file,
-            "db failback",
-            lambda c: _request(c, database, {"op": "failback"}, 600, "failback"),
-        )
+        result = _ask(file, "db failback", database, {"op": "failback"}, 600)
         _finish(
             result,
             as_json,
@@ -244,11 +244,7 @@ def create(
     """A base backup now (plus restore point and table checksums), mirrored to both sites."""
 
     def go() -> None:
-        result = _call(
-            file,
-            "backup create",
-            lambda c: _request(c, database, {"op": "backup", "verify": verify}, 3600, "backup"),
-        )
+        result = _ask(file, "backup create", database, {"op": "backup", "verify": verify}, 3600)
         backup = result.get("backup") or {}
         shown = f"backup {backup.get('id')}: {backup.get('size_bytes', 0)} bytes"
         if backup.get("verified") is False:
@@ -314,11 +310,7 @@ def verify_(
     point, then every table's checksum compared with the one recorded. Result stored."""
 
     def go() -> None:
-        result = _call(
-            file,
-            "backup verify",
-            lambda c: _request(c, database, {"op": "verify", "backup": backup}, 1800, "verify"),
-        )
+        result = _ask(file, "backup verify", database, {"op": "verify", "backup": backup}, 1800)
         if result.get("ok") and not result.get("verified"):
             result["ok"] = False
             result["error"] = f"backup {backup} is NOT good: {result.get('problem')}"
@@ -389,11 +381,7 @@ def drop(
     """Stop a restored instance and delete its files."""
 
     def go() -> None:
-        result = _call(
-            file,
-            "backup drop",
-            lambda c: _request(c, database, {"op": "drop-restore", "into": into}, 120, "drop"),
-        )
+        result = _ask(file, "backup drop", database, {"op": "drop-restore", "into": into}, 120)
         _finish(result, as_json, f"dropped {into}")
 
     _wrap(go)

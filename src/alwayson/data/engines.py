@@ -284,14 +284,10 @@ async def wait_backends_gone(data_dir: Path, timeout: float) -> None:
             return
         if time.monotonic() >= deadline:
             for proc in left:
-                with_suppress_kill(proc)
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
             deadline = time.monotonic() + 5.0
         await asyncio.sleep(0.05)
-
-
-def with_suppress_kill(proc: psutil.Process) -> None:
-    with contextlib.suppress(psutil.Error):
-        proc.kill()
 
 
 def conninfo(address: str, user: str, password: str, dbname: str = "postgres", **extra: Any) -> str:

@@ -31,7 +31,14 @@ from psycopg import sql
 
 from alwayson.data import backups
 from alwayson.data.client import KeeperClient
-from alwayson.data.engines import Engine, EngineError, Postmaster, conninfo, query
+from alwayson.data.engines import (
+    Engine,
+    EngineError,
+    Postmaster,
+    conninfo,
+    query,
+    wait_backends_gone,
+)
 from alwayson.data.layout import SUPERUSER, DatabaseConfig
 from alwayson.data.leases import Lease, LeaseRefused, Tenure
 from alwayson.data.links import Partitions, Target
@@ -514,7 +521,7 @@ class Steward:
         self.tenure = None
         self.role = Role.FENCED
         self.fence_reason = "the PostgreSQL process exited"
-        await backups_wait_gone(self.data)
+        await wait_backends_gone(self.data, 5.0)
         if tenure is not None:
             with contextlib.suppress(LeaseRefused, TemporaryError):
                 await self.keeper.lease(
@@ -965,9 +972,3 @@ class Steward:
     async def _event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         with contextlib.suppress(TemporaryError):
             await self.keeper.event(kind, self.name, message, data or {})
-
-
-async def backups_wait_gone(data: Path) -> None:
-    from alwayson.data.engines import wait_backends_gone
-
-    await wait_backends_gone(data, 5.0)
