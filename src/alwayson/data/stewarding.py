@@ -100,6 +100,7 @@ class Steward:
         self.standby_missing_since: float | None = None
         self.alert: str | None = None
         self.fence_reason = ""
+        self.watchdog_fired = False  # set by the watchdog thread, cleared with a new tenure
         self.retake_after = 0.0
         self.last_verdict = "starting"
         self.last_error = ""
@@ -154,6 +155,7 @@ class Steward:
                 and pm.alive()
             ):
                 self.writable = False
+                self.watchdog_fired = True
                 pm.signal(signal.SIGQUIT)
                 log.warning("%s: watchdog fenced the primary: lease not renewed in time", self.name)
 
@@ -341,6 +343,7 @@ class Steward:
     def _hold(self, lease: Lease, sent: float) -> None:
         self.lease = lease
         self.tenure = Tenure(lease.epoch, self.cfg.ttl, self.cfg.margin, sent)
+        self.watchdog_fired = False
         self._save_epoch(lease.epoch)
 
     def _prepare_repo(self) -> None:
@@ -520,7 +523,11 @@ class Steward:
         tenure = self.tenure
         self.tenure = None
         self.role = Role.FENCED
-        self.fence_reason = "the PostgreSQL process exited"
+        self.fence_reason = (
+            "lease not renewed in time: the watchdog stopped PostgreSQL"
+            if self.watchdog_fired
+            else "the PostgreSQL process exited"
+        )
         await wait_backends_gone(self.data, 5.0)
         if tenure is not None:
             with contextlib.suppress(LeaseRefused, TemporaryError):
@@ -945,9 +952,13 @@ class Steward:
     def status(self) -> dict[str, Any]:
         pm = self.postmaster
         lease = self.lease
+        role = self.role
+        if role is Role.PRIMARY and self.watchdog_fired:
+            # The watchdog thread stopped it; the next cycle records why.
+            role = Role.FENCED
         return {
             "site": self.cfg.site,
-            "role": self.role.value,
+            "role": role.value,
             "pid": pm.pid if pm is not None and pm.alive() else None,
             "address": self.cfg.listen,
             "endpoint": self.cfg.endpoint,
