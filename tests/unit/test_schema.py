@@ -38,6 +38,9 @@ def test_schema_describes_the_spec() -> None:
         "gateway",
         "runtime",
         "databases",
+        "metrics",
+        "alerts",
+        "notifications",
     }
 
 

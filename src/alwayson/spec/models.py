@@ -16,32 +16,14 @@ from pydantic import (
     ByteSize,
     ConfigDict,
     Field,
-    PlainSerializer,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
+from alwayson.spec.observing import Alerts, Autoscale, Metrics, Receiver, rule_expr_problem
+from alwayson.spec.types import Duration, Name
 from alwayson.util.addresses import split_hostport
-from alwayson.util.durations import DURATION_PATTERN, format_duration, parse_duration
-
-NAME_PATTERN = r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$|^[a-z]$"
-
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": DURATION_PATTERN},
-                {"type": "number", "minimum": 0},
-            ],
-            "description": "A duration: '500ms', '2s', '1m30s', '1h', or a number of seconds.",
-        }
-    ),
-]
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
 def _check_listen(value: str) -> str:
@@ -303,6 +285,11 @@ class Service(Strict):
         "(e.g. '1MiB'); larger gets 413. Default: the gateway's 10 MiB.",
     )
     release: ReleasePolicy = Field(default_factory=ReleasePolicy)
+    autoscale: Autoscale | None = Field(
+        default=None,
+        description="Scale per site between min and max from live metrics; replicas is then "
+        "the starting count.",
+    )
 
     @field_validator("replicas")
     @classmethod
@@ -460,6 +447,11 @@ class PlatformSpec(Strict):
     gateway: Gateway = Field(default_factory=Gateway)
     runtime: Runtime = Field(default_factory=Runtime)
     databases: list[Database] = Field(default_factory=list)
+    metrics: Metrics = Field(default_factory=Metrics)
+    alerts: Alerts = Field(default_factory=Alerts)
+    notifications: list[Receiver] = Field(
+        default_factory=list, description="Receivers; with no routing, every alert goes to all."
+    )
 
     @property
     def workload_sites(self) -> list[Site]:
@@ -494,6 +486,7 @@ def consistency_problems(spec: PlatformSpec) -> list[tuple[Location, str]]:
     problems: list[tuple[Location, str]] = []
     problems += _duplicates([s.name for s in spec.sites], "sites")
     problems += _duplicates([s.name for s in spec.services], "services")
+    problems += _observing_problems(spec)
     workload = [s.name for s in spec.sites if not s.witness]
     if not workload:
         problems.append((("sites",), "at least one site must run workloads (witness: false)"))
@@ -627,6 +620,25 @@ def _database_problems(spec: PlatformSpec, workload: list[str]) -> list[tuple[Lo
                 )
             users.setdefault(name, db.name)
     return problems
+
+
+def _observing_problems(spec: PlatformSpec) -> list[tuple[Location, str]]:
+    out = _duplicates([r.name for r in spec.notifications], "notifications")
+    out += [
+        (("alerts", *loc), why)
+        for loc, why in _duplicates([r.name for r in spec.alerts.rules], "rules")
+    ]
+    for index, rule in enumerate(spec.alerts.rules):
+        why = rule_expr_problem(rule.expr)
+        if why:
+            out.append((("alerts", "rules", index, "expr"), why))
+    for index, svc in enumerate(spec.services):
+        scale = svc.autoscale
+        if scale is not None and scale.max > MAX_REPLICAS:
+            out.append(
+                (("services", index, "autoscale", "max"), f"at most {MAX_REPLICAS} per site")
+            )
+    return out
 
 
 def _duplicates(names: list[str], where: str) -> list[tuple[Location, str]]:

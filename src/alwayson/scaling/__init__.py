@@ -1,0 +1,1 @@
+"""The autoscaler: Kubernetes HPA's algorithm on an injected clock, pure (no I/O)."""
