@@ -13,6 +13,10 @@ if ! command -v wrk >/dev/null; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
+# Chromium for the dashboard's browser test; promtool and amtool for the export test.
+say "installing Chromium (apt-get) and promtool/amtool (unpacked, no daemons) if missing"
+bash "$ROOT/scripts/install-browser.sh"
+bash "$ROOT/scripts/install-promtools.sh"
 say "ruff (lint + format)"
 .venv/bin/ruff check src tests benchmarks examples
 .venv/bin/ruff format --check src tests benchmarks examples

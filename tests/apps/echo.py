@@ -1,6 +1,7 @@
 """A small HTTP service for tests: answers every path with JSON naming its instance.
 
 Honours HOST and PORT like every alwayson workload. Behaviour switches (env):
+/metrics answers Prometheus text (echo_requests_total) and is not counted.
 ECHO_FAIL_START=1 exits at once with code 3; ECHO_NEVER_READY=1 answers /healthz with 503;
 a file named sick-<instance> in the working directory makes /healthz answer 503 too.
 Flags: ``--fail-rate F`` answers that share of requests (not /healthz) with 500, exactly
@@ -55,6 +56,18 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     length = int(value)
             body = await reader.readexactly(length) if length else b""
             status = 200
+            if path == "/metrics":  # Prometheus text, like a real service; not counted
+                text = (
+                    f"# TYPE echo_requests_total counter\necho_requests_total {SERVED[0]}\n"
+                ).encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                    + f"Content-Length: {len(text)}\r\n\r\n".encode()
+                    + text
+                )
+                await writer.drain()
+                BUSY.discard(me)
+                continue
             if not path.startswith("/healthz"):
                 SERVED[0] += 1
                 if DELAY:

@@ -50,8 +50,7 @@ def test_defaults_scrape_every_5s_with_builtin_rules_and_no_receivers() -> None:
 def test_receivers_rules_and_autoscale_load() -> None:
     text = BASE.replace(
         "    port: 8002\n",
-        "    port: 8002\n"
-        "    autoscale: {min: 2, max: 8, targets: {rps: 50, p95: 200ms}}\n",
+        "    port: 8002\n    autoscale: {min: 2, max: 8, targets: {rps: 50, p95: 200ms}}\n",
     ) + (
         "alerts:\n"
         "  rules:\n"
@@ -123,13 +122,14 @@ def test_autoscale_min_above_max_is_located() -> None:
     )
     found = problems_of(text)
     assert any(
-        "services[0:accounts].autoscale" in p and "min (5) is more than max (2)" in p
-        for p in found
+        "services[0:accounts].autoscale" in p and "min (5) is more than max (2)" in p for p in found
     ), found
 
 
 def test_autoscale_needs_a_target() -> None:
-    text = BASE.replace("    port: 8002\n", "    port: 8002\n    autoscale: {max: 3, targets: {}}\n")
+    text = BASE.replace(
+        "    port: 8002\n", "    port: 8002\n    autoscale: {max: 3, targets: {}}\n"
+    )
     found = problems_of(text)
     assert any("give at least one target" in p for p in found), found
 
@@ -145,3 +145,15 @@ def test_autoscale_needs_a_target() -> None:
 )
 def test_rule_expressions(expr: str, ok: bool) -> None:
     assert (rule_expr_problem(expr) is None) is ok
+
+
+def test_the_spec_knows_every_builtin_rule_name() -> None:
+    from alwayson.observe.rules import BUILTIN_NAMES
+    from alwayson.spec.observing import BUILTIN_RULE_NAMES
+
+    assert set(BUILTIN_RULE_NAMES) == set(BUILTIN_NAMES)
+
+
+def test_a_misspelt_builtin_rule_is_refused() -> None:
+    found = problems_of(BASE + "alerts:\n  disable: [DiskFull]\n")
+    assert any("unknown built-in rule(s) DiskFull" in p for p in found), found

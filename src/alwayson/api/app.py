@@ -13,6 +13,8 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from alwayson import __version__
+from alwayson.api.dashboard import mount_dashboard
+from alwayson.api.observing import mount_observing
 from alwayson.api.schemas import (
     ChangesOut,
     DeployBody,
@@ -219,6 +221,9 @@ def create_app(
         limit: int = Query(100, ge=1, le=10_000), kind: str | None = None
     ) -> list[dict[str, Any]]:
         return [e.__dict__ for e in await controller.store.list_events(limit, kind)]
+
+    mount_observing(app, controller, guarded, actor)
+    mount_dashboard(app, controller, guarded)
 
     @app.get("/api/v1/logs", dependencies=guarded)
     async def logs(

@@ -131,6 +131,12 @@ class ApiClient:
     async def post_json(self, path: str, body: dict[str, Any]) -> Any:
         return (await self._request("POST", path, json=body)).json()
 
+    async def delete_json(self, path: str) -> Any:
+        return (await self._request("DELETE", path)).json()
+
+    async def get_text(self, path: str, **params: Any) -> str:
+        return (await self._request("GET", path, params=params)).text
+
     async def down(self) -> MessageOut:
         response = await self._request("POST", "/api/v1/down", timeout=120.0)
         return MessageOut.model_validate(response.json())

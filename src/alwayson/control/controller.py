@@ -29,6 +29,7 @@ from alwayson.control.desired import (
     listen_addresses,
     takeover_args,
 )
+from alwayson.control.observing import Observatory
 from alwayson.control.pushing import RoutePusher, write_table
 from alwayson.control.reconciling import Decision, Observed, Snapshot, decide
 from alwayson.control.releasing import ReleaseDriver
@@ -111,11 +112,15 @@ class Controller:
         self._lock = asyncio.Lock()
         self.releases = ReleaseDriver(self, store)
         self.databases = DatabaseOps(self)
+        self.autoscaled: Overrides = {}
+        self.observatory = Observatory(self, state_dir)
+        self.observed_view = self.observatory.observed_view
         (state_dir / "run" / "handover").mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------ desired state
 
     async def load(self) -> None:
+        await self.observatory.load()
         record = await self.store.get(DESIRED_KEY)
         slots = await self.store.get(SLOTS_KEY)
         self.slots = {k: int(v) for k, v in (slots.value if slots else {}).items()}
@@ -124,6 +129,7 @@ class Controller:
         value = record.value
         self.loaded = load_spec_text(value["text"], Path(value["path"]), check_commands=False)
         self.overrides = {(s, site): int(n) for s, site, n in value.get("overrides", [])}
+        self.autoscaled = {(s, site): int(n) for s, site, n in value.get("autoscaled", [])}
         self.releases.load_state(value.get("releases", {}))
         await self.releases.load()
 
@@ -137,6 +143,7 @@ class Controller:
                 "text": self.loaded.text,
                 "path": str(self.loaded.path),
                 "overrides": [[s, site, n] for (s, site), n in sorted(self.overrides.items())],
+                "autoscaled": [[s, site, n] for (s, site), n in sorted(self.autoscaled.items())],
                 "releases": self.releases.dump_state(),
                 "applied_at": self.clock.wall(),
             },
@@ -174,9 +181,10 @@ class Controller:
         """What should run; recomputed only when the spec, drift or address slots change."""
         if self.loaded is None:
             return {}
+        counts = {**self._autoscaled_counts(self.loaded.spec), **self.overrides}
         key = (
             self.loaded,
-            tuple(sorted(self.overrides.items())),
+            tuple(sorted(counts.items())),
             tuple(self.slots.items()),
             self.releases.cache_key(),
         )
@@ -185,9 +193,38 @@ class Controller:
             variants = self.releases.variants(self.loaded.spec)
             self._desired_cache = (
                 key,
-                desired_instances(self.loaded.spec, self.overrides, ctx, variants),
+                desired_instances(self.loaded.spec, counts, ctx, variants),
             )
         return self._desired_cache[1]
+
+    def _autoscaled_counts(self, spec: PlatformSpec) -> Overrides:
+        """The autoscaler's counts, for services that still autoscale, within min..max."""
+        out: Overrides = {}
+        for (service, site), n in self.autoscaled.items():
+            with contextlib.suppress(KeyError):
+                scale = spec.service(service).autoscale
+                if scale is not None:
+                    out[(service, site)] = max(scale.min, min(scale.max, n))
+        return out
+
+    async def autoscale(self, service: str, site: str, replicas: int) -> None:
+        """The autoscaler's decision; unlike ``scale`` it is not drift from the spec."""
+        async with self._lock:
+            before = self.desired_count(service, site)
+            self.autoscaled[(service, site)] = replicas
+            await self._save()
+        await self._event("autoscaled", f"{service}@{site}", f"{before} -> {replicas} instances")
+        self._wake.set()
+
+    def desired_count(self, service: str, site: str) -> int:
+        return sum(
+            1
+            for inst in self.desired().values()
+            if inst.kind is Kind.WORKLOAD and inst.service == service and inst.site == site
+        )
+
+    def spawn_background(self, coro: Coroutine[Any, Any, object]) -> None:
+        self._spawn(coro)
 
     async def plan(self, text: str, path: str) -> list[Change]:
         loaded = load_spec_text(text, Path(path))
@@ -384,6 +421,7 @@ class Controller:
 
     async def run(self) -> None:
         """Reconcile until ``shutdown``; every task started here is awaited here."""
+        self._spawn(self.observatory.run())
         try:
             while not self._done.is_set():
                 await self._drain_events()
@@ -405,6 +443,7 @@ class Controller:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.observatory.close()
 
     async def _wait_for_work(self) -> RuntimeEvent | None:
         """Return at a wake-up, at shutdown, or with the next runtime event."""
@@ -645,6 +684,7 @@ class Controller:
                 await self._event("crashed", ident, f"{detail}; restart in {delay:.1f}s")
             if not expected:
                 self.runtime.forget(ident)
+                self.observatory.poke()
         elif kind in (EventKind.UNHEALTHY, EventKind.START_TIMEOUT):
             record = self.crashes.setdefault(ident, CrashRecord())
             delay = record.crashed(now, detail, None, 0.0)
@@ -805,6 +845,7 @@ class Controller:
             await self._audit(actor, "down", {})
             self.loaded = None
             self.overrides = {}
+            self.autoscaled = {}
             self.releases.reset()
             await self._save()
         statuses = [s for s in self.runtime.statuses() if s.phase is not Phase.EXITED]

@@ -95,6 +95,23 @@ class AlertRule(_Strict):
         return value
 
 
+# The built-in rules' names (alwayson.observe.rules defines them; a unit test keeps the
+# two lists equal), so the spec can refuse a misspelt one in `builtin` or `disable`.
+BUILTIN_RULE_NAMES = (
+    "InstanceDown",
+    "SiteDown",
+    "HighErrorRate",
+    "LatencyAboveObjective",
+    "ErrorBudgetBurnFast",
+    "ErrorBudgetBurnSlow",
+    "DiskNearlyFull",
+    "ReplicationLagHigh",
+    "RPOZeroLost",
+    "BackupTooOld",
+    "BackupVerifyFailing",
+)
+
+
 class Alerts(_Strict):
     """Alert rules, grouping and repetition."""
 
@@ -131,6 +148,17 @@ class Alerts(_Strict):
     backup_max_age: Duration = Field(
         default=26 * 3600.0, description="No verified backup younger than this fires BackupTooOld."
     )
+
+    @model_validator(mode="after")
+    def _known_builtins(self) -> Alerts:
+        named = [*(self.builtin if isinstance(self.builtin, list) else []), *self.disable]
+        unknown = sorted({n for n in named if n not in BUILTIN_RULE_NAMES})
+        if unknown:
+            raise ValueError(
+                f"unknown built-in rule(s) {', '.join(unknown)}; the built-in rules are "
+                f"{', '.join(BUILTIN_RULE_NAMES)}"
+            )
+        return self
 
 
 class Webhook(_Strict):

@@ -1,0 +1,117 @@
+"""Monitoring routes: metrics for Prometheus, queries, alerts, silences, autoscaling,
+reports."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Query
+from fastapi.responses import HTMLResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+
+from alwayson.control.controller import Controller
+from alwayson.observe.promql import QueryError
+from alwayson.observe.reporting import render_html
+from alwayson.util.durations import parse_duration
+from alwayson.util.errors import PermanentError
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class SilenceBody(BaseModel):
+    matchers: dict[str, str] = Field(min_length=1)
+    duration: str = Field(default="2h", description="How long, e.g. '30m', '2h'.")
+    comment: str = ""
+
+
+def _seconds(text: str, what: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise PermanentError(f"{what}: {exc}") from None
+
+
+def mount_observing(app: FastAPI, controller: Controller, guarded: list[Any], actor: Any) -> None:
+    obs = controller.observatory
+
+    @app.get("/metrics", dependencies=guarded, response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(obs.exposition(time.time()), media_type=PROMETHEUS_TEXT)
+
+    @app.get("/api/v1/query", dependencies=guarded)
+    async def query(expr: str, at: float | None = None) -> dict[str, Any]:
+        try:
+            got = obs.engine.instant(expr, at if at is not None else time.time())
+        except QueryError as exc:
+            raise PermanentError(f"query: {exc}") from None
+        if isinstance(got, float):
+            return {"type": "scalar", "value": got}
+        return {"type": "vector", "result": [{"labels": p.labels, "value": p.value} for p in got]}
+
+    @app.get("/api/v1/query_range", dependencies=guarded)
+    async def query_range(
+        expr: str, since: str = "1h", step: float = Query(15.0, gt=0)
+    ) -> dict[str, Any]:
+        end = time.time()
+        start = end - _seconds(since, "since")
+        if (end - start) / step > 11_000:
+            raise PermanentError("too many points: use a larger step or a shorter range")
+        try:
+            lines = obs.engine.range(expr, start, end, step)
+        except QueryError as exc:
+            raise PermanentError(f"query: {exc}") from None
+        return {"result": [{"labels": x.labels, "points": x.points} for x in lines]}
+
+    @app.get("/api/v1/alerts", dependencies=guarded)
+    async def alerts(deliveries: int = Query(50, ge=0, le=500)) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "alerts": obs.alerts(now),
+            "silences": obs.book.silences(now),
+            "deliveries": obs.deliveries[-deliveries:] if deliveries else [],
+            "rules": [r.name for r in obs.rules(controller.spec())],
+        }
+
+    @app.get("/api/v1/silences", dependencies=guarded)
+    async def silences() -> list[dict[str, Any]]:
+        return list(obs.book.silences(time.time()))
+
+    @app.post("/api/v1/silences", dependencies=guarded)
+    async def add_silence(body: SilenceBody, who: str = Depends(actor)) -> dict[str, Any]:
+        ends = time.time() + _seconds(body.duration, "duration")
+        made = obs.silence(body.matchers, ends, body.comment, who)
+        await obs.save()
+        return _plain(made)
+
+    @app.delete("/api/v1/silences/{ident}", dependencies=guarded)
+    async def expire_silence(ident: str) -> dict[str, Any]:
+        made = obs.expire(ident)
+        await obs.save()
+        return _plain(made)
+
+    @app.get("/api/v1/autoscale/history", dependencies=guarded)
+    async def autoscale_history(
+        service: str | None = None, limit: int = Query(50, ge=1, le=10_000)
+    ) -> list[dict[str, Any]]:
+        return await obs.history(service, limit)
+
+    @app.get("/api/v1/reports/{kind}", dependencies=guarded, response_model=None)
+    async def report(
+        kind: Literal["utilisation", "health"], since: str = "24h", html: bool = False
+    ) -> dict[str, Any] | HTMLResponse:
+        made = await obs.report(kind, _seconds(since, "since"))
+        if html:
+            return HTMLResponse(render_html(made))
+        data: dict[str, Any] = made.to_json()
+        return data
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    to_json = getattr(value, "to_json", None)
+    if callable(to_json):
+        out: dict[str, Any] = to_json()
+        return out
+    return dict(vars(value))

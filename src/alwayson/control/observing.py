@@ -1,0 +1,493 @@
+"""The controller's monitoring loop: scrape, store, evaluate alerts, notify, autoscale.
+
+One loop, one interval (``metrics.scrape_interval``): scrape every instance, gateway and
+front door, sample process CPU and memory, add what only the controller knows (instance
+readiness and restarts, site reachability, disk, database roles, lag and backups), append
+it all to the embedded time-series store, then evaluate the alert rules on that fresh
+data and hand due notifications to the dispatcher, then let the autoscaler decide. An
+instance that dies wakes the loop at once, so a kill is seen in the next second rather
+than at the next interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import psutil
+
+from alwayson.data.settings import slot_name
+from alwayson.observe.alerting import AlertBook, Notification
+from alwayson.observe.model import Point, Sample
+from alwayson.observe.notifying import Dispatcher
+from alwayson.observe.promql import QueryEngine, QueryError
+from alwayson.observe.reporting import Report, build_report
+from alwayson.observe.rules import all_rules
+from alwayson.observe.scraping import Scraper, Target, process_samples
+from alwayson.observe.series import SeriesStore
+from alwayson.runtime.base import Kind
+from alwayson.scaling.hpa import Autoscaler, Decision
+from alwayson.scaling.queries import autoscale_queries, measurement
+from alwayson.spec.models import PlatformSpec
+from alwayson.spec.observing import Metrics
+from alwayson.util.errors import PermanentError
+
+if TYPE_CHECKING:
+    from alwayson.control.controller import Controller
+
+log = logging.getLogger(__name__)
+
+ALERTS_KEY = "observe/alerts"
+DELIVERIES_KEY = "observe/deliveries"
+SCALING_KEY = "observe/autoscalers"
+DECISION_PREFIX = "observe/autoscale/"
+KEEP_DELIVERIES = 500
+COMPACT_EVERY = 60.0
+SCRAPED_KINDS = {Kind.WORKLOAD: "instances", Kind.GATEWAY: "gateways", Kind.FRONTDOOR: "frontdoors"}
+PROCESS_KINDS = {
+    Kind.WORKLOAD: "instance",
+    Kind.GATEWAY: "gateway",
+    Kind.FRONTDOOR: "frontdoor",
+    Kind.AGENT: "agent",
+    Kind.KEEPER: "keeper",
+}
+
+
+class Observatory:
+    """Owned by the controller; ``run`` is one of its background tasks."""
+
+    def __init__(self, controller: Controller, state_dir: Path) -> None:
+        self.controller = controller
+        self.state_dir = state_dir
+        self.settings = Metrics()
+        self.series = SeriesStore(state_dir / "metrics", self.settings.retention)
+        self.engine = QueryEngine(self.series)
+        self.scraper = Scraper()
+        self.book = AlertBook()
+        self.dispatcher = Dispatcher(on_attempt=self._attempted)
+        self.deliveries: list[dict[str, Any]] = []
+        self.autoscalers: dict[tuple[str, str], Autoscaler] = {}
+        self.decisions = 0
+        self.scrapes = 0
+        self.last_scrape: dict[str, Any] = {}
+        self._poke = asyncio.Event()
+        self._last_compact = 0.0
+        self._last_alerts = 0.0
+        self._traffic: list[dict[str, Any]] = []
+        self._first_seen: dict[str, float] = {}
+        self._site_misses: dict[str, int] = {}
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def load(self) -> None:
+        found = await self.controller.store.get(ALERTS_KEY)
+        if found is not None:
+            self.book = AlertBook.from_json(found.value)
+        found = await self.controller.store.get(DELIVERIES_KEY)
+        if found is not None:
+            self.deliveries = list(found.value.get("attempts", []))
+        found = await self.controller.store.get(SCALING_KEY)
+        self._scaling_state: dict[str, Any] = dict(found.value) if found else {}
+
+    def poke(self) -> None:
+        """Scrape and evaluate now (an instance died)."""
+        self._poke.set()
+
+    async def run(self) -> None:
+        while True:
+            spec = self.controller.spec_or_none()
+            interval = spec.metrics.scrape_interval if spec else self.settings.scrape_interval
+            if spec is not None:
+                try:
+                    await self.tick(spec)
+                except (OSError, QueryError, PermanentError) as exc:
+                    log.warning("monitoring cycle failed, will retry: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._poke.wait()
+            self._poke.clear()
+
+    async def close(self) -> None:
+        await self.dispatcher.close()
+        await self.scraper.aclose()
+        self.series.close()
+
+    async def tick(self, spec: PlatformSpec) -> None:
+        now = time.time()
+        samples = await self.collect(spec, now)
+        self.series.append(samples, now)
+        self.scrapes += 1
+        if now - self._last_compact >= COMPACT_EVERY:
+            self._last_compact = now
+            self.series.compact(now)
+        if now - self._last_alerts >= spec.alerts.evaluation_interval * 0.9 or self._poke.is_set():
+            self._last_alerts = now
+            await self.evaluate(spec, now)
+        await self.autoscale(spec, now)
+        self._traffic = self._measure_traffic(spec, now)
+
+    # ------------------------------------------------------------ collecting
+
+    def targets(self, spec: PlatformSpec) -> list[Target]:
+        """Everything that should run (so a dead instance scrapes as ``up 0``), and what
+        runs without being desired (still draining)."""
+        specs = {i.id: i for i in self.controller.desired().values()}
+        for status in self.controller.runtime.statuses():
+            specs.setdefault(status.spec.id, status.spec)
+        out = []
+        for inst in specs.values():
+            job = SCRAPED_KINDS.get(inst.kind)
+            if job is None:
+                continue
+            path = spec.metrics.path if inst.kind is Kind.WORKLOAD else "/metrics"
+            labels = {"job": job, "instance": inst.id}
+            if inst.kind is Kind.WORKLOAD:
+                labels |= {"service": inst.service, "site": inst.site, "version": inst.version}
+            else:
+                labels |= {"gateway_site": inst.site}
+            out.append(Target(f"http://{inst.host}:{inst.port}{path}", labels))
+        return out
+
+    async def collect(self, spec: PlatformSpec, now: float) -> list[Sample]:
+        targets = self.targets(spec)
+        self.scraper.timeout = spec.metrics.scrape_timeout
+        scraped = await self.scraper.scrape_all(targets, now)
+        samples = list(scraped)
+        samples += process_samples(self._processes())
+        samples += self._platform_samples(spec, samples)
+        samples += await self._database_samples(spec)
+        ups = [s for s in scraped if s.name == "up"]
+        self.last_scrape = {
+            "at": now,
+            "targets": len(targets),
+            "up": sum(1 for s in ups if s.value == 1),
+            "samples": len(samples),
+        }
+        return samples
+
+    def _processes(self) -> list[tuple[int, dict[str, str]]]:
+        out = []
+        for status in self.controller.runtime.statuses():
+            inst = status.spec
+            if status.pid is None or inst.kind not in PROCESS_KINDS:
+                continue
+            labels = {
+                "instance": inst.id,
+                "service": inst.service,
+                "site": inst.site,
+                "version": inst.version,
+                "kind": PROCESS_KINDS[inst.kind],
+            }
+            out.append((status.pid, labels))
+        return out
+
+    def _platform_samples(self, spec: PlatformSpec, scraped: list[Sample]) -> list[Sample]:
+        view = self.controller.status()
+        out: list[Sample] = []
+        counts: dict[tuple[str, str], int] = {}
+        for row in view["instances"]:
+            if row["kind"] != Kind.WORKLOAD.value or not row["desired"]:
+                continue
+            labels = {
+                "instance": row["id"],
+                "service": row["service"],
+                "site": row["site"],
+                "version": row["version"],
+            }
+            out.append(Sample("alwayson_instance_ready", labels, 1.0 if row["ready"] else 0.0))
+            out.append(Sample("alwayson_instance_restarts_total", labels, float(row["restarts"])))
+            key = (row["service"], row["site"])
+            counts[key] = counts.get(key, 0) + (1 if row["pid"] else 0)
+        for svc in spec.services:
+            for site in spec.workload_sites:
+                n = counts.get((svc.name, site.name), 0)
+                out.append(
+                    Sample("alwayson_instances", {"service": svc.name, "site": site.name}, n)
+                )
+        answering: dict[str, bool] = {}
+        for sample in scraped:
+            if sample.name == "up":
+                where = sample.labels.get("site") or sample.labels.get("gateway_site") or ""
+                answering[where] = answering.get(where, False) or sample.value == 1
+        for site in spec.workload_sites:
+            # Down only when nothing in the site answered two scrapes running (one lost
+            # scrape, or a gateway restarting, is not a site down).
+            misses = 0 if answering.get(site.name) else self._site_misses.get(site.name, 0) + 1
+            self._site_misses[site.name] = misses
+            up = 0.0 if misses >= 2 else 1.0
+            out.append(Sample("alwayson_site_up", {"site": site.name}, up))
+        with contextlib.suppress(OSError):
+            usage = psutil.disk_usage(str(self.state_dir))
+            for site in spec.sites:
+                labels = {"site": site.name, "path": str(self.state_dir)}
+                out.append(Sample("alwayson_disk_free_bytes", labels, float(usage.free)))
+                out.append(Sample("alwayson_disk_size_bytes", labels, float(usage.total)))
+        return out
+
+    async def _database_samples(self, spec: PlatformSpec) -> list[Sample]:
+        if not spec.databases:
+            return []
+        out: list[Sample] = []
+        for db in await self.controller.databases.status():
+            name = db["name"]
+            for report in db["sites"]:
+                site = str(report.get("site"))
+                labels = {"db": name, "site": site}
+                alive = not report.get("stale") and report.get("pid") is not None
+                out.append(Sample("alwayson_db_up", labels, 1.0 if alive else 0.0))
+                primary = report.get("role") == "primary" and bool(report.get("writable"))
+                out.append(Sample("alwayson_db_primary", labels, 1.0 if primary else 0.0))
+                out.append(
+                    Sample("alwayson_db_rpo_alert", labels, 1.0 if report.get("alert") else 0)
+                )
+                for key in ("connections", "xact_total"):
+                    if isinstance(report.get(key), int | float):
+                        out.append(Sample(f"alwayson_db_{key}", labels, float(report[key])))
+                for row in report.get("replication") or []:
+                    standby = _site_of_slot(str(row.get("standby", "")), spec)
+                    if standby is None:
+                        continue
+                    lag = {"db": name, "site": standby}
+                    out.append(
+                        Sample("alwayson_db_replication_lag_bytes", lag, float(row["lag_bytes"]))
+                    )
+                    out.append(
+                        Sample(
+                            "alwayson_db_replication_lag_seconds", lag, float(row["lag_seconds"])
+                        )
+                    )
+            backups = await self.controller.databases.backups(name)
+            labels = {"db": name}
+            finished = [float(b["finished_at"]) for b in backups if b.get("finished_at")]
+            verified = [
+                float(b["finished_at"])
+                for b in backups
+                if b.get("verified") and b.get("finished_at")
+            ]
+            if finished:
+                out.append(
+                    Sample("alwayson_db_last_backup_timestamp_seconds", labels, max(finished))
+                )
+            # Until a first verified backup, count from when this controller first saw the
+            # database, so BackupTooOld fires backup_max_age after that, not at once.
+            first_seen = self._first_seen.setdefault(name, time.time())
+            out.append(
+                Sample(
+                    "alwayson_db_last_verified_backup_timestamp_seconds",
+                    labels,
+                    max(verified) if verified else first_seen,
+                )
+            )
+            failing = sum(1 for b in backups[-3:] if b.get("verified") is False)
+            out.append(Sample("alwayson_db_backup_verify_failures", labels, float(failing)))
+        return out
+
+    # ------------------------------------------------------------ alerts
+
+    def query(self, expr: str, at: float) -> list[Point]:
+        got = self.engine.instant(expr, at)
+        if isinstance(got, float):
+            return [Point({}, got)]
+        return got
+
+    def rules(self, spec: PlatformSpec) -> list[Any]:
+        return all_rules(spec.alerts, bool(spec.databases))
+
+    async def save(self) -> None:
+        await self.controller.store.put(ALERTS_KEY, self.book.to_json())
+
+    async def evaluate(self, spec: PlatformSpec, now: float) -> None:
+        changes = self.book.evaluate(self.rules(spec), self.query, now)
+        for change in changes:
+            log.info("alert %s", change)
+            await self.controller.record_event(f"alert-{change.state}", change.name, change.summary)
+        self.dispatcher.external_url = f"http://{spec.controller.api}"
+        for note in self.book.due_notifications(spec.notifications, spec.alerts, now):
+            receiver = next(r for r in spec.notifications if r.name == note.receiver)
+            task = self.dispatcher.send(note, receiver, now)
+            task.add_done_callback(functools.partial(self._delivered, note))
+        await self.save()
+
+    def _delivered(self, note: Notification, task: asyncio.Task[bool]) -> None:
+        """A notification that finally failed is due again at the group's next tick."""
+        if task.cancelled() or task.exception() is not None or not task.result():
+            self.book.mark_undelivered(note)
+
+    def _attempted(self, attempt: dict[str, Any]) -> None:
+        self.deliveries.append(attempt)
+        del self.deliveries[:-KEEP_DELIVERIES]
+        self.controller.spawn_background(
+            self.controller.store.put(DELIVERIES_KEY, {"attempts": self.deliveries})
+        )
+
+    # ------------------------------------------------------------ autoscaling
+
+    def _metric(self, expr: str, at: float) -> float | None:
+        try:
+            got = self.query(expr, at)
+        except QueryError as exc:
+            log.warning("query failed: %s: %s", expr, exc)
+            return None
+        return measurement([p.value for p in got])
+
+    def scaling_metrics(self, service: str, site: str, window: float, at: float) -> dict[str, Any]:
+        queries = autoscale_queries(service, site, window)
+        return {name: self._metric(expr, at) for name, expr in queries.items()}
+
+    async def autoscale(self, spec: PlatformSpec, now: float) -> None:
+        view = self.controller.status()
+        for svc in spec.services:
+            settings = svc.autoscale
+            if settings is None or self.controller.releases.running(svc.name) is not None:
+                continue
+            for site in spec.workload_sites:
+                key = (svc.name, site.name)
+                scaler = self.autoscalers.get(key)
+                if scaler is not None and scaler.settings != settings:
+                    scaler = Autoscaler(settings, svc.name, site.name, scaler.state)
+                elif scaler is None:
+                    saved = self._scaling_state.get(f"{svc.name}@{site.name}")
+                    scaler = (
+                        Autoscaler.from_json(settings, saved)
+                        if saved
+                        else Autoscaler(settings, svc.name, site.name)
+                    )
+                self.autoscalers[key] = scaler
+                if not scaler.due(now):
+                    continue
+                rows = [
+                    r
+                    for r in view["instances"]
+                    if r["service"] == svc.name and r["site"] == site.name and r["desired"]
+                ]
+                current = len(rows)
+                ready = sum(1 for r in rows if r["ready"])
+                metrics = self.scaling_metrics(svc.name, site.name, settings.window, now)
+                decision = scaler.decide(current, ready, metrics, now)
+                await self._record(svc.name, site.name, decision, now)
+                if decision.desired != current:
+                    await self.controller.autoscale(svc.name, site.name, decision.desired)
+        await self.controller.store.put(
+            SCALING_KEY, {f"{s}@{site}": a.to_json() for (s, site), a in self.autoscalers.items()}
+        )
+
+    async def _record(self, service: str, site: str, decision: Decision, now: float) -> None:
+        if not decision.changed and self.decisions and now % 60 > 5:
+            return  # unchanged decisions are kept about once a minute, not every cycle
+        self.decisions += 1
+        entry = {**decision.to_json(), "service": service, "site": site, "at": now}
+        await self.controller.store.put(f"{DECISION_PREFIX}{now:017.3f}-{service}-{site}", entry)
+
+    async def history(self, service: str | None, limit: int) -> list[dict[str, Any]]:
+        found = await self.controller.store.list_prefix(DECISION_PREFIX, limit=100_000)
+        rows = [v.value for _, v in found if service in (None, v.value.get("service"))]
+        return rows[-limit:]
+
+    # ------------------------------------------------------------ reports
+
+    async def report(self, kind: Literal["utilisation", "health"], since: float) -> Report:
+        spec = self.controller.spec()
+        end = time.time()
+        start = end - since
+        events = await self.controller.store.list_events(10_000, None)
+        fired = [e.__dict__ for e in events if e.kind == "alert-firing" and start <= e.at <= end]
+        return build_report(
+            kind,
+            self.engine.range,
+            [s.name for s in spec.workload_sites],
+            [s.name for s in spec.services],
+            start,
+            end,
+            {
+                "availability": spec.alerts.availability_objective,
+                "latency_p95": spec.alerts.latency_objective,
+            },
+            fired,
+        )
+
+    # ------------------------------------------------------------ views
+
+    def alerts(self, now: float | None = None) -> list[dict[str, Any]]:
+        return self.book.alerts(now if now is not None else time.time())
+
+    def silence(self, matchers: dict[str, str], ends_at: float, comment: str, who: str) -> Any:
+        return self.book.add_silence(matchers, ends_at, comment, who, time.time())
+
+    def expire(self, ident: str) -> Any:
+        return self.book.expire_silence(ident, time.time())
+
+    def exposition(self, now: float) -> str:
+        """The newest value of every series, in Prometheus text format (for federation)."""
+        lines: list[str] = []
+        seen: set[str] = set()
+        for line in self.series.select(None, [], now - 300.0, now):
+            if not line.points:
+                continue
+            name = line.labels.get("__name__", "")
+            if name not in seen:
+                seen.add(name)
+                lines.append(f"# TYPE {name} untyped")
+            labels = ",".join(
+                f'{k}="{_escape(v)}"' for k, v in sorted(line.labels.items()) if k != "__name__"
+            )
+            at, value = line.points[-1]
+            lines.append(f"{name}{{{labels}}} {_number(value)} {int(at * 1000)}")
+        return "\n".join(lines) + "\n"
+
+    def observed_view(self) -> dict[str, Any]:
+        """What the dashboard shows from monitoring: traffic (measured at the last scrape),
+        alerts, drills."""
+        now = time.time()
+        return {
+            "traffic": self._traffic,
+            "alerts": [a for a in self.alerts(now) if a.get("state") in ("firing", "pending")],
+            "drills": [],
+            "scrape": self.last_scrape,
+        }
+
+    def _measure_traffic(self, spec: PlatformSpec, now: float) -> list[dict[str, Any]]:
+        traffic = []
+        for site in spec.workload_sites:
+            for svc in spec.services:
+                metrics = self.scaling_metrics(svc.name, site.name, 30.0, now)
+                errors = self._metric(
+                    f'sum(rate(alwayson_gateway_requests_total{{service="{svc.name}",'
+                    f'site="{site.name}",code="5xx"}}[30s]))',
+                    now,
+                )
+                rps = metrics["rps"]
+                traffic.append(
+                    {
+                        "site": site.name,
+                        "service": svc.name,
+                        "rps": rps,
+                        "error_rate": (errors or 0.0) / rps if rps else None,
+                        "p95_seconds": metrics["p95"],
+                    }
+                )
+        return traffic
+
+
+def _site_of_slot(slot: str, spec: PlatformSpec) -> str | None:
+    for site in spec.workload_sites:
+        if slot == slot_name(site.name):
+            return site.name
+    return None
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
