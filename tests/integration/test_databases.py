@@ -2,7 +2,8 @@
 
 Every test brings up its own platform (two workload sites and a witness) with one
 database; clients write through the per-site endpoints (``DATABASE_URL``) and, for the
-split-brain check, straight to both PostgreSQL instances.
+split-brain check, straight to both PostgreSQL instances. The cluster and its helpers
+live in ``dbcluster.py``.
 """
 
 from __future__ import annotations
@@ -13,207 +14,13 @@ import os
 import signal
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
+from tests.integration.dbcluster import SITES, Cluster, Writers, db_spec, kill_primary_process
 from tests.support import Platform, wait_for
-
-from alwayson.data.links import write_partitions
-from alwayson.spec.loading import load_spec_file
-
-SITES = ("jakarta", "surabaya")
-
-
-def db_spec(replication: str = "synchronous", **extra: Any) -> dict[str, Any]:
-    database = {
-        "name": "bank",
-        "primary_site": "jakarta",
-        "replication": replication,
-        "backup": {"schedule": None},
-        **extra,
-    }
-    return {
-        "platform": "dbtest",
-        "sites": [{"name": "jakarta"}, {"name": "surabaya"}, {"name": "witness", "witness": True}],
-        "services": [],
-        "databases": [database],
-    }
-
-
-@dataclass
-class Cluster:
-    platform: Platform
-    subnets: dict[str, str]
-
-    def octets(self, site: str) -> str:
-        return self.subnets[site].split(".")[1]
-
-    def agent(self, site: str) -> dict[str, Any]:
-        url = f"http://127.{self.octets(site)}.0.9:7400/status"
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            data: dict[str, Any] = json.loads(resp.read())["databases"]["bank"]
-        return data
-
-    def secrets(self) -> dict[str, str]:
-        data: dict[str, str] = json.loads(
-            (self.platform.state_dir / "data" / "secrets.json").read_text()
-        )["bank"]
-        return data
-
-    def endpoint(self, site: str) -> str:
-        pw = self.secrets()["app"]
-        return f"host=127.{self.octets(site)}.0.11 port=5432 user=bank password={pw} dbname=bank"
-
-    def direct(self, site: str) -> str:
-        pw = self.secrets()["superuser"]
-        return (
-            f"host=127.{self.octets(site)}.0.10 port=5432 user=alwayson password={pw} dbname=bank"
-        )
-
-    def status(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.platform.cli("db", "status", "--json").stdout)[0]
-        return data
-
-    def role(self, site: str) -> str:
-        try:
-            return str(self.agent(site)["role"])
-        except OSError:
-            return "unreachable"
-
-    def primary(self) -> str:
-        return str(wait_for("a writable primary", self._writable_primary, timeout=60))
-
-    def _writable_primary(self) -> str | None:
-        for site in SITES:
-            try:
-                got = self.agent(site)
-            except OSError:
-                continue
-            if got["role"] == "primary" and got["writable"]:
-                return site
-        return None
-
-    def execute(self, dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
-            cur = conn.execute(sql, params)  # type: ignore[arg-type]
-            return cur.fetchall() if cur.description else []
-
-    def synchronous(self) -> bool:
-        lease = self.status()["lease"] or {}
-        return bool(lease.get("sync_standby"))
-
-    def cut(self, *pairs: tuple[str, str]) -> None:
-        write_partitions(self.platform.state_dir / "data" / "partitions.json", list(pairs))
-
-
-@pytest.fixture
-def cluster(make_platform: Callable[..., Platform]) -> Callable[..., Cluster]:
-    def make(replication: str = "synchronous", **extra: Any) -> Cluster:
-        platform = make_platform(db_spec(replication, **extra))
-        platform.cli("up", timeout=180)
-        loaded = load_spec_file(platform.spec_path, check_commands=False).spec
-        subnets = {s.name: loaded.subnet_of(s.name) for s in loaded.sites}
-        made = Cluster(platform, subnets)
-        wait_for(
-            "primary and streaming standby",
-            lambda: made.role("jakarta") == "primary" and made.role("surabaya") == "standby",
-            timeout=90,
-        )
-        wait_for(
-            "the standby streaming",
-            lambda: made.agent("surabaya").get("receiver") == "streaming",
-            timeout=30,
-        )
-        if replication == "synchronous":
-            wait_for("synchronous standby in the lease", made.synchronous, timeout=30)
-        return made
-
-    return make
-
-
-@dataclass
-class Writers:
-    """Clients inserting unique ids through the endpoints; ids are kept only once committed."""
-
-    cluster: Cluster
-    table: str = "registrations"
-    per_site: int = 2
-    acked: list[tuple[int, float]] = field(default_factory=list)
-    errors: list[tuple[float, str]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> Writers:
-        self.cluster.execute(
-            self.cluster.endpoint("jakarta"),
-            f"CREATE TABLE IF NOT EXISTS {self.table} (id bigint PRIMARY KEY, "
-            "at timestamptz DEFAULT clock_timestamp())",
-        )
-        # The table must have reached the standby before the test starts losing things.
-        wait_for(
-            f"{self.table} on the standby",
-            lambda: self.cluster.execute(
-                self.cluster.direct("surabaya"), "SELECT to_regclass(%s)::text", (self.table,)
-            )[0][0],
-        )
-        for index, site in enumerate(s for s in SITES for _ in range(self.per_site)):
-            thread = threading.Thread(target=self._run, args=(site, index), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def _run(self, site: str, index: int) -> None:
-        counter = 0
-        conn: psycopg.Connection[Any] | None = None
-        while not self._stop.is_set():
-            ident = index * 10_000_000 + counter
-            try:
-                if conn is None:
-                    conn = psycopg.connect(
-                        self.cluster.endpoint(site), autocommit=True, connect_timeout=2
-                    )
-                conn.execute(f"INSERT INTO {self.table} (id) VALUES (%s)", (ident,))  # type: ignore[arg-type]
-                with self._lock:
-                    self.acked.append((ident, time.monotonic()))
-                counter += 1
-            except psycopg.Error as exc:
-                with self._lock:
-                    self.errors.append((time.monotonic(), str(exc)[:200]))
-                if conn is not None:
-                    conn.close()
-                conn = None
-                counter += 1
-                self._stop.wait(0.02)
-        if conn is not None:
-            conn.close()
-
-    def count_after(self, moment: float) -> int:
-        with self._lock:
-            return sum(1 for _, at in self.acked if at > moment)
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-
-    def final_ids(self) -> set[int]:
-        rows = self.cluster.execute(
-            self.cluster.endpoint(self.cluster.primary()), f"SELECT id FROM {self.table}"
-        )
-        return {r[0] for r in rows}
-
-
-def kill_primary_process(cluster: Cluster, site: str) -> float:
-    pid = cluster.agent(site)["pid"]
-    assert pid, f"{site} has no PostgreSQL pid"
-    os.kill(int(pid), signal.SIGKILL)
-    return time.monotonic()
 
 
 def test_kill_primary_synchronous_loses_no_acknowledged_write(
@@ -223,6 +30,7 @@ def test_kill_primary_synchronous_loses_no_acknowledged_write(
     writers = Writers(made).start()
     try:
         wait_for("writes before the fault", lambda: len(writers.acked) > 200, timeout=30)
+        killed_wall = time.time()
         killed = kill_primary_process(made, "jakarta")
         wait_for("surabaya promoted", lambda: made.role("surabaya") == "primary", timeout=30)
         wait_for("writes after the fault", lambda: writers.count_after(killed) > 100, timeout=30)
@@ -233,11 +41,19 @@ def test_kill_primary_synchronous_loses_no_acknowledged_write(
     record = made.status()["recent"][-1]
     assert record["kind"] == "failover" and record["to"] == "surabaya"
     assert record["rto_seconds"] is not None and record["promote_seconds"] >= 0
+    # The record's clock starts when the old primary's agent saw the process gone (its
+    # watchdog polls every 20 ms), not at the later lease release.
+    assert "process exited" in record["fault_basis"], record
+    assert killed_wall <= record["fault_at"] < killed_wall + 1.0, record["fault_at"] - killed_wall
+    assert record["fault_at"] <= record["lease_free_at"] <= record["writable_at"]
     times = sorted(at for _, at in writers.acked)
-    gap = max(b - a for a, b in itertools.pairwise(times) if b > killed - 1)
+    gap, resumed = max((b - a, b) for a, b in itertools.pairwise(times) if b > killed - 1)
     print(
         f"sync kill -9: {len(writers.acked)} acknowledged, 0 lost, {len(writers.errors)} client "
-        f"errors, longest gap between acknowledged writes {gap:.2f}s; record {record}"
+        f"errors, longest gap between acknowledged writes {gap:.2f}s; writes resumed "
+        f"{resumed - killed:.2f}s after the kill, record rto {record['rto_seconds']:.2f}s "
+        f"(fault seen {record['fault_at'] - killed_wall:.3f}s after the kill, lease free "
+        f"{record['lease_free_at'] - killed_wall:.2f}s); record {record}"
     )
     assert gap < 15
 
@@ -257,7 +73,24 @@ def test_kill_primary_asynchronous_reports_loss_and_lag(cluster: Callable[..., C
     assert record["replication"] == "asynchronous"
     assert "lag_at_fault" in record and "bytes_behind_last_report" in record["lag_at_fault"]
     assert not (made.status()["lease"] or {}).get("synchronous")
-    print(f"async kill -9: {len(writers.acked)} acknowledged, {len(lost)} lost; {record}")
+    # The old primary's end of WAL on disk completes the record: what the new primary
+    # never received (every acknowledged commit the standby lacked is inside it).
+    lag = wait_for(
+        "the record completed with the old primary's end of WAL",
+        lambda: (
+            (found := made.record(kind="failover", epoch=record["epoch"]))
+            and "old_primary_wal_end_lsn" in found["lag_at_fault"]
+            and found["lag_at_fault"]
+        ),
+        timeout=30,
+    )
+    if lost:
+        assert lag["wal_bytes_not_received"] > 0, lag
+    print(
+        f"async kill -9: {len(writers.acked)} acknowledged, {len(lost)} lost; "
+        f"{lag['wal_bytes_not_received']} WAL bytes not received (last report said "
+        f"{lag['bytes_behind_last_report']}); {record}"
+    )
 
 
 @pytest.mark.parametrize("replication", ["synchronous", "asynchronous"])

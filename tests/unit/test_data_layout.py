@@ -3,13 +3,19 @@ writes (``settings``), derived from a spec with two workload sites and a witness
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 import stat
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from alwayson.data import backups
+from alwayson.data.engines import Identity
 from alwayson.data.layout import (
     AgentConfig,
     DatabaseConfig,
@@ -18,6 +24,7 @@ from alwayson.data.layout import (
     database_url,
     secrets_of,
 )
+from alwayson.data.links import Partitions, Relay, Target, write_partitions
 from alwayson.data.settings import HBA, INCLUDE_LINE, postgresql_conf, quote, slot_name
 from alwayson.spec.loading import load_spec_text
 from alwayson.spec.models import PlatformSpec
@@ -367,3 +374,168 @@ def test_the_include_and_hba_lines() -> None:
     assert INCLUDE_LINE == "include_if_exists = 'alwayson.conf'\n"
     assert "host replication alwayson 127.0.0.0/8 scram-sha-256" in HBA.splitlines()
     assert "host all all 127.0.0.0/8 scram-sha-256" in HBA.splitlines()
+
+
+# ---------------------------------------------------------------- backup repositories
+
+NOBODY = Identity(None, None, None, "/tmp")
+
+
+def repo_config(spec: PlatformSpec, state_dir: Path, site: str, **retention: Any) -> DatabaseConfig:
+    """The bank's configuration in ``site`` with its repository prepared (empty)."""
+    bank = config(spec, site, state_dir).databases[0]
+    for sub in ("base", "wal"):
+        (Path(bank.repo_dir) / sub).mkdir(parents=True, exist_ok=True)
+    return bank.model_copy(update=retention)
+
+
+def put_backup(cfg: DatabaseConfig, ident: str, finished_at: float, start_wal: str) -> None:
+    folder = Path(cfg.repo_dir) / "base" / ident
+    folder.mkdir(parents=True)
+    (folder / "base.tar").write_text(f"data of {ident}")
+    record = {"id": ident, "site": cfg.site, "finished_at": finished_at, "start_wal": start_wal}
+    (folder / "alwayson-backup.json").write_text(json.dumps(record))
+
+
+def put_wal(cfg: DatabaseConfig, *names: str) -> None:
+    wal = Path(cfg.repo_dir) / "wal"
+    wal.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (wal / name).write_text(name)
+
+
+def listing(cfg: DatabaseConfig, sub: str) -> list[str]:
+    folder = Path(cfg.repo_dir) / sub
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def segment(n: int, timeline: int = 1) -> str:
+    return f"{timeline:08X}{0:08X}{n:08X}"
+
+
+def test_retention_keeps_the_newest_by_count_and_age_and_always_the_newest(
+    spec: PlatformSpec, state_dir: Path
+) -> None:
+    cfg = repo_config(spec, state_dir, "west", retention_count=2, retention_age=100.0)
+    found = [{"id": f"b{i}", "finished_at": at} for i, at in enumerate([10.0, 500.0, 520.0])]
+
+    assert [b["id"] for b in backups.kept(cfg, found, now=550.0)] == ["b1", "b2"]
+    assert [b["id"] for b in backups.kept(cfg, found, now=610.0)] == ["b2"]
+    assert [b["id"] for b in backups.kept(cfg, found, now=9999.0)] == ["b2"]
+    assert backups.kept(cfg, [], now=1.0) == []
+
+
+def test_retain_removes_old_backups_and_the_wal_only_they_needed(
+    spec: PlatformSpec, state_dir: Path
+) -> None:
+    cfg = repo_config(spec, state_dir, "west", retention_count=2, retention_age=1e9)
+    put_backup(cfg, "b1", 1.0, segment(2))
+    put_backup(cfg, "b2", 2.0, segment(5))
+    put_backup(cfg, "b3", 3.0, segment(8))
+    put_wal(cfg, segment(2), segment(4), segment(5), segment(9), "00000002.history")
+
+    removed = backups.retain(cfg, now=4.0)
+
+    assert [b["id"] for b in removed] == ["b1"]
+    assert listing(cfg, "base") == ["b2", "b3"]
+    assert listing(cfg, "wal") == sorted([segment(5), segment(9), "00000002.history"])
+
+
+def test_mirroring_copies_what_the_other_site_lacks_only_while_the_link_is_up(
+    spec: PlatformSpec, state_dir: Path
+) -> None:
+    west = repo_config(spec, state_dir, "west")
+    east = repo_config(spec, state_dir, "east")
+    put_backup(west, "b1", time.time(), segment(3))
+    put_wal(west, segment(3), segment(4))
+    cuts = state_dir / "partitions.json"
+    write_partitions(cuts, [("west", "east")])
+    partitions = Partitions(cuts)
+    partitions.refresh()
+
+    assert backups.mirror(west, partitions, NOBODY) == 0
+    assert listing(east, "base") == [] and listing(east, "wal") == []
+
+    write_partitions(cuts, [])
+    partitions.refresh()
+    assert backups.mirror(west, partitions, NOBODY) == 3
+    assert listing(east, "base") == ["b1"]
+    assert listing(east, "wal") == [segment(3), segment(4)]
+    assert backups.mirror(west, partitions, NOBODY) == 0
+    # A copy that lost the race to another copier leaves nothing behind.
+    taken = Path(east.repo_dir) / "wal" / segment(9)
+    taken.write_text("already here")
+    assert not backups._copy_in(lambda tmp: tmp.write_text("late"), taken, NOBODY)
+    assert taken.read_text() == "already here"
+    assert listing(east, "wal") == [segment(3), segment(4), segment(9)]
+
+
+def test_mirroring_never_brings_back_a_backup_the_other_site_dropped(
+    spec: PlatformSpec, state_dir: Path
+) -> None:
+    west = repo_config(spec, state_dir, "west", retention_count=2)
+    east = repo_config(spec, state_dir, "east", retention_count=2)
+    now = time.time()
+    for cfg in (west, east):
+        put_backup(cfg, "b2", now - 20, segment(5))
+        put_backup(cfg, "b3", now - 10, segment(8))
+    put_backup(west, "b1", now - 30, segment(2))  # east's retention already removed it
+    put_wal(west, segment(2), segment(8))
+    partitions = Partitions(state_dir / "partitions.json")
+
+    backups.mirror(west, partitions, NOBODY)
+
+    assert listing(east, "base") == ["b2", "b3"]
+    assert listing(east, "wal") == [segment(8)]
+
+
+def test_a_backups_record_follows_from_the_site_that_made_it(
+    spec: PlatformSpec, state_dir: Path
+) -> None:
+    west = repo_config(spec, state_dir, "west")
+    east = repo_config(spec, state_dir, "east")
+    put_backup(west, "b1", time.time(), segment(3))
+    partitions = Partitions(state_dir / "partitions.json")
+    backups.mirror(west, partitions, NOBODY)
+    record_path = Path(west.repo_dir) / "base" / "b1" / "alwayson-backup.json"
+    verified = {**json.loads(record_path.read_text()), "verified": True}
+    record_path.write_text(json.dumps(verified))
+
+    backups.mirror(west, partitions, NOBODY)
+    backups.mirror(east, partitions, NOBODY)  # east did not make it: it never writes back
+
+    mirrored = Path(east.repo_dir) / "base" / "b1" / "alwayson-backup.json"
+    assert json.loads(mirrored.read_text())["verified"] is True
+    assert json.loads(record_path.read_text())["verified"] is True
+
+
+# ---------------------------------------------------------------- site links
+
+
+async def test_a_cut_link_closes_a_new_connection_at_once(state_dir: Path) -> None:
+    """A relay across a cut refuses before asyncio has even handed it the transport; the
+    client must still see the connection closed (a walreceiver otherwise waits forever
+    on it, long after the link is back)."""
+    cuts = state_dir / "partitions.json"
+    write_partitions(cuts, [("west", "east")])
+    partitions = Partitions(cuts)
+    partitions.refresh()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    relay = Relay(
+        "link→east",
+        "west",
+        f"127.0.0.1:{port}",
+        lambda: Target("127.0.0.1:9", "east"),
+        partitions,
+    )
+    await relay.start()
+    try:
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(reader.read(), 2.0) == b""
+            writer.close()
+        assert relay.refused == 5 and not relay.pipes
+    finally:
+        await relay.close()

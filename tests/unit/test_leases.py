@@ -25,6 +25,7 @@ from alwayson.data.leases import (
     renew,
     revoke,
 )
+from alwayson.data.stewarding import fault_of, lease_free_at
 from alwayson.spec.models import LeaseSettings
 
 TTL = 6.0
@@ -166,6 +167,7 @@ def test_hand_over_gives_the_next_epoch_to_the_target() -> None:
         expires_at=9.0,
         granted_at=5.0,
         previous_holder="west",
+        fault_at=5.0,
     )
     with pytest.raises(LeaseRefused):
         renew(handed, "west", 1, TTL, 5.5)
@@ -183,6 +185,69 @@ def test_hand_over_is_refused_after_expiry_or_by_a_non_holder() -> None:
         hand_over(lease, "west", 2, "east", TTL, 1.0)
 
     assert late.value.reason == "lease expired before the handover arrived"
+
+
+def test_hand_over_carries_when_the_old_primary_stopped_taking_writes() -> None:
+    handed = hand_over(held_by_west(0.0), "west", 1, "east", TTL, 2.0, fault_at=1.5)
+
+    assert handed.fault_at == 1.5
+    assert fault_of(handed, detected=2.2) == (
+        1.5,
+        "the old primary stopped taking writes for the switchover",
+    )
+    assert lease_free_at(handed) == 2.0
+
+
+# ---------------------------------------------------------------- fault times
+
+
+def test_a_release_carries_the_holders_fault_time() -> None:
+    released = release(held_by_west(0.0), "west", 1, 3.0, "process exited", fault_at=2.9)
+
+    assert (released.fault_at, released.released_at, released.released_why) == (
+        2.9,
+        3.0,
+        "process exited",
+    )
+    assert fault_of(released, detected=3.2) == (2.9, "the old primary's agent: process exited")
+    assert lease_free_at(released) == 3.0
+
+
+def test_a_release_without_a_fault_time_uses_its_own() -> None:
+    assert release(held_by_west(0.0), "west", 1, 3.0).fault_at == 3.0
+
+
+def test_an_expired_lease_dates_the_fault_at_the_last_renewal() -> None:
+    lease = renew(held_by_west(0.0), "west", 1, TTL, 2.0)
+
+    when, basis = fault_of(lease, detected=8.3)
+
+    assert when == 2.0 and "last successful renewal" in basis
+    assert lease_free_at(lease) == 8.0
+
+
+def test_a_revocation_is_the_fault_even_after_the_fenced_holder_releases() -> None:
+    revoked = revoke(held_by_west(0.0), "east", 1.0)
+    again = revoke(revoked, "east", 1.5)
+    released = release(again, "west", 1, 1.8, "fenced", fault_at=1.7)
+
+    assert (revoked.fault_at, again.fault_at, released.fault_at) == (1.0, 1.0, 1.0)
+    assert released.revoked_for == "east", "still reserved for the operator's choice"
+    with pytest.raises(LeaseRefused):
+        acquire(released, "west", TTL, 2.0)
+    assert acquire(released, "east", TTL, 2.0).epoch == 2
+    assert fault_of(released, detected=2.0) == (
+        1.0,
+        "the operator revoked the lease (db failover)",
+    )
+    assert lease_free_at(released) == 1.8
+    assert revoke(revoked, "north", 2.0).fault_at == 2.0
+
+
+def test_no_lease_seen_dates_the_fault_at_the_detection() -> None:
+    when, basis = fault_of(None, detected=4.0)
+
+    assert when == 4.0 and basis.startswith("unknown")
 
 
 # ---------------------------------------------------------------- revoke
@@ -410,6 +475,10 @@ def simulate(
         points.append(arrival)
         try:
             if isinstance(request, Attempt):
+                if a_epoch is None:
+                    # B is A's standby: it exists only once A holds the lease (and B,
+                    # which never fences here, must not be the first holder).
+                    continue
                 lease = acquire(lease, "b", ttl, arrival)
                 if b_from is None:
                     b_from = arrival

@@ -159,6 +159,13 @@ def status(database: str | None = DbOpt, file: Path = SpecOpt, as_json: bool = J
             for site in db["sites"]:
                 if site.get("fence_reason"):
                     console.print(f"{site['site']}: {site['fence_reason']}", markup=False)
+            moves = [
+                r
+                for r in db.get("recent", [])
+                if r.get("kind") in ("failover", "switchover-promotion", "failback")
+            ]
+            for record in moves[-3:]:
+                console.print(_record_line(record), markup=False, highlight=False)
 
     _wrap(go)
 
@@ -205,14 +212,57 @@ def failover(
                     site = next(s for s in db["sites"] if s["site"] == to)
                     lease = db.get("lease") or {}
                     if lease.get("holder") == to and site.get("writable"):
-                        return {"ok": True, "database": name, "to": to, "lease": lease}
+                        record = await _failover_record(client, name, lease, deadline)
+                        return {
+                            "ok": True,
+                            "database": name,
+                            "to": to,
+                            "lease": lease,
+                            "record": record,
+                        }
                     await _sleep(POLL)
             return {"ok": False, "error": f"{to} did not become a writable primary in time"}
 
         result = _call(file, "db failover", flow)
-        _finish(result, as_json, f"{to} is the primary now")
+        record = result.get("record") or {}
+        timing = (
+            f" (no writes for {record['rto_seconds']:.2f}s from the revocation)"
+            if record.get("rto_seconds") is not None
+            else ""
+        )
+        _finish(result, as_json, f"{to} is the primary now{timing}")
 
     _wrap(go)
+
+
+async def _failover_record(
+    client: ApiClient, name: str, lease: dict[str, Any], deadline: float
+) -> dict[str, Any] | None:
+    """The new primary's record of this failover (written once it took a write)."""
+    while time.monotonic() < deadline:
+        found: list[dict[str, Any]] = await client.get_json(f"/api/v1/databases/{name}/records")
+        for record in reversed(found):
+            if record.get("kind") == "failover" and record.get("epoch") == lease.get("epoch"):
+                return dict(record)
+        await _sleep(POLL)
+    return None
+
+
+def _record_line(record: dict[str, Any]) -> str:
+    kind = str(record.get("kind") or record.get("op") or "?")
+    when = _iso(record.get("promoted_at") or record.get("finished_at"))
+    line = f"{when} {kind} {record.get('from') or '?'} → {record.get('to') or '?'}"
+    if kind == "failback":
+        line = f"{when} failback: {record.get('from')} follows {record.get('follows')}"
+        line += f" ({record.get('method')})"
+    if record.get("rto_seconds") is not None:
+        line += f", no writes for {record['rto_seconds']:.2f}s"
+    lag = record.get("lag_at_fault") or {}
+    if lag.get("wal_bytes_not_received") is not None:
+        line += f", {lag['wal_bytes_not_received']} WAL bytes not received"
+    if record.get("ok") is False:
+        line += f", FAILED: {record.get('error')}"
+    return line
 
 
 @db_app.command("failback")

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from alwayson.data import leases
+from alwayson.data.backups import check_restore_name
 from alwayson.data.keeping import change_lease, read_lease, request_key
 from alwayson.data.layout import endpoint_address
 from alwayson.data.settings import slot_name
@@ -172,6 +173,8 @@ class DatabaseOps:
         elif op in ("backup", "verify", "restore", "drop-restore"):
             if holder is None:
                 raise ConflictError(f"{db.name} has no primary right now; try again after failover")
+            if op == "restore":
+                check_restore_name(str(params.get("into")))
             if op == "restore" and params.get("to_time") is not None:
                 backups = await self.backups(db.name)
                 usable = [b for b in backups if b.get("verified") is not False]
@@ -217,8 +220,9 @@ class DatabaseOps:
         }
 
     async def backups(self, db: str) -> list[dict[str, Any]]:
+        """The backups that still exist (retention marks the ones it removed)."""
         found = await self.store.list_prefix(f"db/{db}/backup/", limit=10_000)
-        return [v.value for _, v in found]
+        return [v.value for _, v in found if not v.value.get("removed_at")]
 
 
 def _iso(ts: float) -> str:

@@ -161,10 +161,16 @@ class Agent:
         await self.keeper.close()
 
     async def _mirroring(self) -> None:
+        """Retention on this site's repository, then copies to the other sites' (while
+        the links allow): a cut delays the copies, it never loses them."""
         while True:
             for steward in self.stewards:
                 try:
-                    await asyncio.to_thread(backups.mirror, steward.cfg, self.partitions)
+                    removed = await asyncio.to_thread(backups.retain, steward.cfg)
+                    await backups.forget(steward, removed)
+                    await asyncio.to_thread(
+                        backups.mirror, steward.cfg, self.partitions, steward.engine.ident
+                    )
                 except OSError as exc:
                     log.warning("%s: mirroring backups: %s", steward.name, exc)
             await asyncio.sleep(MIRROR_INTERVAL)
@@ -189,14 +195,29 @@ class Agent:
                 if steward.role is not Role.PRIMARY:
                     continue
                 try:
-                    result = await backups.create(steward, verify=steward.cfg.verify_backups)
-                    log.info("%s: scheduled backup %s", steward.name, result["backup"]["id"])
-                except AlwaysonError as exc:
+                    async with steward.long_lock:
+                        result = await backups.create(steward, verify=steward.cfg.verify_backups)
+                except (AlwaysonError, OSError) as exc:
                     log.error("%s: scheduled backup failed: %s", steward.name, exc)
                     with contextlib.suppress(AlwaysonError):
                         await self.keeper.event(
                             "db-backup-failed", steward.name, f"scheduled backup failed: {exc}", {}
                         )
+                    continue
+                except Exception:  # the schedule must outlive any one backup
+                    log.exception("%s: scheduled backup crashed", steward.name)
+                    continue
+                made = result["backup"]
+                log.info("%s: scheduled backup %s", steward.name, made["id"])
+                with contextlib.suppress(AlwaysonError):
+                    await self.keeper.event(
+                        "db-backup-scheduled",
+                        steward.name,
+                        f"scheduled backup {made['id']} on {steward.cfg.site}, verified: "
+                        f"{made.get('verified')}, removed by retention: "
+                        f"{made.get('removed_by_retention')}",
+                        {"id": made["id"], "verified": made.get("verified")},
+                    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,8 @@ A site's repository (``data/<db>/<site>/repo``) holds ``base/<id>/`` (a plain
 ``pg_basebackup`` with its manifest and ``alwayson-backup.json``) and ``wal/`` (every
 segment, archived by PostgreSQL's ``archive_command`` with ``archive_mode = always``, so
 the standby's site archives what it receives too). :func:`mirror` copies what one site
-has and the other lacks, only while the site link between them is up.
+has and the other lacks, only while the site link between them is up; every site applies
+retention (:func:`retain`) to its own repository, so both keep the same backups.
 
 When a backup ends, alwayson takes a short SHARE lock on every table (writers wait a few
 milliseconds), creates the restore point ``alwayson-<id>`` and records each table's row
@@ -18,21 +19,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
+import re
+import secrets
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from alwayson.data.engines import Engine, Postmaster, conninfo, free_bytes, query
-from alwayson.data.layout import SUPERUSER, DatabaseConfig
+from alwayson.data.engines import (
+    Engine,
+    Identity,
+    Postmaster,
+    conninfo,
+    free_bytes,
+    query,
+    wait_backends_gone,
+)
+from alwayson.data.layout import SUPERUSER, DatabaseConfig, write_private
 from alwayson.data.links import Partitions
 from alwayson.data.settings import postgresql_conf
 from alwayson.util.addresses import split_hostport
-from alwayson.util.errors import AlwaysonError, TemporaryError
+from alwayson.util.errors import AlwaysonError, PermanentError, TemporaryError
 
 if TYPE_CHECKING:
     from alwayson.data.stewarding import Steward
@@ -46,15 +59,46 @@ def repo_of(cfg: DatabaseConfig) -> Path:
 
 
 def list_backups(cfg: DatabaseConfig) -> list[dict[str, Any]]:
+    return _records(repo_of(cfg))
+
+
+def _records(repo: Path) -> list[dict[str, Any]]:
+    """The finished backups in a repository, oldest first (ids sort by time)."""
     out = []
-    for folder in sorted((repo_of(cfg) / "base").glob("*")):
+    for folder in sorted((repo / "base").glob("*")):
+        if folder.name.startswith(".") or folder.name.endswith((".part", ".tmp")):
+            continue
         with contextlib.suppress(OSError, ValueError):
             out.append(json.loads((folder / RECORD).read_text()))
     return out
 
 
+def kept(cfg: DatabaseConfig, found: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """Retention: the ``retention_count`` newest, none older than ``retention_age``; the
+    newest always stays."""
+    keep = found[-cfg.retention_count :]
+    return [b for b in keep if now - float(b["finished_at"]) <= cfg.retention_age] or found[-1:]
+
+
+def wal_needed(segment: str, oldest_start: str | None) -> bool:
+    """Whether an archived file may be needed by a kept backup starting at
+    ``oldest_start`` (history files and anything newer always are)."""
+    if not oldest_start or len(segment) < 24 or segment.startswith("."):
+        return True
+    return not (segment[:24] < oldest_start and segment[:8] <= oldest_start[:8])
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
 def _chown_tree(engine: Engine, root: Path) -> None:
-    uid, gid = engine.ident.uid, engine.ident.gid
+    _own_tree(engine.ident, root)
+
+
+def _own_tree(ident: Identity, root: Path) -> None:
+    """Give ``root`` (a file or a folder and all below it) to PostgreSQL's user."""
+    uid, gid = ident.uid, ident.gid
     if uid is None or gid is None:
         return
     os.chown(root, uid, gid)
@@ -83,6 +127,15 @@ async def checksums(dsn: str) -> dict[str, dict[str, Any]]:
 
 async def _restore_point(st: Steward, name: str) -> tuple[str, dict[str, dict[str, Any]], float]:
     """Restore point and checksums with no write in between (SHARE locks, one transaction)."""
+    try:
+        return await _restore_point_now(st, name)
+    except psycopg.Error as exc:
+        raise TemporaryError(f"restore point {name}: {exc}") from exc
+
+
+async def _restore_point_now(
+    st: Steward, name: str
+) -> tuple[str, dict[str, dict[str, Any]], float]:
     dsn = st.admin_dsn(dbname=st.name)
     conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=3)
     async with conn, conn.transaction():
@@ -175,14 +228,16 @@ async def create(st: Steward, verify: bool) -> dict[str, Any]:
         "restore_point": f"alwayson-{ident}",
         "restore_point_lsn": lsn,
         "start_wal": start_wal,
-        "size_bytes": sum(p.stat().st_size for p in target.rglob("*") if p.is_file()),
+        "size_bytes": await asyncio.to_thread(_size, target),
         "checksums": sums,
         "verified": None,
     }
     _write_record(target, record)
-    removed = retain(st)
-    record["removed_by_retention"] = removed
-    mirror(cfg, st.partitions)
+    # Files are copied and removed in threads: the event loop also renews the lease.
+    removed = await asyncio.to_thread(retain, cfg)
+    await forget(st, removed)
+    record["removed_by_retention"] = [b["id"] for b in removed]
+    # The agent's mirroring loop copies it to the other site within a second.
     if verify:
         record = {**record, **await verify_backup(st, ident)}
     await _publish(st, record)
@@ -200,60 +255,121 @@ async def _publish(st: Steward, record: dict[str, Any]) -> None:
         await st.keeper.record(st.name, "backup", record["id"], record)
 
 
-def retain(st: Steward) -> list[str]:
-    """Keep ``retention_count`` newest backups, none older than ``retention_age`` (the newest
-    always stays), and the WAL the oldest kept one needs."""
-    cfg = st.cfg
-    found = list_backups(cfg)
-    now = time.time()
-    keep = found[-cfg.retention_count :]
-    keep = [b for b in keep if now - b["finished_at"] <= cfg.retention_age] or found[-1:]
-    removed = [b["id"] for b in found if b not in keep]
-    for ident in removed:
-        shutil.rmtree(repo_of(cfg) / "base" / ident, ignore_errors=True)
-    if keep and keep[0].get("start_wal"):
-        oldest = keep[0]["start_wal"]
-        for segment in (repo_of(cfg) / "wal").iterdir():
-            if (
-                len(segment.name) >= 24
-                and segment.name[:24] < oldest
-                and segment.name[:8] <= oldest[:8]
-            ):
+async def forget(st: Steward, removed: list[dict[str, Any]]) -> None:
+    """Mark backups retention removed, so `backup list` and restore checks skip them."""
+    for backup in removed:
+        gone = {**backup, "removed_at": time.time(), "removed_by": f"retention on {st.cfg.site}"}
+        await _publish(st, gone)
+
+
+def retain(cfg: DatabaseConfig, now: float | None = None) -> list[dict[str, Any]]:
+    """Apply retention to this site's repository: remove the base backups :func:`kept`
+    leaves out and the WAL older than the oldest kept one needs. Every site does it to
+    its own repository (the mirrored copies too), so both converge on the same set."""
+    repo = repo_of(cfg)
+    found = _records(repo)
+    keep = kept(cfg, found, time.time() if now is None else now)
+    removed = [b for b in found if b not in keep]
+    for backup in removed:
+        shutil.rmtree(repo / "base" / str(backup["id"]), ignore_errors=True)
+    oldest = keep[0].get("start_wal") if keep else None
+    wal = repo / "wal"
+    if oldest and wal.exists():
+        for segment in wal.iterdir():
+            if not wal_needed(segment.name, oldest):
                 segment.unlink(missing_ok=True)
     return removed
 
 
-def mirror(cfg: DatabaseConfig, partitions: Partitions) -> int:
-    """Copy to each other site's repository what it lacks, while the link is up."""
+def mirror(cfg: DatabaseConfig, partitions: Partitions, ident: Identity) -> int:
+    """Copy to each other site's repository what it lacks, while the link is up: never
+    a backup (or WAL) that the destination's retention would remove at once, so a backup
+    one site dropped does not come back from the other. Backup records (their
+    verification) follow from the site that made the backup. Copies belong to
+    PostgreSQL's user: the other site's archiver compares its own segments with them and
+    its restores read them."""
     copied = 0
     repo = repo_of(cfg)
+    now = time.time()
     for peer, other in cfg.peer_repos.items():
         if not partitions.connected(cfg.site, peer):
             continue
         other_repo = Path(other)
         if not other_repo.exists():
             continue
-        for sub in ("wal", "base"):
-            source = repo / sub
-            if not source.exists():
+        theirs = _records(other_repo)
+        keep = kept(cfg, theirs, now)
+        oldest = keep[0].get("start_wal") if keep else None
+        # Only into folders the other site prepared (they belong to its PostgreSQL user).
+        source = repo / "base"
+        ready = (other_repo / "base").is_dir()
+        for item in sorted(source.iterdir()) if source.exists() and ready else []:
+            if not item.is_dir() or item.name.startswith(".") or ".part" in item.name:
                 continue
-            for item in source.iterdir():
-                dest = other_repo / sub / item.name
-                if dest.exists() or item.name.endswith((".part", ".tmp")):
-                    continue
-                if item.is_dir():
-                    if not (item / RECORD).exists():
-                        continue
-                    tmp = dest.with_name(dest.name + ".part")
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    shutil.copytree(item, tmp)
-                    tmp.replace(dest)
-                else:
-                    tmp = dest.with_name(dest.name + ".part")
-                    shutil.copy2(item, tmp)
-                    tmp.replace(dest)
+            try:
+                text = (item / RECORD).read_text()
+                record = json.loads(text)
+            except (OSError, ValueError):
+                continue  # not finished yet
+            dest = other_repo / "base" / item.name
+            if dest.exists():
+                if record.get("site") == cfg.site and _read(dest / RECORD) != text:
+                    _write_record(dest, record)
+                continue
+            ids = {b["id"] for b in kept(cfg, sorted([*theirs, record], key=_ident), now)}
+            if record["id"] not in ids:
+                continue
+            if _copy_in(functools.partial(shutil.copytree, item), dest, ident):
+                copied += 1
+            theirs = sorted([*theirs, record], key=_ident)
+        wal = repo / "wal"
+        ready = (other_repo / "wal").is_dir()
+        for item in sorted(wal.iterdir()) if wal.exists() and ready else []:
+            dest = other_repo / "wal" / item.name
+            if (
+                dest.exists()
+                or item.name.startswith(".")
+                or item.name.endswith((".part", ".tmp"))
+                or not wal_needed(item.name, oldest)
+            ):
+                continue
+            if _copy_in(functools.partial(shutil.copy2, item), dest, ident):
                 copied += 1
     return copied
+
+
+def _copy_in(copy: Callable[[Path], object], dest: Path, ident: Identity) -> bool:
+    """Copy into a private temporary name, then rename: another site's agent copying the
+    same item at the same moment, or a crash halfway, never leaves a partial ``dest``."""
+    tmp = dest.with_name(f".{dest.name}.part-{secrets.token_hex(4)}")
+    try:
+        copy(tmp)
+        _own_tree(ident, tmp)
+        if dest.exists():
+            return False
+        try:
+            tmp.replace(dest)
+        except OSError:
+            if dest.exists():  # the other copier won
+                return False
+            raise
+        return True
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def _ident(record: dict[str, Any]) -> str:
+    return str(record["id"])
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _scratch_address(cfg: DatabaseConfig, port: int) -> str:
@@ -267,10 +383,11 @@ async def _recover(
     st: Steward, backup: Path, into: Path, address: str, target: dict[str, str]
 ) -> Postmaster:
     cfg = st.cfg
-    shutil.rmtree(into, ignore_errors=True)
+    await asyncio.to_thread(shutil.rmtree, into, True)
     into.parent.mkdir(parents=True, exist_ok=True)
     st.engine.ident.check_reachable(into.parent)
-    shutil.copytree(backup, into, ignore=shutil.ignore_patterns(RECORD, "backup_manifest"))
+    ignore = shutil.ignore_patterns(RECORD, "backup_manifest")
+    await asyncio.to_thread(shutil.copytree, backup, into, ignore=ignore)
     into.chmod(0o700)
     text = postgresql_conf(
         cfg, address, [], restore_from=repo_of(cfg), recovery_target=target, archive=False
@@ -278,7 +395,7 @@ async def _recover(
     (into / "alwayson.conf").write_text(text)
     (into / "recovery.signal").write_text("")
     (into / "standby.signal").unlink(missing_ok=True)
-    _chown_tree(st.engine, into)
+    await asyncio.to_thread(_chown_tree, st.engine, into)
     pm = st.engine.spawn(into, st.log_dir / f"{cfg.name}@{cfg.site}.{into.parent.name}.pg.log")
     dsn = conninfo(address, SUPERUSER, cfg.superuser_password)
     deadline = time.monotonic() + READY_TIMEOUT
@@ -334,7 +451,7 @@ async def verify_backup(st: Steward, ident: str) -> dict[str, Any]:
                 )
             finally:
                 await pm.stop("immediate")
-                shutil.rmtree(scratch.parent, ignore_errors=True)
+                await asyncio.to_thread(shutil.rmtree, scratch.parent, True)
             expected = record["checksums"]
             wrong = sorted(t for t in set(expected) | set(got) if expected.get(t) != got.get(t))
             if wrong:
@@ -363,8 +480,49 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
 
 
+RESTORE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+FIRST_RESTORE_PORT = 5433
+
+
+def restores_file(cfg: DatabaseConfig) -> Path:
+    """The restored instances this site runs, so a restarted agent starts them again."""
+    return Path(cfg.data_dir).parent / "restores.json"
+
+
+def restore_folder(cfg: DatabaseConfig, into: str) -> Path:
+    return Path(cfg.data_dir).parent / "restores" / into / "pgdata"
+
+
+def _known_restores(cfg: DatabaseConfig) -> dict[str, dict[str, Any]]:
+    try:
+        found: dict[str, dict[str, Any]] = json.loads(restores_file(cfg).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found
+
+
+def _save_restores(cfg: DatabaseConfig, known: dict[str, dict[str, Any]]) -> None:
+    write_private(restores_file(cfg), json.dumps(known, indent=1))
+
+
+def restored(cfg: DatabaseConfig, into: str) -> dict[str, Any] | None:
+    """What ``backup restore --into`` made (no password), or None."""
+    return _known_restores(cfg).get(into)
+
+
+def check_restore_name(into: str) -> None:
+    if not RESTORE_NAME.match(into):
+        raise PermanentError(
+            f"--into {into!r}: use lowercase letters, digits, '-' and '_' (it names a folder)"
+        )
+
+
 async def restore(st: Steward, to_time: float | None, into: str) -> dict[str, Any]:
     cfg = st.cfg
+    check_restore_name(into)
+    known = _known_restores(cfg)
+    if into in st.restores or into in known:
+        raise AlwaysonError(f"a restore named {into!r} already exists; drop it first")
     found = [b for b in list_backups(cfg) if b.get("verified") is not False]
     if not found:
         raise AlwaysonError(f"{cfg.name} has no usable backup yet (`alwayson backup create`)")
@@ -385,28 +543,76 @@ async def restore(st: Steward, to_time: float | None, into: str) -> dict[str, An
     # commit one transaction now and archive its segment.
     marker = await query(st.admin_dsn(), "SELECT txid_current(), pg_current_wal_lsn()::text")
     await _wait_archived(st, str(marker[0][1]))
-    if into in st.restores:
-        raise AlwaysonError(f"a restore named {into!r} already runs; drop it first")
-    port = 5433 + len(st.restores)
+    taken = {split_hostport(r["address"])[1] for r in known.values()}
+    port = next(p for p in range(FIRST_RESTORE_PORT, FIRST_RESTORE_PORT + 1000) if p not in taken)
     address = _scratch_address(cfg, port)
-    folder = Path(cfg.data_dir).parent.parent / "restores" / into / "pgdata"
+    folder = restore_folder(cfg, into)
     pm = await _recover(st, repo_of(cfg) / "base" / base["id"], folder, address, target)
     st.restores[into] = pm
-    url = f"postgresql://{SUPERUSER}:{cfg.superuser_password}@{address}/{cfg.name}"
-    return {
+    made = {
         "into": into,
         "address": address,
-        "url": url,
         "backup": base["id"],
         "to_time": to_time,
         "path": str(folder),
+        "made_at": time.time(),
     }
+    known[into] = made
+    _save_restores(cfg, known)
+    url = f"postgresql://{SUPERUSER}:{cfg.superuser_password}@{address}/{cfg.name}"
+    return {**made, "url": url}
+
+
+async def restart_restores(st: Steward) -> None:
+    """At agent start: the restored instances died with the previous agent (they are its
+    children, with a parent-death signal); start each again from its folder."""
+    cfg = st.cfg
+    for into, made in sorted(_known_restores(cfg).items()):
+        folder = Path(made["path"])
+        if into in st.restores or not (folder / "PG_VERSION").exists():
+            continue
+        log_path = st.log_dir / f"{cfg.name}@{cfg.site}.{into}.pg.log"
+        dsn = conninfo(made["address"], SUPERUSER, cfg.superuser_password)
+        try:
+            await wait_backends_gone(folder, 10.0)
+            pm = st.engine.spawn(folder, log_path)
+            deadline = time.monotonic() + READY_TIMEOUT
+            while True:
+                if not pm.alive():
+                    raise AlwaysonError(f"it exited while starting (see {log_path})")
+                with contextlib.suppress(TemporaryError):
+                    await query(dsn, "SELECT 1", timeout=2)
+                    break
+                if time.monotonic() > deadline:
+                    await pm.stop("immediate")
+                    raise AlwaysonError(f"not ready within {READY_TIMEOUT:.0f}s")
+                await asyncio.sleep(0.1)
+        except AlwaysonError as exc:
+            st.last_error = f"restored instance {into}: {exc}"
+            with contextlib.suppress(TemporaryError):
+                await st.keeper.event(
+                    "db-restore-lost", cfg.name, f"{cfg.site}: {into} did not start: {exc}", {}
+                )
+            continue
+        st.restores[into] = pm
+        with contextlib.suppress(TemporaryError):
+            await st.keeper.event(
+                "db-restore-restarted",
+                cfg.name,
+                f"{cfg.site}: restored instance {into} started again at {made['address']}",
+                {"into": into, "address": made["address"], "pid": pm.pid},
+            )
 
 
 async def drop_restore(st: Steward, into: str) -> dict[str, Any]:
+    known = _known_restores(st.cfg)
     pm = st.restores.pop(into, None)
-    if pm is None:
-        raise AlwaysonError(f"no restore named {into!r} runs here")
-    await pm.stop("fast")
-    shutil.rmtree(Path(st.cfg.data_dir).parent.parent / "restores" / into, ignore_errors=True)
+    if pm is None and into not in known:
+        raise AlwaysonError(f"no restore named {into!r} here")
+    if pm is not None:
+        await pm.stop("fast")
+    made = known.pop(into, None)
+    _save_restores(st.cfg, known)
+    folder = Path(made["path"]) if made else restore_folder(st.cfg, into)
+    await asyncio.to_thread(shutil.rmtree, folder.parent, True)
     return {"dropped": into}

@@ -46,6 +46,7 @@ class KeeperClient:
         sync: str | None = None,
         synchronous: bool = False,
         why: str = "",
+        fault_at: float | None = None,
     ) -> Lease:
         body = {
             "site": site,
@@ -55,6 +56,7 @@ class KeeperClient:
             "sync": sync,
             "synchronous": synchronous,
             "why": why,
+            "fault_at": fault_at,
         }
         resp = await self._call("POST", f"/v1/db/{db}/lease/{op}", timeout, body)
         if resp.status_code == 409:

@@ -50,6 +50,7 @@ class LeaseOp(BaseModel):
     sync: str | None = None
     synchronous: bool = False
     why: str = ""
+    fault_at: float | None = None
 
 
 class EventIn(BaseModel):
@@ -85,9 +86,11 @@ def create_keeper_app(store: StateStore, token: str, clock: Clock) -> FastAPI:
             if op == "acquire":
                 return leases.acquire(current, body.site, body.ttl, now, body.synchronous)
             if op == "release":
-                return leases.release(current, body.site, body.epoch, now, body.why)
+                return leases.release(current, body.site, body.epoch, now, body.why, body.fault_at)
             if op == "handover" and body.to:
-                return leases.hand_over(current, body.site, body.epoch, body.to, body.ttl, now)
+                return leases.hand_over(
+                    current, body.site, body.epoch, body.to, body.ttl, now, body.fault_at
+                )
             raise HTTPException(404, f"no lease operation {op!r}")
 
         try:

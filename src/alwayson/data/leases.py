@@ -38,6 +38,10 @@ class Lease:
     previous_holder: str | None = None
     released_at: float | None = None
     released_why: str = ""
+    fault_at: float | None = None
+    """When the previous holder stopped taking writes, as best it knew (its process exit
+    seen, a switchover's hold on writes, an operator's revocation); None after an expiry,
+    where only the previous holder's last renewal is known. For the failover record."""
 
     def expired(self, now: float) -> bool:
         return self.holder is None or now >= self.expires_at
@@ -110,17 +114,40 @@ def acquire(
     )
 
 
-def release(lease: Lease | None, site: str, epoch: int, now: float, why: str = "") -> Lease:
-    """The holder gives the lease up at once (its primary is known stopped)."""
+def release(
+    lease: Lease | None,
+    site: str,
+    epoch: int,
+    now: float,
+    why: str = "",
+    fault_at: float | None = None,
+) -> Lease:
+    """The holder gives the lease up at once (its primary is known stopped). A revoked
+    lease stays reserved for its target and keeps the revocation as its fault time."""
     if lease is None or lease.holder != site or lease.epoch != epoch:
         raise LeaseRefused(f"{site} does not hold the lease at epoch {epoch}", lease)
     return replace(
-        lease, holder=None, previous_holder=site, expires_at=now, released_at=now, released_why=why
+        lease,
+        holder=None,
+        previous_holder=site,
+        expires_at=now,
+        released_at=now,
+        released_why=why,
+        fault_at=lease.fault_at if lease.revoked_for is not None else (fault_at or now),
     )
 
 
-def hand_over(lease: Lease | None, site: str, epoch: int, to: str, ttl: float, now: float) -> Lease:
-    """The holder, stopped and caught up with, passes the lease straight to ``to``."""
+def hand_over(
+    lease: Lease | None,
+    site: str,
+    epoch: int,
+    to: str,
+    ttl: float,
+    now: float,
+    fault_at: float | None = None,
+) -> Lease:
+    """The holder, stopped and caught up with, passes the lease straight to ``to``
+    (``fault_at``: when it stopped taking writes)."""
     if lease is None or lease.holder != site or lease.epoch != epoch:
         raise LeaseRefused(f"{site} does not hold the lease at epoch {epoch}", lease)
     if now >= lease.expires_at:
@@ -135,14 +162,24 @@ def hand_over(lease: Lease | None, site: str, epoch: int, to: str, ttl: float, n
         granted_at=now,
         previous_holder=site,
         synchronous=lease.synchronous,
+        fault_at=fault_at or now,
     )
 
 
 def revoke(lease: Lease | None, to: str, now: float) -> Lease:
     """A forced failover: the holder can no longer renew; it expires within its ttl."""
     if lease is None:
-        return Lease(holder=None, epoch=0, ttl=0, expires_at=now, granted_at=now, revoked_for=to)
-    return replace(lease, revoked_for=to)
+        return Lease(
+            holder=None,
+            epoch=0,
+            ttl=0,
+            expires_at=now,
+            granted_at=now,
+            revoked_for=to,
+            fault_at=now,
+        )
+    again = lease.revoked_for == to and lease.fault_at is not None
+    return replace(lease, revoked_for=to, fault_at=lease.fault_at if again else now)
 
 
 @dataclass

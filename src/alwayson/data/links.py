@@ -90,6 +90,11 @@ class _Side(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.pipe.closed:
+            # Refused before the transport existed (a cut link decides at once): without
+            # this the client keeps a connection nobody answers, and a walreceiver waits
+            # on it forever, long after the link is back.
+            transport.close()
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import shutil
 import signal
 import threading
@@ -51,6 +52,7 @@ CYCLE = 0.25
 WATCHDOG = 0.02
 CATCH_UP_BYTES = 1 << 20
 SWITCHOVER_WAIT = 30.0
+PENDING_RECORD = 120.0
 LONG_REQUESTS = ("backup", "verify", "restore", "drop-restore")
 
 
@@ -62,6 +64,54 @@ class Role(StrEnum):
     """Was primary, stopped without the lease; its data may be ahead of the new primary."""
     SWITCHING = "switching"
     REJOINING = "rejoining"
+
+
+def fault_of(before: Lease | None, detected: float) -> tuple[float, str]:
+    """When the fault behind a takeover happened, as best known, and what that rests on."""
+    if before is None:
+        return detected, "unknown: no lease was seen before; from this site's detection"
+    if before.revoked_for is not None and before.fault_at is not None:
+        return before.fault_at, "the operator revoked the lease (db failover)"
+    if before.fault_at is not None and before.released_at is not None:
+        why = before.released_why or "released"
+        return before.fault_at, f"the old primary's agent: {why}"
+    if before.fault_at is not None:
+        return before.fault_at, "the old primary stopped taking writes for the switchover"
+    return (
+        before.expires_at - before.ttl,
+        "the old primary's last successful renewal (the lease then expired; the fault "
+        "came after it, at most ttl/3 later)",
+    )
+
+
+def lease_free_at(before: Lease | None) -> float | None:
+    """When the lease could be taken: released, handed over, or expired."""
+    if before is None:
+        return None
+    if before.released_at is not None:
+        return before.released_at
+    if before.holder is not None and before.revoked_for is None and before.fault_at:
+        return before.granted_at  # handed over
+    return before.expires_at
+
+
+def newest_timeline(pg_wal: Path, timeline: int, redo: str) -> tuple[int, str]:
+    """The newest timeline a data directory's WAL reaches and where to start reading it:
+    ``redo`` when the last checkpoint is on it, else where it branched off (the last line
+    of its ``.history`` file: ``<parent>\t<switch LSN>\t<reason>``)."""
+    newest, start = timeline, redo
+    for history in pg_wal.glob("*.history"):
+        number = int(history.name[:8], 16)
+        if number <= newest:
+            continue
+        lines = [
+            line.split()
+            for line in history.read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        if lines and len(lines[-1]) >= 2:
+            newest, start = number, max(redo, lines[-1][1], key=lsn_int)
+    return newest, start
 
 
 def lsn_int(text: str | None) -> int:
@@ -96,9 +146,10 @@ class Steward:
         self.writable = False
         self.sync_names: list[str] = []
         self.sync_standby: str | None = None
-        self.degraded_since: float | None = None
         self.standby_missing_since: float | None = None
         self.alert: str | None = None
+        self.alert_kind: str | None = None
+        """``rpo`` (commits go on without the standby) or ``blocked`` (they wait for it)."""
         self.fence_reason = ""
         self.watchdog_fired = False  # set by the watchdog thread, cleared with a new tenure
         self.retake_after = 0.0
@@ -107,7 +158,16 @@ class Steward:
         self.replication: list[dict[str, Any]] = []
         self.facts: dict[str, Any] = {}
         self.detected_at: float | None = None
+        self.exit_seen_at: float | None = None
+        """Wall time the watchdog thread first saw the primary's postmaster gone."""
+        self.final_wal: dict[str, Any] | None = None
+        """After this site's primary exited: where its WAL ends on disk, for the record."""
+        self.pending_record: tuple[str, dict[str, Any], float] | None = None
+        """The last failover record, until the old primary's end of WAL completes it."""
+        self._wal_end_job: asyncio.Task[None] | None = None
         self.restores: dict[str, Postmaster] = {}
+        self.long_lock = asyncio.Lock()
+        """One long job (backup, verify, restore) at a time: they share the scratch address."""
         self._job: asyncio.Task[None] | None = None
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name=f"fence-{cfg.name}", daemon=True)
@@ -149,6 +209,13 @@ class Steward:
             tenure, pm = self.tenure, self.postmaster
             if (
                 self.role is Role.PRIMARY
+                and pm is not None
+                and self.exit_seen_at is None
+                and not pm.alive()
+            ):
+                self.exit_seen_at = time.time()
+            if (
+                self.role is Role.PRIMARY
                 and tenure is not None
                 and pm is not None
                 and tenure.must_fence(time.monotonic())
@@ -167,12 +234,21 @@ class Steward:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._renewing())
                 group.create_task(self._cycling())
+                group.create_task(self._restart_restores())
         finally:
             self._stop.set()
+
+    async def _restart_restores(self) -> None:
+        try:
+            await backups.restart_restores(self)
+        except Exception as exc:  # a bad restores.json must not stop the steward
+            log.exception("%s: restarting restored instances", self.name)
+            self.last_error = f"restarting restored instances: {exc!r}"
 
     async def shutdown(self) -> None:
         self._stop.set()
         self.writable = False
+        await self._settle()
         for pm in [self.postmaster, *self.restores.values()]:
             if pm is not None and pm.alive():
                 await pm.stop("fast", timeout=20)
@@ -239,12 +315,36 @@ class Steward:
             return
         self.role = Role.FENCED
         self.fence_reason = why
-        self.tenure = None
+        tenure, self.tenure = self.tenure, None
+        stopped_at = time.time()
         pm = self.postmaster
         if pm is not None:
-            await pm.stop("immediate", timeout=5)
+            await pm.stop("immediate", timeout=5)  # returns once no backend is left
         log.warning("%s: fenced the primary: %s", self.name, why)
+        if tenure is not None:
+            # Known stopped: give the lease up so the standby need not wait for the ttl (a
+            # revoked lease stays reserved for the operator's choice).
+            await self._release(tenure.epoch, f"fenced: {why}", stopped_at)
         await self._event("db-fenced", f"{self.cfg.site} stopped its primary: {why}")
+        if tenure is not None:
+            self._find_end_of_wal(tenure.epoch)
+
+    async def _release(self, epoch: int, why: str, fault_at: float) -> bool:
+        try:
+            await self.keeper.lease(
+                self.name,
+                "release",
+                self.cfg.site,
+                epoch,
+                self.cfg.ttl,
+                2.0,
+                why=why,
+                fault_at=fault_at,
+            )
+        except (LeaseRefused, TemporaryError) as exc:
+            self.last_error = f"release of epoch {epoch}: {exc}"
+            return False
+        return True
 
     # -- one cycle ---------------------------------------------------------------------
 
@@ -320,7 +420,7 @@ class Steward:
         root = self.data.parent
         root.mkdir(parents=True, exist_ok=True)
         self.engine.ident.check_reachable(root)
-        shutil.rmtree(self.data, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, self.data, True)  # other databases renew meanwhile
         await self.engine.initdb(self.data, SUPERUSER)
         self._prepare_repo()
         with (self.data / "postgresql.conf").open("a") as conf:
@@ -344,6 +444,8 @@ class Steward:
         self.lease = lease
         self.tenure = Tenure(lease.epoch, self.cfg.ttl, self.cfg.margin, sent)
         self.watchdog_fired = False
+        self.exit_seen_at = None
+        self.final_wal = None
         self._save_epoch(lease.epoch)
 
     def _prepare_repo(self) -> None:
@@ -384,10 +486,11 @@ class Steward:
     async def _clone_from(self, holder: str) -> str:
         if not self.partitions.connected(self.cfg.site, holder):
             return f"cannot reach {holder} to clone the standby"
+        await self._settle()
         root = self.data.parent
         root.mkdir(parents=True, exist_ok=True)
         self.engine.ident.check_reachable(root)
-        shutil.rmtree(self.data, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, self.data, True)  # other databases renew meanwhile
         self.engine.ident.own(self.data)
         self._prepare_repo()
         source = self.cfg.peers[holder]
@@ -422,6 +525,7 @@ class Steward:
         self.sync_names = list(sync_names)
 
     async def _start(self, sync_names: list[str], follow: str | None = None) -> None:
+        await self._settle()
         old = self.postmaster
         if old is not None and old.alive():
             await old.stop("fast", timeout=20)
@@ -482,6 +586,18 @@ class Steward:
         pm = self.postmaster
         if pm is None or not pm.alive():
             return await self._primary_died()
+        seen = self.view.get("lease") or {}
+        tenure = self.tenure
+        if (
+            seen.get("revoked_for")
+            and seen.get("holder") == self.cfg.site
+            and tenure is not None
+            and seen.get("epoch") == tenure.epoch
+        ):
+            # `db failover`: the next renewal would be refused anyway; stop taking writes now.
+            why = f"the operator revoked the lease for a failover to {seen['revoked_for']}"
+            await self.fence(why)
+            return f"fenced: {why}"
         try:
             rows = await query(
                 self.admin_dsn(),
@@ -515,11 +631,12 @@ class Steward:
         ]
         if self.cfg.replication == "synchronous":
             await self._keep_synchronous()
+        await self._complete_record()
         return f"primary at epoch {self.tenure.epoch if self.tenure else '?'}"
 
     async def _primary_died(self) -> str:
         self.writable = False
-        detected = time.time()
+        exited = self.exit_seen_at or time.time()
         tenure = self.tenure
         self.tenure = None
         self.role = Role.FENCED
@@ -528,21 +645,75 @@ class Steward:
             if self.watchdog_fired
             else "the PostgreSQL process exited"
         )
+        noticed = time.time()
         await wait_backends_gone(self.data, 5.0)
-        if tenure is not None:
-            with contextlib.suppress(LeaseRefused, TemporaryError):
-                await self.keeper.lease(
-                    self.name,
-                    "release",
-                    self.cfg.site,
-                    tenure.epoch,
-                    self.cfg.ttl,
-                    2.0,
-                    why=f"primary process exited at {detected:.3f}",
-                )
+        gone = time.time()
+        released = tenure is not None and await self._release(
+            tenure.epoch, f"primary process exited at {exited:.3f}", exited
+        )
         self.retake_after = time.monotonic() + 2 * self.cfg.ttl
         await self._event("db-primary-exited", f"{self.cfg.site}: primary exited; lease released")
-        return "primary exited: all its processes are gone, lease released for the standby"
+        if tenure is not None:
+            self._find_end_of_wal(tenure.epoch)
+        return (
+            f"primary exited (seen by the cycle {noticed - exited:.2f}s later, every backend "
+            f"gone {gone - exited:.2f}s after the exit)"
+            + (", lease released for the standby" if released else "")
+        )
+
+    def _find_end_of_wal(self, epoch: int) -> None:
+        """In the background, after the release: it must delay neither the standby's
+        promotion nor this site's reports; anything that touches the data directory
+        again waits for it first (``_settle``)."""
+
+        async def find() -> None:
+            self.final_wal = await self._end_of_wal(epoch)
+
+        self._wal_end_job = asyncio.create_task(find())
+
+    async def _settle(self, wait: float = 0.0) -> None:
+        """Let the end-of-WAL search finish (up to ``wait`` seconds), else stop it."""
+        job, self._wal_end_job = self._wal_end_job, None
+        if job is None:
+            return
+        with contextlib.suppress(TimeoutError, Exception):
+            await asyncio.wait_for(asyncio.shield(job), wait)
+        if not job.done():
+            job.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await job
+
+    async def _end_of_wal(self, epoch: int) -> dict[str, Any] | None:
+        """Where this stopped primary's WAL ends on disk: every commit it acknowledged is
+        before it (a commit is acknowledged only once flushed). pg_waldump reads the
+        newest timeline from the last checkpoint's redo point (or from where that timeline
+        began, when the checkpoint is older) until the first invalid record."""
+        try:
+            control = await self.engine.controldata(self.data)
+            redo = control.get("Latest checkpoint's REDO location", "")
+            timeline = int(control.get("Latest checkpoint's TimeLineID", "1") or 1)
+            timeline, start = newest_timeline(self.data / "pg_wal", timeline, redo)
+            await self.engine.run(
+                "pg_waldump",
+                "--quiet",
+                "--path",
+                str(self.data / "pg_wal"),
+                "--start",
+                start,
+                "--timeline",
+                str(timeline),
+                timeout=30,
+            )
+        except OSError as exc:
+            log.warning("%s: end of WAL not found: %s", self.name, exc)
+        except EngineError as exc:
+            # "error in WAL record at 0/1480368: invalid record length at 0/14803E0: ..."
+            text = str(exc)
+            found = re.findall(r"(?:at|LSN) ([0-9A-F]+/[0-9A-F]+)", text)
+            if "error in WAL record" in text and found:
+                return {"epoch": epoch, "lsn": found[-1], "at": time.time()}
+            log.warning("%s: end of WAL not found: %s", self.name, text[-300:])
+        return None
 
     async def _keep_synchronous(self) -> None:
         standbys = [slot_name(s) for s in self.cfg.standby_sites]
@@ -560,32 +731,49 @@ class Steward:
                 if self.sync_standby != site:
                     self.sync_standby = site
                     await self.renew_now()
-                    if self.alert:
-                        await self._event(
-                            "db-rpo-restored",
-                            f"{self.name}: {site} is synchronous again; RPO=0 holds",
-                        )
-                        self.alert = None
+                if self.alert and self.sync_standby == site:
+                    await self._clear_alert(site)
             return
         if self.standby_missing_since is None:
             self.standby_missing_since = now
+        missing_for = now - self.standby_missing_since
+        if self.cfg.on_standby_loss == "block":
+            # Commits wait for the standby, so it still has every acknowledged one: it stays
+            # named in the lease and may take over if this primary is lost meanwhile.
+            if self.sync_names and missing_for >= self.cfg.standby_timeout and not self.alert:
+                self.alert_kind = "blocked"
+                self.alert = (
+                    f"commits to {self.name} on {self.cfg.site} are blocked: the synchronous "
+                    "standby is lost and on_standby_loss is block"
+                )
+                await self._event("db-writes-blocked", self.alert)
+            return
         if self.sync_standby is not None:
             # The lease must stop naming a standby before commits may go without it.
             self.sync_standby = None
             if not await self.renew_now():
                 return
-        if (
-            self.sync_names
-            and self.cfg.on_standby_loss == "continue"
-            and now - self.standby_missing_since >= self.cfg.standby_timeout
-        ):
+        if self.sync_names and missing_for >= self.cfg.standby_timeout:
             self._write_conf([], None)
             await query(self.admin_dsn(), "SELECT pg_reload_conf()")
+            self.alert_kind = "rpo"
             self.alert = (
                 f"RPO=0 no longer holds for {self.name}: the standby is lost; commits "
                 f"continue on {self.cfg.site} alone"
             )
             await self._event("db-rpo-alert", self.alert)
+
+    async def _clear_alert(self, site: str) -> None:
+        if self.alert_kind == "blocked":
+            await self._event(
+                "db-writes-resumed", f"{self.name}: {site} is back; blocked commits go on"
+            )
+        else:
+            await self._event(
+                "db-rpo-restored", f"{self.name}: {site} is synchronous again; RPO=0 holds"
+            )
+        self.alert = None
+        self.alert_kind = None
 
     # -- fenced ------------------------------------------------------------------------
 
@@ -633,6 +821,7 @@ class Steward:
                     synchronous=self.synchronous,
                 )
             except LeaseRefused as exc:
+                self.detected_at = None  # not a takeover yet; date the one that happens
                 return f"standby: cannot take the lease: {exc.reason}"
             self.detected_at = self.detected_at or time.time()
             self._hold(new, sent)
@@ -648,9 +837,8 @@ class Steward:
         return others[0] if others else None
 
     def _may_take(self, lease: Lease) -> bool:
-        if lease.revoked_for not in (None, self.cfg.site):
-            return False
-        if not lease.expired(self.keeper_now()):
+        if lease.revoked_for not in (None, self.cfg.site) or not lease.expired(self.keeper_now()):
+            self.detected_at = None
             return False
         if self.detected_at is None:
             self.detected_at = time.time()
@@ -681,11 +869,13 @@ class Steward:
 
     async def _promote(self, why: str) -> str:
         started = time.time()
-        lag = self._lag_at_fault()
+        detected = self.detected_at or started
+        before = Lease.from_json(self.view["lease"]) if self.view.get("lease") else None
         # Handed over: renew first, so our own view of the lease starts after the keeper
         # granted it, never before.
         if self.tenure is None and not await self._take_handed_lease():
             return "handed the lease but could not renew it yet; still a standby"
+        lag = await self._lag_at_fault()
         self.role = Role.PRIMARY
         self.writable = False
         try:
@@ -702,30 +892,61 @@ class Steward:
         self.writable = True
         writable_at = await self._first_write()
         lease = self.lease
+        fault, basis = fault_of(before, detected)
+        kind = "failover" if "acquired" in why else "switchover-promotion"
         record = {
-            "kind": "failover" if "acquired" in why else "switchover-promotion",
+            "kind": kind,
             "database": self.name,
             "to": self.cfg.site,
             "from": (lease.previous_holder if lease else None),
             "epoch": lease.epoch if lease else None,
             "why": why,
-            "fault_at": self._fault_time(),
-            "detected_at": self.detected_at or started,
+            "replication": self.cfg.replication,
+            "fault_at": fault,
+            "fault_basis": basis,
+            "lease_free_at": lease_free_at(before),
+            "detected_at": detected,
+            "promote_started_at": started,
             "promoted_at": promoted,
             "writable_at": writable_at,
+            "detect_seconds": detected - fault,
             "promote_seconds": promoted - started,
+            "rto_seconds": (writable_at - fault) if writable_at else None,
             "lag_at_fault": lag,
-            "replication": self.cfg.replication,
         }
-        fault = self._fault_time() or self.detected_at or started
-        record["rto_seconds"] = (writable_at - fault) if writable_at else None
         self.detected_at = None
+        ident = f"{int(promoted * 1000)}-{self.cfg.site}"
         with contextlib.suppress(TemporaryError):
-            await self.keeper.record(
-                self.name, "record", f"{int(promoted * 1000)}-{self.cfg.site}", record
-            )
+            await self.keeper.record(self.name, "record", ident, record)
+        if kind == "failover":
+            self.pending_record = (ident, record, time.monotonic() + PENDING_RECORD)
         await self._event("db-promoted", f"{self.cfg.site} promoted: {why}", record)
         return f"promoted: {why}"
+
+    async def _complete_record(self) -> None:
+        """Add the old primary's end of WAL to the failover record once it reports it: the
+        WAL it had on disk that this site never received (acknowledged commits or not)."""
+        pending = self.pending_record
+        if pending is None:
+            return
+        ident, record, until = pending
+        report = (self.view.get("sites") or {}).get(record.get("from") or "") or {}
+        final = report.get("final_wal") or {}
+        if final.get("epoch") != (record.get("epoch") or 0) - 1 or not final.get("lsn"):
+            if time.monotonic() > until:
+                self.pending_record = None
+            return
+        lag = dict(record["lag_at_fault"])
+        end = lsn_int(final["lsn"])
+        received = lsn_int(lag.get("standby_receive_lsn"))
+        lag["old_primary_wal_end_lsn"] = final["lsn"]
+        lag["wal_bytes_not_received"] = max(0, end - received) if received else None
+        record = {**record, "lag_at_fault": lag}
+        try:
+            await self.keeper.record(self.name, "record", ident, record)
+        except TemporaryError:
+            return
+        self.pending_record = None
 
     async def _take_handed_lease(self) -> bool:
         lease = self.lease
@@ -749,22 +970,32 @@ class Steward:
         self._hold(new, sent)
         return True
 
-    def _fault_time(self) -> float | None:
-        previous = self.view.get("lease") or {}
-        if previous.get("released_at"):
-            return float(previous["released_at"])
-        if previous.get("expires_at") and previous.get("ttl"):
-            return float(previous["expires_at"]) - float(previous["ttl"])
-        return None
-
-    def _lag_at_fault(self) -> dict[str, Any]:
-        mine = lsn_int(self.facts.get("receive_lsn"))
-        primary = (self.view.get("sites") or {}).get(
-            self.lease.previous_holder if self.lease else "", {}
-        )
-        theirs = lsn_int(primary.get("lsn")) if primary else 0
+    async def _lag_at_fault(self) -> dict[str, Any]:
+        """How far this standby was behind when it took over. Its own positions are read
+        now, just before promotion; the old primary's is its last report (every CYCLE, so
+        it may have written more since: a lower bound). The old primary's end of WAL on
+        disk, when it can tell, completes it later (``_complete_record``)."""
+        receive, replay = self.facts.get("receive_lsn"), self.facts.get("replay_lsn")
+        with contextlib.suppress(TemporaryError):
+            rows = await query(
+                self.admin_dsn(),
+                "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text",
+                timeout=2,
+            )
+            receive, replay = rows[0][0] or receive, rows[0][1] or replay
+        previous = self.lease.previous_holder if self.lease else None
+        report = (self.view.get("sites") or {}).get(previous or "") or {}
+        theirs = lsn_int(report.get("lsn"))
+        mine = lsn_int(receive)
+        reported_at = report.get("reported_at")
         return {
-            "bytes_behind_last_report": max(0, theirs - mine) if theirs else None,
+            "standby_receive_lsn": receive,
+            "standby_replay_lsn": replay,
+            "primary_last_reported_lsn": report.get("lsn"),
+            "primary_report_age_seconds": (
+                (self.keeper_now() - float(reported_at)) if reported_at else None
+            ),
+            "bytes_behind_last_report": max(0, theirs - mine) if theirs and mine else None,
             "replay_age_seconds": self.facts.get("replay_age_seconds"),
         }
 
@@ -800,11 +1031,16 @@ class Steward:
         ident = str(request["id"])
         started = time.time()
         try:
-            result = await self._carry_out(op, request)
+            if op in LONG_REQUESTS:
+                async with self.long_lock:
+                    result = await self._carry_out(op, request)
+            else:
+                result = await self._carry_out(op, request)
             outcome = {"ok": True, **result}
-        except AlwaysonError as exc:
+        except (AlwaysonError, OSError) as exc:
             outcome = {"ok": False, "error": str(exc)}
         record = {
+            "kind": op,
             **request,
             **outcome,
             "started_at": started,
@@ -821,8 +1057,12 @@ class Steward:
             return self.role is Role.PRIMARY
         if op == "failback":
             return self.role is Role.FENCED
-        if op in ("restore", "drop-restore"):
+        if op == "restore":
             return self.role is Role.PRIMARY
+        if op == "drop-restore":
+            # Whichever site runs it (it stays where it was made, through failovers).
+            into = str((self.view.get("request") or {}).get("into"))
+            return into in self.restores or backups.restored(self.cfg, into) is not None
         return False
 
     async def _carry_out(self, op: str | None, request: dict[str, Any]) -> dict[str, Any]:
@@ -885,7 +1125,14 @@ class Steward:
                     f"{self.cfg.site} stays primary"
                 )
             await self.keeper.lease(
-                self.name, "handover", self.cfg.site, tenure.epoch, self.cfg.ttl, 2.0, to=to
+                self.name,
+                "handover",
+                self.cfg.site,
+                tenure.epoch,
+                self.cfg.ttl,
+                2.0,
+                to=to,
+                fault_at=began,
             )
             self.tenure = None
             handed = time.time()
@@ -894,9 +1141,12 @@ class Steward:
             return {
                 "from": self.cfg.site,
                 "to": to,
+                "epoch": tenure.epoch + 1,
                 "stopped_at": began,
                 "handed_at": handed,
-                "final_lsn": f"{final:X}",
+                "final_lsn": f"{final >> 32:X}/{final & 0xFFFFFFFF:X}",
+                "standby_replayed_lsn": f"{replayed >> 32:X}/{replayed & 0xFFFFFFFF:X}",
+                "lost_writes": 0,
             }
         finally:
             self.holding = False
@@ -907,11 +1157,13 @@ class Steward:
         if holder is None or holder == self.cfg.site:
             raise AlwaysonError("no other site is primary; nothing to fail back to")
         self.role = Role.REJOINING
+        await self._settle(wait=30.0)  # the end of this site's WAL, for the record
         source = conninfo(self.cfg.peers[holder], SUPERUSER, self.cfg.superuser_password)
         began = time.time()
         method = "rewind"
+        output = ""
         try:
-            await self.engine.run(
+            output = await self.engine.run(
                 "pg_rewind",
                 "--target-pgdata",
                 str(self.data),
@@ -931,7 +1183,24 @@ class Steward:
                 await self._start_standby(holder)
         self.role = Role.STANDBY
         self.fence_reason = ""
-        return {"method": method, "follows": holder, "seconds": time.time() - began}
+        # "servers diverged at WAL location 0/3000148 on timeline 1"
+        found = re.search(r"diverged at WAL location ([0-9A-F]+/[0-9A-F]+)", output)
+        diverged = found.group(1) if found else None
+        end = (self.final_wal or {}).get("lsn")
+        self.final_wal = None
+        return {
+            "from": self.cfg.site,
+            "method": method,
+            "follows": holder,
+            "epoch": lease.epoch if lease else None,
+            "seconds": time.time() - began,
+            "diverged_at": diverged,
+            "own_wal_end": end,
+            # What this site had written past the new primary's history and threw away.
+            "discarded_wal_bytes": (
+                max(0, lsn_int(end) - lsn_int(diverged)) if diverged and end else None
+            ),
+        }
 
     async def _diverged_after_rewind(self, holder: str) -> bool:
         """pg_rewind compares timelines only: when the new primary was promoted before it
@@ -968,11 +1237,22 @@ class Steward:
             "sync_standby": self.sync_standby,
             "sync_names": self.sync_names,
             "alert": self.alert,
+            "alert_kind": self.alert_kind,
+            "standby_missing_for": (
+                time.monotonic() - self.standby_missing_since
+                if self.standby_missing_since is not None
+                else None
+            ),
+            "final_wal": self.final_wal,
             "fence_reason": self.fence_reason,
             "replication": self.replication,
             "verdict": self.last_verdict,
             "last_error": self.last_error,
-            "restores": sorted(self.restores),
+            "restores": {
+                name: {**(backups.restored(self.cfg, name) or {}), "pid": pm.pid}
+                for name, pm in sorted(self.restores.items())
+                if pm.alive()
+            },
             **self.facts,
         }
 
