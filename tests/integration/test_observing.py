@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -20,6 +21,8 @@ from aiosmtpd.controller import Controller as SmtpController
 from aiosmtpd.handlers import Message
 from prometheus_client.parser import text_string_to_metric_families
 from tests.support import Platform, Stream, echo_service, free_port, wait_for
+
+BANK = Path(__file__).resolve().parents[2] / "examples" / "digital-bank"
 
 
 class Hook:
@@ -217,14 +220,21 @@ def test_kill_fires_an_alert_to_webhook_and_email_and_silences_hold_it(
     assert "data:image/png;base64," in page and "http://" not in page.replace(platform.api, "")
 
 
-def test_load_step_scales_out_within_seconds_and_back_in_after_the_window(
-    make_platform: Callable[..., Platform], echo_folder: Path
+def test_a_load_step_on_a_bank_service_scales_it_out_within_seconds_and_back_in(
+    make_platform: Callable[..., Platform], tmp_path: Path
 ) -> None:
-    service = echo_service(
-        "accounts",
-        8000,
-        replicas=1,
-        autoscale={
+    folder = tmp_path / "bank-platform"
+    shutil.copytree(BANK / "bank", folder / "bank", ignore=shutil.ignore_patterns("__pycache__"))
+    fx = {
+        "name": "fx",
+        "version": "1.0.0",
+        "run": "python -m bank.fx",
+        "port": 8014,
+        "replicas": 1,
+        "health": {"http": "/healthz", "interval": "500ms", "timeout": "400ms"},
+        "routes": [{"path": "/fx"}],
+        "stop_grace": "3s",
+        "autoscale": {
             "min": 1,
             "max": 3,
             "targets": {"rps": 20},
@@ -232,37 +242,37 @@ def test_load_step_scales_out_within_seconds_and_back_in_after_the_window(
             "interval": "500ms",
             "scale_down": {"stabilization": "6s"},
         },
-    )
+    }
     spec = {
         "platform": "scaled",
         "sites": [{"name": "jakarta"}, {"name": "surabaya"}, {"name": "witness", "witness": True}],
-        "services": [service],
+        "services": [fx],
         "metrics": {"scrape_interval": "500ms", "scrape_timeout": "400ms"},
     }
-    platform = make_platform(spec, folder=echo_folder)
+    platform = make_platform(spec, folder=folder)
     platform.cli("up", "--timeout", "60")
-    first = {i["id"] for i in platform.instances(service="accounts")}
-    with Stream(platform.front_door, ["/accounts/x"], rate=120) as stream:
+    first = {i["id"] for i in platform.instances(service="fx")}
+    with Stream(platform.front_door, ["/fx/rates"], rate=120) as stream:
         stream.wait_sent(10)
         step = time.monotonic()
 
         def new_instance_served() -> bool:
-            got = httpx.get(f"{platform.front_door}/accounts/y", trust_env=False, timeout=5)
-            return got.json()["instance"] not in first
+            got = httpx.get(f"{platform.front_door}/fx/rates", trust_env=False, timeout=5)
+            return got.status_code == 200 and got.headers["x-served-by"] not in first
 
-        wait_for("a new instance serving", new_instance_served, 30)
+        wait_for("a new fx instance serving", new_instance_served, 30)
         served_after = time.monotonic() - step
         stream.wait_sent(50)
     assert stream.failures == [], stream.failures[:5]
-    print(f"load step -> a new instance serves: {served_after:.2f}s")
+    print(f"load step -> a new bank fx instance serves: {served_after:.2f}s")
     wait_for(
         "back to one instance per site",
-        lambda: len([i for i in platform.instances(service="accounts") if i["desired"]]) == 2,
+        lambda: len([i for i in platform.instances(service="fx") if i["desired"]]) == 2,
         60,
     )
     history = json.loads(platform.cli("autoscale", "history", "--json", "-n", "500").stdout)
     ups = [d for d in history if d["desired"] > d["current"]]
     downs = [d for d in history if d["desired"] < d["current"]]
     assert ups and downs, history[-5:]
-    assert "rps" in ups[0]["reason"]
+    assert "rps" in ups[0]["reason"] and ups[0]["service"] == "fx"
     assert downs[0]["at"] - ups[-1]["at"] >= 6.0, "scaled down inside the stabilization window"
