@@ -1,9 +1,10 @@
 """The bank's customers, accounts and ledger on a real PostgreSQL, without the platform.
 
-A private PostgreSQL (the pgserver wheel's binaries, run as ``nobody`` under root) listens on
-an address of this run's own loopback subnet; two instances of each of ``customers``,
-``accounts`` and ``ledger`` run as ``python -m bank.<name>`` with ``DATABASE_URL`` pointing
-at it, as two replicas would under alwayson. The tests check that every acknowledged id is
+A private PostgreSQL (run by the platform's own engine: the pgserver wheel's binaries, as
+``nobody`` under root) listens on an address of this run's own loopback subnet; two
+instances of each of ``customers``, ``accounts`` and ``ledger`` run as
+``python -m bank.<name>`` with ``DATABASE_URL`` pointing at it, as two replicas would under
+alwayson. The tests check that every acknowledged id is
 in the tables, that concurrent transfers keep the books balanced, that a restart keeps the
 data, and that without the database writes answer 503 (never 200), the services stay up and
 recover on their own. Every process started here is stopped by its pid, even on failure.
@@ -11,13 +12,10 @@ recover on their own. Every process started here is stopped by its pid, even on 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import pwd
+import asyncio
 import random
 import secrets
 import signal
-import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,22 +27,26 @@ import pytest
 from tests.integration.test_bank_services import Launcher, Service, free_port, nik, wait_ready
 from tests.support import reserve_subnet, wait_for
 
-from alwayson.data.engines import find_binaries
+from alwayson.data.engines import Engine, Identity, Postmaster, find_binaries
 
 SERVICES = ["customers", "accounts", "ledger"]
 TOP_UP = 1_000_000
-
-
-def pg_bin() -> Path:
-    # pgserver is a dependency of alwayson: missing binaries are a broken install, not a skip.
-    return find_binaries(None)
+SETTINGS = {
+    "listen_addresses": "'{host}'",
+    "port": "{port}",
+    "unix_socket_directories": "''",
+    "max_connections": "60",
+    "fsync": "off",
+    "shared_buffers": "16MB",
+}
 
 
 class Postgres:
-    """One PostgreSQL server: initdb once, then start and stop the postmaster by its pid."""
+    """One PostgreSQL server run by the platform's own engine (``alwayson.data.engines``:
+    the pgserver wheel's binaries, as ``nobody`` under root): initdb once, then the
+    postmaster as this process's child, started and stopped by its pid."""
 
     def __init__(self, root: Path, host: str) -> None:
-        self.bin = pg_bin()
         self.root = root
         self.data = root / "data"
         self.log = root / "postgres.log"
@@ -52,11 +54,14 @@ class Postgres:
         self.port = free_port(host)
         self.superuser_password = secrets.token_hex(12)
         self.password = secrets.token_hex(12)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.as_root = os.geteuid() == 0
-        nobody = pwd.getpwnam("nobody") if self.as_root else None
-        self.uid = nobody.pw_uid if nobody else None
-        self.gid = nobody.pw_gid if nobody else None
+        # pgserver is a dependency of alwayson: missing binaries are a broken install.
+        self.engine = Engine(
+            find_binaries(None),
+            Identity.of(None),
+            self.superuser_password,
+            root / "tools.log",
+        )
+        self.postmaster: Postmaster | None = None
 
     @property
     def url(self) -> str:
@@ -66,45 +71,11 @@ class Postgres:
     def admin_url(self) -> str:
         return f"postgresql://postgres:{self.superuser_password}@{self.host}:{self.port}/bank"
 
-    def _env(self) -> dict[str, str]:
-        return {"PATH": "/usr/bin:/bin", "LANG": "C", "LC_ALL": "C", "TZ": "UTC"}
-
-    def _own(self, path: Path) -> None:
-        if self.uid is not None and self.gid is not None:
-            os.chown(path, self.uid, self.gid)
-
     def init(self) -> None:
-        self.data.mkdir(mode=0o700)
-        self._own(self.data)
-        pwfile = self.root / "pw"
-        pwfile.write_text(self.superuser_password + "\n")
-        pwfile.chmod(0o600)
-        self._own(pwfile)
-        try:
-            subprocess.run(
-                [
-                    str(self.bin / "initdb"),
-                    "-D",
-                    str(self.data),
-                    "-U",
-                    "postgres",
-                    "--auth=scram-sha-256",
-                    f"--pwfile={pwfile}",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "--no-instructions",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=120,
-                cwd="/",
-                env=self._env(),
-                user=self.uid,
-                group=self.gid,
-            )
-        finally:
-            pwfile.unlink(missing_ok=True)
+        asyncio.run(self.engine.initdb(self.data, "postgres"))
+        with (self.data / "postgresql.conf").open("a") as conf:
+            for name, value in SETTINGS.items():
+                conf.write(f"{name} = {value.format(host=self.host, port=self.port)}\n")
         with (self.data / "pg_hba.conf").open("a") as hba:
             hba.write("host all all 127.0.0.0/8 scram-sha-256\n")
         self.start()
@@ -113,41 +84,15 @@ class Postgres:
             c.execute("CREATE DATABASE bank OWNER bank")
 
     def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    str(self.bin / "postgres"),
-                    "-D",
-                    str(self.data),
-                    "-c",
-                    f"listen_addresses={self.host}",
-                    "-c",
-                    f"port={self.port}",
-                    "-c",
-                    "unix_socket_directories=",
-                    "-c",
-                    "max_connections=60",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "shared_buffers=16MB",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=str(self.data),
-                env=self._env(),
-                user=self.uid,
-                group=self.gid,
-                start_new_session=True,
-            )
+        assert self.postmaster is None or not self.postmaster.alive()
+        self.postmaster = self.engine.spawn(self.data, self.log)
         wait_for("PostgreSQL to accept connections", self._accepting, timeout=60, every=0.1)
 
     def _accepting(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"postgres exited {self.proc.returncode}:\n{self.log_tail()}")
+        assert self.postmaster is not None
+        if not self.postmaster.alive():
+            code = self.postmaster.popen.returncode
+            raise AssertionError(f"postgres exited {code}:\n{self.log_tail()}")
         try:
             with psycopg.connect(self.admin_url.replace("/bank", "/postgres"), connect_timeout=2):
                 return True
@@ -155,18 +100,10 @@ class Postgres:
             return False
 
     def stop(self) -> None:
-        """Fast shutdown (SIGINT to the postmaster), SIGKILL to its group if it hangs."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        """Fast shutdown (SIGINT to the postmaster, by pid), SIGKILL if it hangs, and wait
+        until none of its backends is left."""
+        if self.postmaster is not None and self.postmaster.alive():
+            asyncio.run(self.postmaster.stop("fast", timeout=30))
 
     def log_tail(self) -> str:
         try:

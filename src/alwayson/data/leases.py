@@ -30,7 +30,6 @@ class Lease:
     granted_at: float
     revoked_for: str | None = None
     """A forced failover: the holder may not renew, only ``revoked_for`` may acquire."""
-    """A switchover asked for: the holder hands the lease to this site when caught up."""
     synchronous: bool = False
     """The holder runs synchronous replication ..."""
     sync_standby: str | None = None

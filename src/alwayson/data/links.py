@@ -195,24 +195,30 @@ class Relay:
     async def _connect(self, pipe: Pipe) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.hold
-        target = self._usable()
-        while target is None and loop.time() < deadline and not pipe.closed:
-            await asyncio.sleep(0.05)
+        while True:
             target = self._usable()
-        if target is None or pipe.closed:
-            self.refused += 1
-            pipe.close()
-            return
-        pipe.target = target
-        host, port = split_hostport(target.address)
-        try:
-            _, backend = await asyncio.wait_for(
-                loop.create_connection(lambda: _Side(pipe), host, port), CONNECT_TIMEOUT
-            )
-        except (OSError, TimeoutError):
-            self.refused += 1
-            pipe.close()
-            return
+            while target is None and loop.time() < deadline and not pipe.closed:
+                await asyncio.sleep(0.05)
+                target = self._usable()
+            if target is None or pipe.closed:
+                self.refused += 1
+                pipe.close()
+                return
+            pipe.target = target
+            host, port = split_hostport(target.address)
+            try:
+                _, backend = await asyncio.wait_for(
+                    loop.create_connection(lambda: _Side(pipe), host, port), CONNECT_TIMEOUT
+                )
+                break
+            except (OSError, TimeoutError):
+                # A primary that just died: hold the client for the rest of the hold time
+                # (the agent will name a new target) instead of closing it at once.
+                if loop.time() >= deadline or pipe.closed:
+                    self.refused += 1
+                    pipe.close()
+                    return
+                await asyncio.sleep(0.05)
         if pipe.closed:
             backend.transport and backend.transport.close()
             return

@@ -1099,6 +1099,10 @@ class Steward:
         self.writable = False
         self.role = Role.SWITCHING
         try:
+            # Tell the other site first: its endpoint stops sending new clients here on
+            # its next view refresh, instead of into a PostgreSQL that is shutting down.
+            await self._report()
+            await asyncio.sleep(CYCLE + 0.05)
             await pm.stop("fast", timeout=20)
             control = await self.engine.controldata(self.data)
             final = lsn_int(control.get("Latest checkpoint location"))
