@@ -156,8 +156,10 @@ class Controller:
     def wake(self) -> None:
         self._wake.set()
 
-    async def record_event(self, kind: str, subject: str, message: str) -> None:
-        await self._event(kind, subject, message)
+    async def record_event(
+        self, kind: str, subject: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
+        await self.store.append_event(Event(self.clock.wall(), kind, subject, message, data or {}))
 
     def spec_or_none(self) -> PlatformSpec | None:
         return self.loaded.spec if self.loaded else None

@@ -306,7 +306,14 @@ class Observatory:
         changes = self.book.evaluate(self.rules(spec), self.query, now)
         for change in changes:
             log.info("alert %s", change)
-            await self.controller.record_event(f"alert-{change.state}", change.name, change.summary)
+            if change.state in ("pending", "inactive"):
+                continue
+            await self.controller.record_event(
+                f"alert-{change.state}",
+                change.name,
+                change.summary or str(change),
+                {"labels": change.labels, "value": change.value, "fingerprint": change.fingerprint},
+            )
         self.dispatcher.external_url = f"http://{spec.controller.api}"
         for note in self.book.due_notifications(spec.notifications, spec.alerts, now):
             receiver = next(r for r in spec.notifications if r.name == note.receiver)
@@ -397,7 +404,8 @@ class Observatory:
         start = end - since
         events = await self.controller.store.list_events(10_000, None)
         fired = [e.__dict__ for e in events if e.kind == "alert-firing" and start <= e.at <= end]
-        return build_report(
+        return await asyncio.to_thread(
+            build_report,
             kind,
             self.engine.range,
             [s.name for s in spec.workload_sites],
