@@ -100,17 +100,19 @@ class Observatory:
         self._poke.set()
 
     async def run(self) -> None:
+        poked = False
         while True:
             spec = self.controller.spec_or_none()
             interval = spec.metrics.scrape_interval if spec else self.settings.scrape_interval
             if spec is not None:
                 try:
-                    await self.tick(spec)
+                    await self.tick(spec, evaluate_now=poked)
                 except (OSError, QueryError, PermanentError) as exc:
                     log.warning("monitoring cycle failed, will retry: %s", exc)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._poke.wait()
+            poked = self._poke.is_set()
             self._poke.clear()
 
     async def close(self) -> None:
@@ -118,7 +120,9 @@ class Observatory:
         await self.scraper.aclose()
         self.series.close()
 
-    async def tick(self, spec: PlatformSpec) -> None:
+    async def tick(self, spec: PlatformSpec, evaluate_now: bool = False) -> None:
+        """One round; ``evaluate_now``: an instance died, evaluate the rules on this very
+        scrape rather than when the evaluation interval is next due."""
         now = time.time()
         samples = await self.collect(spec, now)
         self.series.append(samples, now)
@@ -126,7 +130,7 @@ class Observatory:
         if now - self._last_compact >= COMPACT_EVERY:
             self._last_compact = now
             self.series.compact(now)
-        if now - self._last_alerts >= spec.alerts.evaluation_interval * 0.9 or self._poke.is_set():
+        if evaluate_now or now - self._last_alerts >= spec.alerts.evaluation_interval * 0.9:
             self._last_alerts = now
             await self.evaluate(spec, now)
         await self.autoscale(spec, now)
