@@ -294,7 +294,7 @@ def test_scheduled_backups_run_and_retention_removes_old_ones(
         return len(seen) >= 3
 
     wait_for("three scheduled backups", three, timeout=120)
-    first, second, third = sorted(seen)[:3]
+    first = sorted(seen)[0]
     # Count 2: the first is gone from both repositories and from `backup list`.
     wait_for(
         "the oldest backup removed by count on both sites",
@@ -302,21 +302,35 @@ def test_scheduled_backups_run_and_retention_removes_old_ones(
         timeout=30,
     )
     wait_for("backup list without it", lambda: first not in [b["id"] for b in listed()])
-    kept = [b for b in listed() if b["id"] in (second, third)]
-    assert kept and all(b["verified"] is True for b in kept), kept
+    # The schedule keeps running (a slow machine may have made and retired more by now):
+    # judge what is there now, not the ids seen earlier.
+    found = listed()
+    assert found and all(b["verified"] is True for b in found[:-1]), found
     assert made.events("db-backup-scheduled")
     assert made.events("db-backup-failed") == []
+
     # WAL older than what the oldest kept backup needs is gone too.
-    oldest_start = json.loads(
-        (made.repo("jakarta") / "base" / second / "alwayson-backup.json").read_text()
-    )["start_wal"]
-    segments = [p.name for p in (made.repo("jakarta") / "wal").iterdir() if len(p.name) == 24]
-    assert segments and min(segments) >= oldest_start, (min(segments), oldest_start)
+    def wal_and_oldest_start() -> tuple[str, str] | None:
+        repo = made.repo("jakarta")
+        for ident in _ids(repo):
+            try:
+                record = json.loads((repo / "base" / ident / "alwayson-backup.json").read_text())
+            except FileNotFoundError:
+                continue  # removed by retention just now
+            segments = [p.name for p in (repo / "wal").iterdir() if len(p.name) == 24]
+            if segments:
+                return min(segments), str(record["start_wal"])
+        return None
+
+    wait_for(
+        "WAL older than the oldest kept backup removed",
+        lambda: (got := wal_and_oldest_start()) is not None and got[0] >= got[1],
+        timeout=30,
+    )
 
     # Age 1h: a backup whose record says it finished two hours ago goes, although the
-    # count would keep it.
-    newest = sorted(seen)[-1]
-    victim = second if second != newest else third
+    # count would keep it (the newest one: count keeps it for two more schedules).
+    victim = _ids(made.repo("jakarta"))[-1]
     for site in ("jakarta", "surabaya"):
         if victim in _ids(made.repo(site)):
             _age(made.repo(site), victim, 7200)
