@@ -611,13 +611,22 @@ class Steward:
             current = await query(
                 self.admin_dsn(),
                 "SELECT pg_current_wal_lsn()::text, "
-                "(SELECT timeline_id FROM pg_control_checkpoint())",
+                "(SELECT timeline_id FROM pg_control_checkpoint()), "
+                "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), "
+                "(SELECT sum(xact_commit + xact_rollback) FROM pg_stat_database)::bigint",
                 timeout=2,
             )
         except TemporaryError as exc:
             self.last_error = str(exc)
             return f"primary not answering: {exc}"
-        self.facts = {"lsn": current[0][0], "timeline": current[0][1]}
+        lsn, timeline, connections, xacts = current[0]
+        # connections and xact_total feed the controller's alwayson_db_* metrics.
+        self.facts = {
+            "lsn": lsn,
+            "timeline": timeline,
+            "connections": int(connections or 0),
+            "xact_total": int(xacts or 0),
+        }
         self.replication = [
             {
                 "standby": r[0],

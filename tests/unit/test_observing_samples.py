@@ -1,0 +1,111 @@
+"""What the controller adds to the scraped metrics: database figures from the agents'
+reports, and a site that is down only when nothing in it answered two scrapes running."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from alwayson.control.observing import Observatory
+from alwayson.observe.model import Sample
+from alwayson.spec.loading import load_spec_text
+
+SPEC = """\
+platform: bank
+sites:
+  - name: jakarta
+  - name: surabaya
+  - name: witness
+    witness: true
+services:
+  - name: accounts
+    version: "1"
+    run: python -m bank.accounts
+    port: 8002
+databases:
+  - name: bank
+    primary_site: jakarta
+    services: [accounts]
+"""
+
+
+class FakeDatabases:
+    def __init__(self, backups: list[dict[str, Any]]) -> None:
+        self._backups = backups
+
+    async def status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": "bank",
+                "sites": [
+                    {
+                        "site": "jakarta",
+                        "role": "primary",
+                        "writable": True,
+                        "pid": 10,
+                        "stale": False,
+                        "connections": 7,
+                        "xact_total": 1234,
+                        "alert": None,
+                        "replication": [
+                            {"standby": "surabaya", "lag_bytes": 4096, "lag_seconds": 0.5}
+                        ],
+                    },
+                    {
+                        "site": "surabaya",
+                        "role": "standby",
+                        "writable": False,
+                        "pid": None,
+                        "stale": True,
+                        "alert": "RPO=0 no longer holds",
+                    },
+                ],
+            }
+        ]
+
+    async def backups(self, name: str) -> list[dict[str, Any]]:
+        return self._backups
+
+
+def observatory(tmp_path: Path, backups: list[dict[str, Any]]) -> tuple[Observatory, Any]:
+    spec = load_spec_text(SPEC, tmp_path / "alwayson.yaml", check_commands=False).spec
+    controller = SimpleNamespace(databases=FakeDatabases(backups))
+    return Observatory(controller, tmp_path), spec  # type: ignore[arg-type]
+
+
+def by_name(samples: list[Sample]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in samples}
+
+
+def test_database_figures_come_from_the_agents_reports(tmp_path: Path) -> None:
+    obs, spec = observatory(
+        tmp_path,
+        [
+            {"id": "a", "finished_at": 100.0, "verified": True},
+            {"id": "b", "finished_at": 200.0, "verified": False},
+        ],
+    )
+    got = by_name(asyncio.run(obs._database_samples(spec)))
+    j = (("db", "bank"), ("site", "jakarta"))
+    s = (("db", "bank"), ("site", "surabaya"))
+    assert got[("alwayson_db_up", j)] == 1 and got[("alwayson_db_up", s)] == 0
+    assert got[("alwayson_db_primary", j)] == 1 and got[("alwayson_db_primary", s)] == 0
+    assert got[("alwayson_db_connections", j)] == 7
+    assert got[("alwayson_db_xact_total", j)] == 1234
+    assert got[("alwayson_db_replication_lag_bytes", s)] == 4096
+    assert got[("alwayson_db_replication_lag_seconds", s)] == 0.5
+    assert got[("alwayson_db_rpo_alert", s)] == 1 and got[("alwayson_db_rpo_alert", j)] == 0
+    db = (("db", "bank"),)
+    assert got[("alwayson_db_last_backup_timestamp_seconds", db)] == 200.0
+    assert got[("alwayson_db_last_verified_backup_timestamp_seconds", db)] == 100.0
+    assert got[("alwayson_db_backup_verify_failures", db)] == 1
+
+
+def test_without_a_verified_backup_the_clock_starts_when_first_seen(tmp_path: Path) -> None:
+    obs, spec = observatory(tmp_path, [])
+    first = by_name(asyncio.run(obs._database_samples(spec)))
+    again = by_name(asyncio.run(obs._database_samples(spec)))
+    key = ("alwayson_db_last_verified_backup_timestamp_seconds", (("db", "bank"),))
+    assert first[key] > 0 and again[key] == first[key]
