@@ -379,7 +379,12 @@ def test_a_restored_instance_outlives_its_agent(cluster: Callable[..., Cluster])
     back = time.monotonic() - killed
     assert rows == [("written after the restore",)]
     assert made.execute(url, "SELECT count(*) FROM t") == [(10,)]
-    after = made.agent("jakarta")["restores"]["kept"]
+    # It may answer SQL a moment before its agent lists it again.
+    after = wait_for(
+        "the agent listing the restored instance again",
+        lambda: made.agent("jakarta")["restores"].get("kept"),
+        timeout=30,
+    )
     assert after["pid"] != before and after["address"] == restored["address"]
     assert made.events("db-restore-restarted")
 
