@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from aiosmtpd.controller import Controller as SmtpController
 from aiosmtpd.handlers import Message
@@ -226,6 +227,26 @@ def test_kill_fires_an_alert_to_webhook_and_email_and_silences_hold_it(
     )
     listed = json.loads(platform.cli("silence", "list", "--json").stdout)
     assert [s["id"] for s in listed] == [made["id"]]
+
+    # Alert state, silences and deliveries survive a controller kill -9 and restart.
+    before = json.loads(platform.cli("alerts", "--all", "--json").stdout)
+    controller = platform.controller_pid()
+    assert controller is not None
+    os.kill(controller, signal.SIGKILL)
+    wait_for(
+        "the controller to die",
+        lambda: (
+            not psutil.pid_exists(controller)
+            or psutil.Process(controller).status() == psutil.STATUS_ZOMBIE
+        ),
+        10,
+    )
+    platform.cli("up", "--timeout", "60")
+    after = json.loads(platform.cli("alerts", "--all", "--json").stdout)
+    assert [s["id"] for s in after["silences"]] == [made["id"]]
+    kept = {(a["labels"].get("alertname"), a["labels"].get("instance")) for a in after["alerts"]}
+    assert ("InstanceDown", victim["id"]) in kept, after["alerts"]
+    assert len(after["deliveries"]) >= len(before["deliveries"]) > 0
     platform.cli("silence", "expire", made["id"])
 
     report = echo_folder / "health.html"
