@@ -17,7 +17,7 @@ from rich.table import Table
 
 from alwayson.api.client import ApiClient
 from alwayson.api.daemon import LOG_FILE, controller_record, spawn
-from alwayson.cli import databases, gateways, observing, releases
+from alwayson.cli import databases, gateways, loadtest, observing, releases
 from alwayson.cli.common import (
     Failed,
     JsonOpt,
@@ -57,6 +57,7 @@ app.command()(observing.alerts)
 app.command()(observing.report)
 app.command()(observing.query)
 app.command()(releases.deploy)
+app.command()(loadtest.loadtest)
 
 
 SAMPLE_CUSTOMER = {
