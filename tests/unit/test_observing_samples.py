@@ -109,3 +109,13 @@ def test_without_a_verified_backup_the_clock_starts_when_first_seen(tmp_path: Pa
     again = by_name(asyncio.run(obs._database_samples(spec)))
     key = ("alwayson_db_last_verified_backup_timestamp_seconds", (("db", "bank"),))
     assert first[key] > 0 and again[key] == first[key]
+
+
+def test_the_specs_retention_reaches_the_store_but_not_its_rollup_step(tmp_path: Path) -> None:
+    text = SPEC + "metrics:\n  retention: {raw: 2h, rollup: 3d, rollup_step: 5m}\n"
+    spec = load_spec_text(text, tmp_path / "alwayson.yaml", check_commands=False).spec
+    obs = Observatory(SimpleNamespace(databases=FakeDatabases([])), tmp_path)  # type: ignore[arg-type]
+    step = obs.series.retention.rollup_step
+    obs._apply_retention(spec)
+    assert (obs.series.retention.raw, obs.series.retention.rollup) == (7200.0, 3 * 86400.0)
+    assert obs.series.retention.rollup_step == step == 60.0

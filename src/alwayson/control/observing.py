@@ -73,7 +73,7 @@ class Observatory:
         self.dispatcher = Dispatcher(on_attempt=self._attempted)
         self.deliveries: list[dict[str, Any]] = []
         self.autoscalers: dict[tuple[str, str], Autoscaler] = {}
-        self.decisions = 0
+        self._recorded: dict[tuple[str, str], float] = {}
         self.scrapes = 0
         self.last_scrape: dict[str, Any] = {}
         self._poke = asyncio.Event()
@@ -82,6 +82,7 @@ class Observatory:
         self._traffic: list[dict[str, Any]] = []
         self._first_seen: dict[str, float] = {}
         self._site_misses: dict[str, int] = {}
+        self._step_warned = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -124,6 +125,7 @@ class Observatory:
         """One round; ``evaluate_now``: an instance died, evaluate the rules on this very
         scrape rather than when the evaluation interval is next due."""
         now = time.time()
+        self._apply_retention(spec)
         samples = await self.collect(spec, now)
         self.series.append(samples, now)
         self.scrapes += 1
@@ -135,6 +137,24 @@ class Observatory:
             await self.evaluate(spec, now)
         await self.autoscale(spec, now)
         self._traffic = self._measure_traffic(spec, now)
+
+    def _apply_retention(self, spec: PlatformSpec) -> None:
+        """The spec's raw and rollup ages apply at once (compaction reads them); the rollup
+        step is the store's layout on disk, fixed when the store was created."""
+        wanted, have = spec.metrics.retention, self.series.retention
+        if wanted == have:
+            return
+        if wanted.rollup_step != have.rollup_step:
+            if not self._step_warned:
+                self._step_warned = True
+                log.warning(
+                    "metrics.retention.rollup_step %gs differs from the store's %gs; it applies "
+                    "to a new store (remove .alwayson/metrics to start one)",
+                    wanted.rollup_step,
+                    have.rollup_step,
+                )
+            wanted = wanted.model_copy(update={"rollup_step": have.rollup_step})
+        self.series.retention = wanted
 
     # ------------------------------------------------------------ collecting
 
@@ -389,9 +409,12 @@ class Observatory:
         )
 
     async def _record(self, service: str, site: str, decision: Decision, now: float) -> None:
-        if not decision.changed and self.decisions and now % 60 > 5:
-            return  # unchanged decisions are kept about once a minute, not every cycle
-        self.decisions += 1
+        """Keep every change, and an unchanged decision about once a minute per service
+        and site (not every cycle)."""
+        key = (service, site)
+        if not decision.changed and now - self._recorded.get(key, 0.0) < 60.0:
+            return
+        self._recorded[key] = now
         entry = {**decision.to_json(), "service": service, "site": site, "at": now}
         await self.controller.store.put(f"{DECISION_PREFIX}{now:017.3f}-{service}-{site}", entry)
 

@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
-from alwayson.spec.observing import AlertRule, Alerts
+from alwayson.spec.observing import BUILTIN_RULE_NAMES, AlertRule, Alerts
 
 INSTANCE_DOWN = "InstanceDown"
 SITE_DOWN = "SiteDown"
@@ -47,7 +47,10 @@ PLATFORM_RULES = (
     DISK_NEARLY_FULL,
 )
 DATABASE_RULES = (REPLICATION_LAG_HIGH, RPO_ZERO_LOST, BACKUP_TOO_OLD, BACKUP_VERIFY_FAILING)
-BUILTIN_NAMES = (*PLATFORM_RULES, *DATABASE_RULES)
+# One list of names, the spec's (it validates `builtin:` and `disable:` at load time).
+BUILTIN_NAMES = BUILTIN_RULE_NAMES
+if set(BUILTIN_NAMES) != {*PLATFORM_RULES, *DATABASE_RULES}:
+    raise RuntimeError("spec.observing.BUILTIN_RULE_NAMES and the rules defined here differ")
 
 REPLICATION_LAG_LIMIT = 30.0
 """Seconds a standby may trail its primary before ReplicationLagHigh (override by name)."""
