@@ -25,8 +25,8 @@ import psycopg
 import pytest
 from tests.support import Platform, wait_for
 
-from alwayson.data.links import write_partitions
 from alwayson.spec.loading import load_spec_file
+from alwayson.util.sitelinks import write_partitions
 
 SITES = ("jakarta", "surabaya")
 

@@ -24,10 +24,11 @@ from alwayson.data.layout import (
     database_url,
     secrets_of,
 )
-from alwayson.data.links import Partitions, Relay, Target, write_partitions
+from alwayson.data.links import Relay, Target
 from alwayson.data.settings import HBA, INCLUDE_LINE, postgresql_conf, quote, slot_name
 from alwayson.spec.loading import load_spec_text
 from alwayson.spec.models import PlatformSpec
+from alwayson.util.sitelinks import Partitions, write_partitions
 
 PASSWORDS = {
     "bank": {"superuser": "su-bank", "app": "app-bank"},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alwayson.data.links import Partitions, write_partitions
+from alwayson.util.sitelinks import Partitions, write_partitions
 
 SITES = ("west", "east", "witness")
 
@@ -32,8 +32,11 @@ def test_reads_what_write_partitions_writes(path: Path) -> None:
 
     assert cut_pairs(partitions) == {frozenset(("west", "witness")), frozenset(("west", "east"))}
     assert partitions.connected("east", "witness")
-    assert json.loads(path.read_text()) == {"cut": [["west", "witness"], ["east", "west"]]}
-    assert not path.with_suffix(".tmp").exists()
+    assert json.loads(path.read_text()) == {
+        "cut": [["west", "witness"], ["east", "west"]],
+        "slow": [],
+    }
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
 
 
 def test_a_cut_is_symmetric(path: Path) -> None:

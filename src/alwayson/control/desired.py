@@ -17,6 +17,7 @@ from alwayson.data.layout import (
     AGENT_PORT,
     KEEPER_PORT,
     agent_config,
+    data_root,
     database_url,
     keeper_address,
     witness_of,
@@ -261,6 +262,10 @@ def _component(
         str(routes_file),
         "--token-file",
         str(ctx.state_dir / "token"),
+        # The file the site agents' relays read: a drill's cut reaches the HTTP traffic
+        # between sites too (a missing file cuts nothing).
+        "--partitions",
+        str(data_root(ctx.state_dir) / "partitions.json"),
         "--handover",
         handover_path(ident),
     ]

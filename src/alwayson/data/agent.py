@@ -35,10 +35,11 @@ from alwayson.data import backups
 from alwayson.data.client import KeeperClient
 from alwayson.data.engines import Engine, Identity, find_binaries
 from alwayson.data.layout import AgentConfig
-from alwayson.data.links import Partitions, Relay, Target, sweep_forever
+from alwayson.data.links import Relay, Target, sweep_forever
 from alwayson.data.stewarding import Role, Steward
 from alwayson.util.addresses import split_hostport
 from alwayson.util.errors import AlwaysonError
+from alwayson.util.sitelinks import Partitions
 
 log = logging.getLogger("alwayson.agent")
 

@@ -42,10 +42,10 @@ from alwayson.data.engines import (
     wait_backends_gone,
 )
 from alwayson.data.layout import SUPERUSER, DatabaseConfig, write_private
-from alwayson.data.links import Partitions
 from alwayson.data.settings import postgresql_conf
 from alwayson.util.addresses import split_hostport
 from alwayson.util.errors import AlwaysonError, PermanentError, TemporaryError
+from alwayson.util.sitelinks import Partitions
 
 if TYPE_CHECKING:
     from alwayson.data.stewarding import Steward

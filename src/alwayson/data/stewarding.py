@@ -42,9 +42,10 @@ from alwayson.data.engines import (
 )
 from alwayson.data.layout import SUPERUSER, DatabaseConfig
 from alwayson.data.leases import Lease, LeaseRefused, Tenure
-from alwayson.data.links import Partitions, Target
+from alwayson.data.links import Target
 from alwayson.data.settings import HBA, INCLUDE_LINE, postgresql_conf, slot_name
 from alwayson.util.errors import AlwaysonError, TemporaryError
+from alwayson.util.sitelinks import Partitions
 
 log = logging.getLogger("alwayson.agent")
 

@@ -26,6 +26,13 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
     parser.add_argument("--routes-file", type=Path, metavar="PATH")
     parser.add_argument("--token-file", type=Path, metavar="PATH")
     parser.add_argument(
+        "--partitions",
+        type=Path,
+        metavar="PATH",
+        help="the site links' state (data/partitions.json): backends in sites cut off from "
+        "this one are not used; re-read every 0.1 s, a missing file cuts nothing",
+    )
+    parser.add_argument(
         "--upstream",
         action="append",
         default=[],
@@ -93,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         site=args.site,
         routes_file=args.routes_file,
         token_file=args.token_file,
+        partitions_file=args.partitions,
         upstreams=tuple(args.upstream),
         reuse_port=args.reuse_port,
         handover=args.handover,

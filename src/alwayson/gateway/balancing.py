@@ -2,6 +2,10 @@
 
 - Backends in the gateway's own site are preferred; other sites are used only when no
   backend of its own site is usable (weight above zero and not ejected).
+- Backends in a site cut off from the gateway's own (``cut_off``: a site partition, from
+  :mod:`alwayson.util.sitelinks`) are left out of the plans altogether, so neither a first
+  attempt nor a retry goes there; the gateway compiles its plans again when the cut
+  changes, which costs the requests nothing.
 - Among the candidates, two are drawn at random in proportion to their ``weight`` and the
   one with fewer outstanding requests *per unit of weight* wins ("power of two choices").
   At rest (nothing outstanding) this is plain weighted choice, so a canary at weight 10
@@ -35,7 +39,7 @@ and values are case-insensitive and the headers are forwarded to the backend unc
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import get_args
 
 from alwayson.gateway.ejecting import OutlierPolicy
@@ -248,14 +252,15 @@ def compile_table(
     upstream_for: Callable[[str, int], Upstream],
     metrics: GatewayMetrics,
     default_max_body: int = 10 * 1024 * 1024,
+    cut_off: Collection[str] = frozenset(),
 ) -> tuple[RouteMatcher[RoutePlan], list[RoutePlan]]:
     """The lookup structure of a table and its plans; ``upstream_for`` returns the pool of
     an address (existing pools are reused, so their idle connections and ejections carry
-    over)."""
+    over). Backends in the sites of ``cut_off`` are left out (and get no pool)."""
     entries = []
     plans = []
     for route in table.routes:
-        plan = compile_route(route, site, upstream_for, metrics, default_max_body)
+        plan = compile_route(route, site, upstream_for, metrics, default_max_body, cut_off)
         entries.append((route.hosts, normalized_prefix(route.path_prefix), plan))
         plans.append(plan)
     return RouteMatcher(entries), plans
@@ -267,10 +272,13 @@ def compile_route(
     upstream_for: Callable[[str, int], Upstream],
     metrics: GatewayMetrics,
     default_max_body: int = 10 * 1024 * 1024,
+    cut_off: Collection[str] = frozenset(),
 ) -> RoutePlan:
     local: list[Target] = []
     remote: list[Target] = []
     for backend in route.backends:
+        if backend.site in cut_off:
+            continue
         host, port = backend.host_port()
         target = Target(
             id=backend.id,

@@ -6,6 +6,12 @@ with ``--takeover``) → ``SERVING`` (the admin ``/healthz`` answers 200: this i
 listeners closed, every request already read is answered, keep-alive connections close
 after their next response or after ``drain_grace`` idle, bounded by ``drain_timeout`` →
 ``STOPPED``.
+
+Site partitions: with ``--partitions`` the gateway re-reads the site links' state
+(:mod:`alwayson.util.sitelinks`) on its 0.1 s tick and, when the set of sites cut off from
+its own changes, compiles its plans again without them (:mod:`alwayson.gateway.balancing`).
+A request costs nothing more for it. Only cuts apply: a slowed link delays the site links'
+L4 relays (database traffic), not the HTTP requests a gateway sends to another site.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from alwayson.gateway.routes import (
 from alwayson.gateway.settings import GatewayConfig
 from alwayson.gateway.upstreams import Upstream
 from alwayson.util.errors import PermanentError
+from alwayson.util.sitelinks import Partitions
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayState", "run", "serve"]
 
@@ -83,6 +90,9 @@ class Gateway:
         self._ticker: asyncio.Task[None] | None = None
         self._accepting_pushes = True
         self.handed_over = False
+        self._partitions = Partitions(config.partitions_file) if config.partitions_file else None
+        self._cut_seen: frozenset[frozenset[str]] = frozenset()
+        self.cut_off: frozenset[str] = frozenset()  # sites this one cannot reach now
 
     # -- what the admin endpoint sees ----------------------------------------------------
 
@@ -132,6 +142,15 @@ class Gateway:
     def install(self, table: RouteTable) -> None:
         """Swap the table in one assignment; pools of addresses still in use are kept, the
         others are retired: their idle connections close now and none is used again."""
+        self._compile(table)
+        log.info(
+            "installed route table generation %d (%d routes, %d backend addresses)",
+            table.generation,
+            len(table.routes),
+            len(self._upstreams),
+        )
+
+    def _compile(self, table: RouteTable) -> None:
         config = self.config
         context = self.context
         kept: dict[tuple[str, int], Upstream] = {}
@@ -152,7 +171,7 @@ class Gateway:
             return upstream
 
         matcher, plans = compile_table(
-            table, config.site, upstream_for, self.metrics, config.max_body_bytes
+            table, config.site, upstream_for, self.metrics, config.max_body_bytes, self.cut_off
         )
         for key, upstream in self._upstreams.items():
             if key not in kept:
@@ -164,12 +183,33 @@ class Gateway:
         context.matcher = matcher
         self._table = table
         self.metrics.generation = table.generation
-        log.info(
-            "installed route table generation %d (%d routes, %d backend addresses)",
-            table.generation,
-            len(table.routes),
-            len(kept),
-        )
+
+    def follow_partitions(self) -> bool:
+        """Re-read the partitions file; when the sites cut off from this one changed,
+        compile the current table again without them. True when it did."""
+        partitions = self._partitions
+        if partitions is None:
+            return False
+        partitions.refresh()
+        cut = partitions.cut
+        if cut is self._cut_seen:
+            return False
+        self._cut_seen = cut
+        site = self.config.site
+        cut_off = frozenset(other for pair in cut if site in pair for other in pair - {site})
+        if cut_off == self.cut_off:
+            return False
+        self.cut_off = cut_off
+        self._compile(self._table)
+        if cut_off:
+            log.warning(
+                "site %s is cut off from %s: their backends are not used",
+                site,
+                ", ".join(sorted(cut_off)),
+            )
+        else:
+            log.warning("site %s reaches every site again: all backends are used", site)
+        return True
 
     def _initial_table(self) -> RouteTable:
         config = self.config
@@ -202,6 +242,7 @@ class Gateway:
         """Bind (or take over) everything; when this returns the gateway is ready."""
         config = self.config
         loop = asyncio.get_running_loop()
+        self.follow_partitions()
         self.install(self._initial_table())
         taken: TakenListeners | None = None
         if config.takeover is not None:
@@ -357,6 +398,10 @@ class Gateway:
             await asyncio.sleep(_TICK)
             now = self.clock.now = monotonic()
             ticks += 1
+            try:
+                self.follow_partitions()
+            except Exception:  # the clock must keep ticking whatever the file holds
+                log.exception("following the partitions file %s", config.partitions_file)
             if ticks % _SWEEP_EVERY and not context.draining:
                 continue
             for client in list(context.clients):

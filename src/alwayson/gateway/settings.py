@@ -25,6 +25,9 @@ class GatewayConfig:
     reuse_port: bool = False
     handover: Path | None = None  # offer the listeners to a successor here
     takeover: Path | None = None  # take the listeners from the predecessor offering here
+    # The site links' state (alwayson.util.sitelinks): backends in sites cut off from this
+    # one are not used. None, or a missing file: nothing is cut.
+    partitions_file: Path | None = None
     upstream_timeout: float = 30.0
     connect_timeout: float = 3.0
     drain_timeout: float = 10.0
