@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from tests.support import APPS, ROOT, free_port, wait_for
 
@@ -134,6 +135,13 @@ def test_a_failing_threshold_exits_1_and_says_which(serve: Serve) -> None:
         ),
         (["--users", "2", "--rate", "5", "{base}"], "error: --users runs a closed model"),
         (["--workers", "many", "{base}"], "error: --workers: 'many' is not a number or 'auto'"),
+        (["--soak", "{base}"], "error: --soak needs --report-dir DIR"),
+        (["--report-dir", "x", "{base}"], "error: --snapshot-every and --report-dir go with"),
+        (
+            ["--soak", "--report-dir", "x", "--snapshot-every", "often", "{base}"],
+            "error: --snapshot-every: 'often' is not a duration",
+        ),
+        (["merge"], "error: merge: give the saved results"),
     ],
 )
 def test_bad_input_exits_2_naming_the_option(args: list[str], says: str) -> None:
@@ -180,3 +188,104 @@ def test_a_users_journey_runs_with_virtual_users(serve: Serve, tmp_path: Path) -
     assert steps["home"]["ok"] == data["iterations"]["ok"] > 0
     assert steps["add to basket"]["requests"] == data["iterations"]["ok"]
     assert data["iterations"]["dropped"] == 0
+
+
+def interrupt_when_progressing(args: list[str], log: Path) -> tuple[int, str]:
+    """Start ``alwayson loadtest ARGS``, wait for a progress line, send SIGINT to its pid;
+    its exit code and stderr. Killed by pid if it does not end."""
+    command = str(CLI) if CLI.exists() else "alwayson"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([command, "loadtest", *args], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(
+            "a progress line",
+            lambda: proc.poll() is None and re.search(r"sent [1-9][\d,]* \(", log.read_text()),
+            timeout=20,
+        )
+        os.kill(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    return code, log.read_text()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_stops_drains_and_writes_the_partial_result_with_exit_130(
+    serve: Serve, tmp_path: Path, workers: str
+) -> None:
+    base = serve()
+    saved, html = tmp_path / "partial.json", tmp_path / "partial.html"
+    args = [f"{base}/x", "--rate", "50", "--duration", "60s", "--workers", workers]
+    args += ["--save", str(saved), "--html", str(html), "-t", "p99 < 10s"]
+
+    code, output = interrupt_when_progressing(args, tmp_path / "out.log")
+
+    assert code == 130, output
+    assert "stopping: no new arrivals" in output
+    data = json.loads(saved.read_text())
+    it = data["iterations"]
+    print(f"workers {workers}: {it}, {data['duration_s']} s")
+    assert data["interrupted"] is True and data["workers"] == int(workers)
+    assert it["sent"] > 0 and it["sent"] == it["ok"] + it["failed"] and it["failed"] == 0
+    assert data["duration_s"] < 30  # cut short, not the 60 s asked for
+    assert sum(r["sent"] for r in data["series"]) == it["sent"]
+    assert "Interrupted: the run was stopped" in html.read_text()
+    assert "interrupted: the figures cover the run until Ctrl-C" in one_line(output)
+
+
+def test_merge_judges_saved_results_as_one_run(serve: Serve, tmp_path: Path) -> None:
+    base = serve()
+    parts = []
+    for k in range(2):
+        part = tmp_path / f"part-{k}.json"
+        run = alwayson(
+            "loadtest", f"{base}/m", "--rate", "20", "--duration", "1s", "--save", str(part),
+            "--json",
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        parts.append(part)
+
+    merged = alwayson("loadtest", "merge", *map(str, parts), "--json", "-t", "sent == 40")
+    refused = alwayson("loadtest", "merge", str(parts[0]), str(tmp_path / "missing.json"))
+
+    assert merged.returncode == 0, merged.stderr
+    data = json.loads(merged.stdout)
+    assert data["workers"] == 2 and data["iterations"]["sent"] == 40
+    assert data["steps"]["GET /m"]["requests"] == 40
+    assert data["target"] == base and data["passed"] is True
+    assert refused.returncode == 2 and "cannot read" in refused.stderr
+
+
+def test_a_second_ctrl_c_quits_at_once_and_leaves_no_worker(serve: Serve, tmp_path: Path) -> None:
+    base = serve("--delay", "30")  # nothing finishes: the drain would wait for the timeout
+    saved, log = tmp_path / "never.json", tmp_path / "out.log"
+    command = str(CLI) if CLI.exists() else "alwayson"
+    args = [f"{base}/slow", "--rate", "20", "--duration", "60s", "--workers", "2"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [command, "loadtest", *args, "--timeout", "60s", "--save", str(saved)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        workers = wait_for(
+            "two workers", lambda: len(psutil.Process(proc.pid).children()) == 2 and
+            psutil.Process(proc.pid).children(), timeout=20,
+        )  # fmt: skip
+        wait_for("a progress line", lambda: "sent " in log.read_text(), timeout=20)
+        os.kill(proc.pid, signal.SIGINT)
+        wait_for("the stop", lambda: "stopping: no new arrivals" in log.read_text(), timeout=10)
+        os.kill(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    output = log.read_text()
+    assert code == 130, output
+    assert "quit at once, no result written" in output
+    assert not saved.exists()
+    for worker in workers:
+        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from alwayson.loadgen.arrivals import (
+    BURST,
     Admission,
     ArrivalSchedule,
     PacingLimits,
@@ -142,10 +143,11 @@ async def test_pacing_starts_every_iteration_at_its_intended_time() -> None:
 
 
 async def test_a_generator_that_falls_behind_drops_what_is_later_than_max_lag() -> None:
-    # The sleep before the 3rd arrival (at 0.2 s) overruns by 1.45 s: the loop wakes at
+    # The sleep before the 3rd arrival (at 0.2 s; the 1st, due at once, needs none) overruns
+    # by 1.45 s: the loop wakes at
     # 1.65 s. Arrivals 0.2 .. 0.6 are then more than 1 s late and dropped; 0.7 .. 1.6 are
     # started late (within the bound) and the schedule does not shift.
-    driver = Driver(stalls={2: 1.45})
+    driver = Driver(stalls={1: 1.45})
 
     await driver.run(ArrivalSchedule.constant(10, 2), PacingLimits(max_lag=1.0))
 
@@ -171,3 +173,14 @@ async def test_arrivals_due_while_max_in_flight_are_busy_are_dropped_not_queued(
         (0.3, Admission.DROP_IN_FLIGHT),
         (0.7, Admission.DROP_IN_FLIGHT),
     ]
+
+
+async def test_arrivals_due_together_start_in_bursts_with_a_yield_between() -> None:
+    # 1,000 arrivals due at once (a generator far behind): started without a sleep each,
+    # but the loop yields every BURST of them so the iterations get to run.
+    driver = Driver()
+
+    await driver.run(ArrivalSchedule.constant(100_000, 0.01), PacingLimits(max_in_flight=10**6))
+
+    assert len(driver.started) == 1000 and driver.dropped == []
+    assert 1000 // (BURST + 1) <= driver.sleeps <= 1000 // BURST + 1

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -107,3 +110,28 @@ def test_decoding_a_histogram_with_other_bounds_is_refused() -> None:
 )
 def test_percentile_names(percentile: float, name: str) -> None:
     assert percentile_name(percentile) == name
+
+
+def test_values_recorded_in_a_batch_count_exactly_as_the_library_would() -> None:
+    rng = random.Random(7)
+    values = [rng.expovariate(1 / 800) for _ in range(9000)]
+    values += [0.4, 0.5, 1.5, 2047.5, 2048.0, 123_456.7, 59_999_999.6, 75e6, -3.0]
+    batched = LatencyHistogram()
+    for v in values:
+        batched.record_us(v)  # appended, then counted in C when read
+    reference = HdrHistogram(1, 60_000_000, 3)
+    clamped = 0
+    for v in values:
+        whole = round(v)
+        clamped += whole > 60_000_000
+        reference.record_value(min(max(whole, 0), 60_000_000))
+
+    assert batched.count == reference.get_total_count() == len(values)
+    assert batched.clamped == clamped == 1
+    assert list(batched._hist.counts) == list(reference.counts)
+    assert (batched.min_us(), batched.max_us()) == (
+        reference.get_min_value(),
+        reference.get_max_value(),
+    )
+    for p in (0, 50, 99, 99.99, 100):
+        assert batched.percentile_us(p) == reference.get_value_at_percentile(p)

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from alwayson.loadgen.clients import FakeTransport, Response, SentRequest
 from alwayson.loadgen.journeys import (
     JOURNEYS,
     NIK_SPACE,
@@ -133,21 +133,21 @@ def test_a_report_survives_a_round_trip_through_json_and_plots_the_same() -> Non
 class Bank:
     """An in-memory front door: registers customers once per NIK and email, reads them."""
 
-    def __init__(self, answer: Callable[[dict[str, Any]], httpx.Response] | None = None) -> None:
+    def __init__(self, answer: Callable[[dict[str, Any]], Response] | None = None) -> None:
         self.seen: list[str] = []
         self.bodies: list[dict[str, Any]] = []
         self.keys: list[str | None] = []
         self.answer = answer
         self.customers: dict[str, dict[str, Any]] = {}
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.seen.append(f"{request.method} {request.url.path}")
+    def __call__(self, request: SentRequest) -> Response:
+        self.seen.append(f"{request.method} {request.path}")
         if request.method == "GET":
-            found = request.url.path.rsplit("/", 1)[1]
+            found = request.path.rsplit("/", 1)[1]
             known = found in self.customers or any(
                 c["account_id"] == found for c in self.customers.values()
             )
-            return httpx.Response(200 if known else 404, json={"id": found})
+            return Response.with_json(200 if known else 404, {"id": found})
         body = json.loads(request.content)
         self.bodies.append(body)
         self.keys.append(request.headers.get("idempotency-key"))
@@ -155,12 +155,12 @@ class Bank:
             return self.answer(body)
         taken = {(c["id_number"], c["email"]) for c in self.customers.values()}
         if any(body["id_number"] == n or body["email"] == e for n, e in taken):
-            return httpx.Response(409, json={"error": "already registered"})
+            return Response.with_json(409, {"error": "already registered"})
         customer = f"cus_{len(self.customers)}"
         self.customers[customer] = {**body, "account_id": f"acc_{len(self.customers)}"}
-        return httpx.Response(
+        return Response.with_json(
             201,
-            json={
+            {
                 "status": "completed",
                 "customer_id": customer,
                 "account_id": self.customers[customer]["account_id"],
@@ -171,13 +171,11 @@ class Bank:
 async def run_journey(journey: Any, bank: Bank, times: int = 1) -> Recorder:
     clock = ManualClock(start=100.0, wall_start=WALL)
     recorder = Recorder(clock)
-    async with httpx.AsyncClient(
-        base_url="http://front-door", transport=httpx.MockTransport(bank)
-    ) as client:
-        for _ in range(times):
-            session = Session(client, recorder, clock, clock.monotonic())
-            with contextlib.suppress(StepFailed):  # recorded under its step
-                await journey(session)
+    client = FakeTransport(bank, "http://front-door")
+    for _ in range(times):
+        session = Session(client, recorder, clock, clock.monotonic())
+        with contextlib.suppress(StepFailed):  # recorded under its step
+            await journey(session)
     return recorder
 
 
@@ -247,11 +245,11 @@ async def test_bank_registration_readback_reads_the_customer_and_account_it_made
 
 
 async def test_a_pending_review_or_a_body_without_ids_fails_the_iteration() -> None:
-    pending = Bank(lambda body: httpx.Response(202, json={"status": "pending_review"}))
+    pending = Bank(lambda body: Response.with_json(202, {"status": "pending_review"}))
     recorder = await run_journey(BankRegistration(), pending)
     assert recorder.steps["register"].errors == {"http 202": 1}
 
-    hollow = Bank(lambda body: httpx.Response(201, json={"status": "completed"}))
+    hollow = Bank(lambda body: Response.with_json(201, {"status": "completed"}))
     with pytest.raises(Exception, match="201 without customer_id") as raised:
         await run_journey(BankRegistration(), hollow)
     assert type(raised.value).__name__ == "UnexpectedAnswer"

@@ -8,7 +8,7 @@ import pytest
 
 from alwayson.loadgen.histograms import LatencyHistogram
 from alwayson.loadgen.recording import Recorder
-from alwayson.loadgen.results import RunResult, merge_results
+from alwayson.loadgen.results import MemorySample, RunResult, merge_results
 from alwayson.util.clocks import ManualClock
 
 WALL = 1_800_000_000  # ManualClock's wall time at monotonic 1000.0
@@ -150,3 +150,114 @@ def test_merging_adds_counts_combines_seconds_and_equals_the_union_histogram() -
 def test_merging_nothing_is_an_error() -> None:
     with pytest.raises(ValueError, match="nothing to merge"):
         merge_results([])
+
+
+# -- long runs: old seconds folded into minutes and hours, totals exact --------------------
+
+
+def test_three_days_of_seconds_keep_a_bounded_number_of_rows_and_exact_totals() -> None:
+    clock = ManualClock(start=1000.0, wall_start=float(WALL))
+    rec = Recorder(clock)
+    every = LatencyHistogram()
+    most = 0
+    for second in range(3 * 86400):
+        at = 1000.0 + second
+        rec.started(at + 0.1)
+        if second % 7 == 0:
+            rec.dropped_one(at + 0.2)
+        if second % 30 == 0:  # a finished iteration (with a latency) twice a minute
+            latency = 0.001 * (1 + second % 997)
+            rec.finished(at + 0.1, at + 0.1 + latency, ok=second % 90 != 0)
+            every.record_seconds(latency)
+        if second % 3600 == 0:
+            rec.settle(rec.second_of(at))
+            most = max(most, len(rec.rows))
+    result = RunResult.from_recorder(rec, ended=1000.0 + 3 * 86400)
+
+    bound = 3600 + 60 + 1440 + 60 + 72  # each tier, plus one bucket not yet folded
+    assert most <= bound  # not one row per second (259,200)
+    assert len(result.rows) <= bound
+    spans = {r.span for r in result.rows.values()}
+    assert spans == {1, 60, 3600}
+    assert sum(r.sent for r in result.rows.values()) == result.sent == 3 * 86400
+    assert sum(r.dropped for r in result.rows.values()) == result.dropped
+    assert sum(r.ok + r.failed for r in result.rows.values()) == result.finished
+    union = LatencyHistogram()
+    for row in result.rows.values():
+        union.add(row.latency())
+    assert union.count == every.count == result.latency.count
+    assert union.percentiles_us([50, 99, 100]) == every.percentiles_us([50, 99, 100])
+    hours = sorted(s for s, r in result.rows.items() if r.span == 3600)
+    minutes = sorted(s for s, r in result.rows.items() if r.span == 60)
+    seconds = sorted(s for s, r in result.rows.items() if r.span == 1)
+    assert hours[-1] + 3600 <= minutes[0] and minutes[-1] + 60 <= seconds[0]
+    assert seconds[-1] - seconds[0] < 3600 + 60
+    assert all(s % 3600 == 0 for s in hours) and all(s % 60 == 0 for s in minutes)
+
+
+def test_a_folded_series_reads_back_and_fills_gaps_at_its_own_resolution() -> None:
+    rec = Recorder(ManualClock(start=1000.0, wall_start=float(WALL)), folding=((120, 60),))
+    for second in (0, 1, 2, 200, 400, 401):  # minute 1 and seconds 300-399 are empty
+        rec.started(1000.0 + second)
+        rec.finished(1000.0 + second, 1000.0 + second + 0.01, ok=True)
+    result = RunResult.from_recorder(rec, ended=1402.0)
+
+    series = result.series()
+    assert [(r.second - WALL, r.span) for r in series[:5]] == [
+        (0, 60),
+        (60, 60),  # an empty minute among folded rows
+        (120, 60),
+        (180, 60),
+        (240, 60),  # gaps are filled at the resolution of the row before them
+    ]
+    assert sum(r.span for r in series) == 402
+    again = RunResult.from_json(json.loads(json.dumps(result.to_json())))
+    assert again.to_json() == result.to_json()
+    assert {(r.second, r.span) for r in again.rows.values() if r.ok} == {
+        (r.second, r.span) for r in result.rows.values() if r.ok
+    }
+
+
+def test_merging_a_folded_run_with_an_unfolded_one_folds_the_other_into_its_minutes() -> None:
+    folded = Recorder(ManualClock(start=1000.0, wall_start=float(WALL)), folding=((60, 60),))
+    plain = Recorder(ManualClock(start=1000.0, wall_start=float(WALL)), folding=())
+    for rec, latency in ((folded, 0.010), (plain, 0.030)):
+        for second in range(0, 150, 5):
+            rec.started(1000.0 + second)
+            rec.finished(1000.0 + second, 1000.0 + second + latency, ok=True)
+    one = RunResult.from_recorder(folded, 1150.0)
+    two = RunResult.from_recorder(plain, 1150.0)
+    assert one.rows[WALL].span == 60 and two.rows[WALL].span == 1
+
+    merged = merge_results([one, two])
+
+    first = merged.rows[WALL]
+    assert (first.span, first.sent, first.ok) == (60, 24, 24)
+    assert all(s >= WALL + 60 for s, r in merged.rows.items() if r.span == 1 and s != WALL)
+    assert not any(WALL < s < WALL + 60 for s in merged.rows)
+    assert sum(r.sent for r in merged.rows.values()) == merged.sent == 60
+    union = LatencyHistogram()
+    union.add(one.latency)
+    union.add(two.latency)
+    rows = LatencyHistogram()
+    for row in merged.rows.values():
+        rows.add(row.latency())
+    assert rows.percentiles_us([10, 50, 90]) == union.percentiles_us([10, 50, 90])
+
+
+def test_interrupted_and_memory_survive_json_and_merge() -> None:
+    one, two = sample(WALL, [10, 20]), sample(WALL, [30])
+    one.interrupted = True
+    one.memory = [MemorySample(1, WALL + 600.0, 50 * 2**20)]
+    two.memory = [MemorySample(1, WALL + 600.5, 40 * 2**20), MemorySample(2, WALL + 1200, 41)]
+
+    again = RunResult.from_json(json.loads(json.dumps(one.to_json())))
+    merged = merge_results([again, two])
+
+    assert again.interrupted is True and again.memory == one.memory
+    assert merge_results([two]).interrupted is False
+    assert merged.interrupted is True
+    assert [(m.snapshot, m.rss_bytes, m.processes) for m in merged.memory] == [
+        (1, 90 * 2**20, 2),
+        (2, 41, 1),
+    ]

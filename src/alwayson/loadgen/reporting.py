@@ -6,7 +6,10 @@ from the per-second series: throughput (iterations sent, ok, failed and dropped 
 second) and latency (p50 and p99 of the iterations that ended in each second). Plots are
 PNGs embedded as ``data:`` URIs (matplotlib, Agg, no pyplot state): the page refers to
 nothing outside itself, so it can be mailed or archived as evidence. A run where nothing
-finished says "no data" instead of plotting zeros.
+finished says "no data" instead of plotting zeros. A run cut short by Ctrl-C says so at the
+top; a soak shows the generator's resident memory at each snapshot (a line and a plot).
+Folded rows (a minute or an hour of a long run) are drawn at their width, as rates per
+second.
 """
 
 from __future__ import annotations
@@ -152,23 +155,27 @@ def _data_uri(figure: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _xs(series: Sequence[SecondRow]) -> list[int]:
+    return [r.second - series[0].second for r in series]
+
+
 def throughput_plot(series: Sequence[SecondRow]) -> str | None:
     """Iterations per second: sent (by intended start), ok and failed (by end), dropped."""
     if not any(r.sent or r.ok or r.failed or r.dropped for r in series):
         return None
     figure, axes = _figure()
-    xs = [r.second - series[0].second for r in series]
+    xs = _xs(series)
     for label, values, colour in (
-        ("sent", [r.sent for r in series], "C0"),
-        ("ok", [r.ok for r in series], "C2"),
-        ("failed", [r.failed for r in series], "C3"),
-        ("dropped", [r.dropped for r in series], "C1"),
+        ("sent", [r.sent / r.span for r in series], "C0"),
+        ("ok", [r.ok / r.span for r in series], "C2"),
+        ("failed", [r.failed / r.span for r in series], "C3"),
+        ("dropped", [r.dropped / r.span for r in series], "C1"),
     ):
         if label in ("failed", "dropped") and not any(values):
             continue
-        # Each row covers [second, second + 1): repeat the last value to draw its width.
+        # Each row covers [second, second + span): repeat the last value to draw its width.
         axes.step(
-            [*xs, xs[-1] + 1],
+            [*xs, xs[-1] + series[-1].span],
             [*values, values[-1]],
             where="post",
             label=label,
@@ -186,7 +193,7 @@ def latency_plot(series: Sequence[SecondRow]) -> str | None:
     if not any(r.p99_us is not None for r in series):
         return None
     figure, axes = _figure()
-    xs = [r.second - series[0].second for r in series]
+    xs = _xs(series)
     for label, values, colour in (
         ("p50", [_ms(r.p50_us) for r in series], "C0"),
         ("p99", [_ms(r.p99_us) for r in series], "C3"),
@@ -194,11 +201,40 @@ def latency_plot(series: Sequence[SecondRow]) -> str | None:
     ):
         ys = [math.nan if v is None else v for v in values]
         style = ":" if label == "max" else "-"
-        axes.plot(xs, ys, style, label=label, color=colour, linewidth=1.2, marker=".")
+        marker = "." if len(series) <= 600 else None
+        axes.plot(xs, ys, style, label=label, color=colour, linewidth=1.2, marker=marker)
     axes.set_ylabel("latency (ms)", fontsize=9)
     axes.set_ylim(bottom=0)
     axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     return _data_uri(figure)
+
+
+def memory_plot(result: RunResult) -> str | None:
+    """The generator's resident memory (MiB) at each soak snapshot."""
+    if len(result.memory) < 2:
+        return None
+    figure, axes = _figure()
+    xs = [m.time - result.started_at for m in result.memory]
+    ys = [m.rss_bytes / 2**20 for m in result.memory]
+    axes.plot(xs, ys, "-", color="C4", linewidth=1.2, marker=".", label="RSS")
+    axes.set_ylabel("generator RSS (MiB)", fontsize=9)
+    axes.set_ylim(bottom=0, top=max(ys) * 1.2)
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return _data_uri(figure)
+
+
+def memory_text(result: RunResult) -> str | None:
+    """One line: the generator's RSS at the first and last snapshot, and its peak."""
+    if not result.memory:
+        return None
+    first, last = result.memory[0], result.memory[-1]
+    peak = max(m.rss_bytes for m in result.memory)
+    processes = f" over {last.processes} processes" if last.processes > 1 else ""
+    return (
+        f"Generator memory (RSS{processes}): {first.rss_bytes / 2**20:.1f} MiB at snapshot "
+        f"{first.snapshot}, {last.rss_bytes / 2**20:.1f} MiB at snapshot {last.snapshot}, "
+        f"peak {peak / 2**20:.1f} MiB over {len(result.memory)} snapshot(s)."
+    )
 
 
 # -- HTML -----------------------------------------------------------------------------------
@@ -237,6 +273,8 @@ def render_html(
         ("Throughput (iterations per second)", throughput_plot(series)),
         ("Latency per second (p50, p99, max)", latency_plot(series)),
     ]
+    if result.memory:
+        plots.append(("Generator memory at each snapshot", memory_plot(result)))
     passed = None if not outcomes else all(o.passed for o in outcomes)
     template = _environment().get_template("loadtest.html.j2")
     return template.render(
@@ -251,4 +289,6 @@ def render_html(
         details=list((details or {}).items()),
         plots=plots,
         no_data=result.finished == 0,
+        memory=memory_text(result),
+        folded=any(r.span > 1 for r in series),
     )

@@ -4,7 +4,12 @@ Results are data: ``to_json`` writes everything (with the encoded histograms, so
 of runs on several machines can be merged later), ``from_json`` reads it back, and
 ``merge_results`` adds the results of processes that ran at the same time (counts summed,
 histograms added, rows of the same wall-clock second combined; the duration is the
-longest, so requests per second add up).
+longest, so requests per second add up; a run is ``interrupted`` when any part was).
+
+The series holds one row per second; a run longer than an hour holds per-minute rows
+(``span`` 60) for its older part, and one longer than a day per-hour rows beyond that
+(see ``recording.FOLDING``). ``memory`` is the generator's resident memory at each soak
+snapshot.
 
 Definitions: an iteration is one pass of the scenario (one request for a URL list, one
 journey). ``error_rate`` is failed iterations over finished ones; ``rps`` is requests
@@ -19,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alwayson.loadgen.histograms import LatencyHistogram
-from alwayson.loadgen.recording import Recorder, SecondRow, StepStats
+from alwayson.loadgen.recording import Recorder, SecondRow, StepStats, fill_gaps, merge_rows
 
 SCHEMA = "alwayson.loadgen.result/1"
 
@@ -37,9 +42,13 @@ class RunResult:
     journey_errors: dict[str, int] = field(default_factory=dict)
     rows: dict[int, SecondRow] = field(default_factory=dict)
     workers: int = 1
+    interrupted: bool = False  # stopped before its arrivals or users were done
+    memory: list[MemorySample] = field(default_factory=list)
 
     @classmethod
-    def from_recorder(cls, recorder: Recorder, ended: float) -> RunResult:
+    def from_recorder(
+        cls, recorder: Recorder, ended: float, interrupted: bool = False
+    ) -> RunResult:
         """The recorder's figures; ``ended`` is the clock's monotonic time at the end."""
         recorder.freeze_all()
         return cls(
@@ -53,6 +62,23 @@ class RunResult:
             steps=recorder.steps,
             journey_errors=recorder.journey_errors,
             rows=recorder.rows,
+            interrupted=interrupted,
+        )
+
+    @classmethod
+    def snapshot(cls, recorder: Recorder, now: float) -> RunResult:
+        """The figures so far, as a copy the run no longer touches (for soak snapshots)."""
+        return cls(
+            started_at=recorder.origin_wall,
+            duration=max(now - recorder.origin_monotonic, 0.0),
+            sent=recorder.sent,
+            ok=recorder.ok,
+            failed=recorder.failed,
+            dropped=recorder.dropped,
+            latency=recorder.latency.copy(),
+            steps={name: s.copy() for name, s in recorder.steps.items()},
+            journey_errors=dict(recorder.journey_errors),
+            rows=recorder.snapshot_rows(),
         )
 
     @property
@@ -80,11 +106,9 @@ class RunResult:
         return self.finished / self.duration if self.duration > 0 else 0.0
 
     def series(self) -> list[SecondRow]:
-        """One row per second from the first to the last, gaps filled with empty rows."""
-        if not self.rows:
-            return []
-        first, last = min(self.rows), max(self.rows)
-        return [self.rows.get(s) or SecondRow(s) for s in range(first, last + 1)]
+        """The rows in order from the first to the last, gaps filled with empty rows (one
+        per second, or per minute or hour among folded rows)."""
+        return fill_gaps(self.rows)
 
     def to_json(self, histograms: bool = True) -> dict[str, Any]:
         """Everything, JSON-ready; latencies in milliseconds. ``histograms=False`` leaves
@@ -96,6 +120,7 @@ class RunResult:
             "started_at": self.started_at,
             "duration_s": round(self.duration, 6),
             "workers": self.workers,
+            "interrupted": self.interrupted,
             "iterations": {
                 "sent": self.sent,
                 "ok": self.ok,
@@ -121,6 +146,7 @@ class RunResult:
             },
             "journey_errors": dict(sorted(self.journey_errors.items())),
             "series": [_row_json(r, first, histograms) for r in series],
+            "memory": [m.to_json() for m in self.memory],
         }
         if histograms:
             out["histogram"] = self.latency.encode()
@@ -146,18 +172,7 @@ class RunResult:
             }
             rows: dict[int, SecondRow] = {}
             for r in data["series"]:
-                row = SecondRow(
-                    int(r["time"]),
-                    int(r["sent"]),
-                    int(r["ok"]),
-                    int(r["failed"]),
-                    int(r["dropped"]),
-                    int(r["requests"]),
-                )
-                if r.get("histogram"):
-                    row.set_latency(LatencyHistogram.decode(r["histogram"]))
-                elif r["ok"] or r["failed"]:
-                    raise ValueError(f"the row of second {r['time']} has no histogram")
+                row = row_from_json(r)
                 rows[row.second] = row
             it = data["iterations"]
             return cls(
@@ -172,11 +187,36 @@ class RunResult:
                 journey_errors={str(k): int(v) for k, v in data["journey_errors"].items()},
                 rows=rows,
                 workers=int(data.get("workers", 1)),
+                interrupted=bool(data.get("interrupted", False)),
+                memory=[MemorySample.from_json(m) for m in data.get("memory", [])],
             )
         except KeyError as exc:
             raise ValueError(
                 f"the result lacks {exc.args[0]!r} (was it written with histograms=False?)"
             ) from exc
+
+
+def row_from_json(r: Mapping[str, Any]) -> SecondRow:
+    """A row of ``to_json``'s series (with its histogram) read back."""
+    row = SecondRow(
+        int(r["time"]),
+        int(r["sent"]),
+        int(r["ok"]),
+        int(r["failed"]),
+        int(r["dropped"]),
+        int(r["requests"]),
+        span=int(r.get("span", 1)),
+    )
+    if r.get("histogram"):
+        row.set_latency(LatencyHistogram.decode(r["histogram"]))
+    elif r["ok"] or r["failed"]:
+        raise ValueError(f"the row of second {r['time']} has no histogram")
+    return row
+
+
+def row_json(row: SecondRow) -> dict[str, Any]:
+    """One row as ``to_json`` writes it, with its histogram (``t`` counted from itself)."""
+    return _row_json(row, row.second, True)
 
 
 def _row_json(row: SecondRow, first: int, histograms: bool) -> dict[str, Any]:
@@ -188,6 +228,7 @@ def _row_json(row: SecondRow, first: int, histograms: bool) -> dict[str, Any]:
         "failed": row.failed,
         "dropped": row.dropped,
         "requests": row.requests,
+        "span": row.span,
         "p50_ms": _ms(row.p50_us),
         "p99_ms": _ms(row.p99_us),
         "max_ms": _ms(row.max_us),
@@ -209,25 +250,13 @@ def merge_results(results: Iterable[RunResult]) -> RunResult:
     latency = LatencyHistogram()
     steps: dict[str, StepStats] = {}
     journey_errors: dict[str, int] = {}
-    rows: dict[int, SecondRow] = {}
-    row_latency: dict[int, LatencyHistogram] = {}
     for part in parts:
         latency.add(part.latency)
         for name, stats in part.steps.items():
             steps.setdefault(name, StepStats(name)).add(stats)
         for kind, n in part.journey_errors.items():
             journey_errors[kind] = journey_errors.get(kind, 0) + n
-        for second, row in part.rows.items():
-            into = rows.setdefault(second, SecondRow(second))
-            into.sent += row.sent
-            into.ok += row.ok
-            into.failed += row.failed
-            into.dropped += row.dropped
-            into.requests += row.requests
-            if row.histogram is not None or row.live is not None:
-                row_latency.setdefault(second, LatencyHistogram()).add(row.latency())
-    for second, hist in row_latency.items():
-        rows[second].set_latency(hist)
+    rows = merge_rows(row for part in parts for row in part.rows.values())
     start = min(p.started_at for p in parts)
     return RunResult(
         started_at=start,
@@ -241,4 +270,54 @@ def merge_results(results: Iterable[RunResult]) -> RunResult:
         journey_errors=journey_errors,
         rows=rows,
         workers=sum(p.workers for p in parts),
+        interrupted=any(p.interrupted for p in parts),
+        memory=merge_memory(p.memory for p in parts),
     )
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """The generator's resident memory at one soak snapshot (``snapshot`` 1, 2, …), summed
+    over its ``processes``."""
+
+    snapshot: int
+    time: float  # Unix time
+    rss_bytes: int
+    processes: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "snapshot": self.snapshot,
+            "time": round(self.time, 3),
+            "rss_mib": round(self.rss_bytes / 2**20, 1),
+            "rss_bytes": self.rss_bytes,
+            "processes": self.processes,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MemorySample:
+        return cls(
+            int(data["snapshot"]),
+            float(data["time"]),
+            int(data["rss_bytes"]),
+            int(data.get("processes", 1)),
+        )
+
+
+def merge_memory(series: Iterable[list[MemorySample]]) -> list[MemorySample]:
+    """Samples of runs side by side: those of one snapshot number summed."""
+    by_snapshot: dict[int, MemorySample] = {}
+    for samples in series:
+        for m in samples:
+            had = by_snapshot.get(m.snapshot)
+            by_snapshot[m.snapshot] = (
+                m
+                if had is None
+                else MemorySample(
+                    m.snapshot,
+                    max(had.time, m.time),
+                    had.rss_bytes + m.rss_bytes,
+                    had.processes + m.processes,
+                )
+            )
+    return [by_snapshot[k] for k in sorted(by_snapshot)]

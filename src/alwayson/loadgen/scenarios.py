@@ -19,8 +19,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from alwayson.loadgen.clients import ClientError, Response, Transport
 from alwayson.loadgen.recording import Recorder
 from alwayson.util.clocks import Clock
 
@@ -35,15 +34,20 @@ class StepFailed(Exception):
 
 
 class Session:
-    """A journey's handle on the target: one shared client, every request recorded."""
+    """A journey's handle on the target: one shared client, every request recorded.
+
+    Requests go through a ``Transport`` (the lean ``clients.HttpClient`` in a run); a
+    response has ``status_code``, ``headers``, ``content``, ``text`` and ``json()``.
+    """
 
     def __init__(
-        self, client: httpx.AsyncClient, recorder: Recorder, clock: Clock, intended: float
+        self, client: Transport, recorder: Recorder, clock: Clock, intended: float
     ) -> None:
         self._client = client
         self._recorder = recorder
         self._clock = clock
         self._origin: float | None = intended  # the first step counts from here
+        self.intended = intended  # when the iteration was meant to start (clock.monotonic)
         self.vars: dict[str, Any] = {}  # per-iteration scratch space for journeys
 
     async def request(
@@ -56,16 +60,17 @@ class Session:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         expect: Collection[int] | None = None,
-    ) -> httpx.Response:
+        content: bytes | None = None,
+    ) -> Response:
         step = name or f"{method.upper()} {path}"
         started = self._clock.monotonic() if self._origin is None else self._origin
         self._origin = None
         try:
             response = await self._client.request(
-                method, path, json=json, headers=headers, params=params
+                method, path, json=json, headers=headers, params=params, content=content
             )
-        except httpx.HTTPError as exc:
-            kind = type(exc).__name__
+        except ClientError as exc:
+            kind = exc.kind
             self._recorder.step(step, started, self._clock.monotonic(), kind)
             raise StepFailed(step, kind) from exc
         done = self._clock.monotonic()
@@ -77,16 +82,16 @@ class Session:
         self._recorder.step(step, started, done, None)
         return response
 
-    async def get(self, path: str, **kwargs: Any) -> httpx.Response:
+    async def get(self, path: str, **kwargs: Any) -> Response:
         return await self.request("GET", path, **kwargs)
 
-    async def post(self, path: str, **kwargs: Any) -> httpx.Response:
+    async def post(self, path: str, **kwargs: Any) -> Response:
         return await self.request("POST", path, **kwargs)
 
-    async def put(self, path: str, **kwargs: Any) -> httpx.Response:
+    async def put(self, path: str, **kwargs: Any) -> Response:
         return await self.request("PUT", path, **kwargs)
 
-    async def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+    async def delete(self, path: str, **kwargs: Any) -> Response:
         return await self.request("DELETE", path, **kwargs)
 
 
