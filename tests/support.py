@@ -133,7 +133,12 @@ class Platform:
 def recorded_processes(state_dir: Path) -> list[tuple[int, float]]:
     """(pid, start time) of every process a platform's state directory records."""
     out = []
-    for path in [*state_dir.glob("run/instances/*.json"), state_dir / "controller.json"]:
+    paths = [
+        *state_dir.glob("run/instances/*.json"),
+        *state_dir.glob("drills/*/runner.json"),
+        state_dir / "controller.json",
+    ]
+    for path in paths:
         with contextlib.suppress(OSError, ValueError, KeyError):
             record = json.loads(path.read_text())
             out.append((int(record["pid"]), float(record["start_time"])))

@@ -24,12 +24,10 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,6 @@ from typing import Any
 import httpx
 import psutil
 import psycopg
-import pytest
 from psycopg.conninfo import make_conninfo
 from ruamel.yaml import YAML
 from tests.support import ROOT, Platform, wait_for
@@ -276,15 +273,6 @@ def bank_spec(folder: Path) -> dict[str, Any]:
     assert set(database["services"]) <= set(SERVICES)
     database["backup"] = {"schedule": None}  # no nightly backup in the middle of the run
     return data
-
-
-@pytest.fixture
-def bank(make_platform: Callable[..., Platform], tmp_path: Path) -> Iterator[Platform]:
-    folder = tmp_path / "bank"
-    shutil.copytree(SAMPLE, folder, ignore=shutil.ignore_patterns(".alwayson", "__pycache__"))
-    platform = make_platform(bank_spec(folder), folder=folder)
-    platform.cli("up", "--timeout", "90", timeout=180)
-    yield platform  # make_platform's teardown: `alwayson down`, then every recorded pid
 
 
 def db_status(platform: Platform) -> dict[str, Any]:

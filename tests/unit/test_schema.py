@@ -41,6 +41,7 @@ def test_schema_describes_the_spec() -> None:
         "metrics",
         "alerts",
         "notifications",
+        "drills",
     }
 
 

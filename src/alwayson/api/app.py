@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from alwayson import __version__
 from alwayson.api.dashboard import mount_dashboard
+from alwayson.api.drilling import mount_drills
 from alwayson.api.observing import mount_observing
 from alwayson.api.schemas import (
     ChangesOut,
@@ -223,6 +224,7 @@ def create_app(
         return [e.__dict__ for e in await controller.store.list_events(limit, kind)]
 
     mount_observing(app, controller, guarded, actor)
+    mount_drills(app, controller, guarded, actor)
     mount_dashboard(app, controller, guarded)
 
     @app.get("/api/v1/logs", dependencies=guarded)

@@ -23,6 +23,7 @@ import uvicorn
 from alwayson.api.app import create_app
 from alwayson.api.tokens import ensure_token
 from alwayson.control.controller import Controller
+from alwayson.control.drilling import daemon_argv
 from alwayson.control.pushing import RoutePusher
 from alwayson.runtime.local import LocalRuntime
 from alwayson.store.sqlite import SQLiteStore
@@ -54,15 +55,7 @@ def spawn(state_dir: Path, api: str) -> int:
     log = (state_dir / LOG_FILE).open("ab")
     with log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "alwayson.api.daemon",
-                "--state-dir",
-                str(state_dir),
-                "--api",
-                api,
-            ],
+            daemon_argv(state_dir, api),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

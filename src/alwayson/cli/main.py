@@ -17,7 +17,7 @@ from rich.table import Table
 
 from alwayson.api.client import ApiClient
 from alwayson.api.daemon import LOG_FILE, controller_record, spawn
-from alwayson.cli import databases, gateways, loadtest, observing, releases
+from alwayson.cli import databases, drills, gateways, loadtest, observing, releases
 from alwayson.cli.common import (
     Failed,
     JsonOpt,
@@ -50,6 +50,7 @@ app.add_typer(releases.release_app, name="release")
 app.add_typer(releases.upgrade_app, name="upgrade")
 app.add_typer(databases.db_app, name="db")
 app.add_typer(databases.backup_app, name="backup")
+app.add_typer(drills.drill_app, name="drill")
 app.add_typer(observing.silence_app, name="silence")
 app.add_typer(observing.autoscale_app, name="autoscale")
 app.add_typer(observing.export_app, name="export")

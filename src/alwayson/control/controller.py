@@ -29,6 +29,7 @@ from alwayson.control.desired import (
     listen_addresses,
     takeover_args,
 )
+from alwayson.control.drilling import DrillOps
 from alwayson.control.observing import Observatory
 from alwayson.control.pushing import RoutePusher, write_table
 from alwayson.control.reconciling import Decision, Observed, Snapshot, decide
@@ -112,6 +113,7 @@ class Controller:
         self._lock = asyncio.Lock()
         self.releases = ReleaseDriver(self, store)
         self.databases = DatabaseOps(self)
+        self.drills = DrillOps(self)
         self.autoscaled: Overrides = {}
         self.observatory = Observatory(self, state_dir)
         self.observed_view = self.observatory.observed_view
@@ -121,6 +123,7 @@ class Controller:
 
     async def load(self) -> None:
         await self.observatory.load()
+        await self.drills.load()
         record = await self.store.get(DESIRED_KEY)
         slots = await self.store.get(SLOTS_KEY)
         self.slots = {k: int(v) for k, v in (slots.value if slots else {}).items()}
@@ -189,15 +192,22 @@ class Controller:
             tuple(sorted(counts.items())),
             tuple(self.slots.items()),
             self.releases.cache_key(),
+            tuple(sorted(self.drills.sites_down)),
         )
         if self._desired_cache is None or self._desired_cache[0] != key:
             ctx = self._context(self.loaded, self.slots)
             variants = self.releases.variants(self.loaded.spec)
+            every = desired_instances(self.loaded.spec, counts, ctx, variants)
+            down = self.drills.sites_down  # a lost site runs nothing until it is restored
             self._desired_cache = (
                 key,
-                desired_instances(self.loaded.spec, counts, ctx, variants),
+                {k: v for k, v in every.items() if v.site not in down},
             )
         return self._desired_cache[1]
+
+    def invalidate(self) -> None:
+        """Forget the cached desired state (something it depends on changed)."""
+        self._desired_cache = None
 
     def _autoscaled_counts(self, spec: PlatformSpec) -> Overrides:
         """The autoscaler's counts, for services that still autoscale, within min..max."""
@@ -424,6 +434,7 @@ class Controller:
     async def run(self) -> None:
         """Reconcile until ``shutdown``; every task started here is awaited here."""
         self._spawn(self.observatory.run())
+        self._spawn(self.drills.run())
         try:
             while not self._done.is_set():
                 await self._drain_events()

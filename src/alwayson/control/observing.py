@@ -482,7 +482,7 @@ class Observatory:
         return {
             "traffic": self._traffic,
             "alerts": [a for a in self.alerts(now) if a.get("state") in ("firing", "pending")],
-            "drills": [],
+            "drills": self.controller.drills.recent(),
             "scrape": self.last_scrape,
         }
 

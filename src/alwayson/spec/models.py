@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from alwayson.spec.drilling import Drills
 from alwayson.spec.observing import Alerts, Autoscale, Metrics, Receiver, rule_expr_problem
 from alwayson.spec.types import Duration, Name
 from alwayson.util.addresses import split_hostport
@@ -452,6 +453,7 @@ class PlatformSpec(Strict):
     notifications: list[Receiver] = Field(
         default_factory=list, description="Receivers; with no routing, every alert goes to all."
     )
+    drills: Drills = Field(default_factory=Drills)
 
     @property
     def workload_sites(self) -> list[Site]:
@@ -488,6 +490,15 @@ def consistency_problems(spec: PlatformSpec) -> list[tuple[Location, str]]:
     problems += _duplicates([s.name for s in spec.services], "services")
     problems += _observing_problems(spec)
     workload = [s.name for s in spec.sites if not s.witness]
+    for index, drill in enumerate(spec.drills.schedules):
+        if drill.site is not None and drill.site not in workload:
+            problems.append(
+                (
+                    ("drills", "schedules", index, "site"),
+                    f"{drill.site!r} is not a workload site (workload sites: "
+                    f"{', '.join(workload)})",
+                )
+            )
     if not workload:
         problems.append((("sites",), "at least one site must run workloads (witness: false)"))
     witnesses = [i for i, s in enumerate(spec.sites) if s.witness]
