@@ -27,4 +27,4 @@ say "import-linter (layer order of ARCHITECTURE.md)"
 say "pytest"
 # Two workers: most of a test's time is waiting on real processes, not CPU (one process
 # used 10 CPU-minutes in 15 minutes of wall time on 2 cores).
-exec .venv/bin/pytest -q -n "${PYTEST_WORKERS:-2}" "$@"
+exec .venv/bin/pytest -q -n "${PYTEST_WORKERS:-2}" --dist worksteal "$@"

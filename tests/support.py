@@ -168,6 +168,19 @@ def write_spec(path: Path, data: dict[str, Any]) -> None:
         yaml.dump(data, out)
 
 
+def open_to_workloads(folder: Path) -> None:
+    """Let unprivileged workloads (``nobody``) reach ``folder``: every folder above it that
+    pytest made private (``/tmp/pytest-of-root`` is 0700; pytest-xdist adds a level per
+    worker) becomes searchable, up to the temporary directory."""
+    top = Path(tempfile.gettempdir()).resolve()
+    for up in [folder.resolve(), *folder.resolve().parents]:
+        if up == top or up == up.parent:
+            break
+        with contextlib.suppress(OSError):
+            if up.stat().st_uid == os.geteuid():
+                os.chmod(up, up.stat().st_mode | 0o755)
+
+
 def isolate(data: dict[str, Any]) -> dict[str, Any]:
     """Give a spec private ports and loopback subnets so tests never collide."""
     data = dict(data)
@@ -194,9 +207,7 @@ def make_platform(tmp_path: Path) -> Iterator[Callable[..., Platform]]:
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o755)
         # Workloads run as `nobody` under root: they must be able to enter the folder.
-        for folder_up in (tmp_path, tmp_path.parent, tmp_path.parent.parent):
-            with contextlib.suppress(OSError):
-                os.chmod(folder_up, 0o755)
+        open_to_workloads(tmp_path)
         data = isolate(data)
         spec_path = root / name
         write_spec(spec_path, data)

@@ -25,7 +25,7 @@ import httpx
 import psycopg
 import pytest
 from tests.integration.test_bank_services import Launcher, Service, free_port, nik, wait_ready
-from tests.support import reserve_subnet, wait_for
+from tests.support import open_to_workloads, reserve_subnet, wait_for
 
 from alwayson.data.engines import Engine, Identity, Postmaster, find_binaries
 
@@ -128,11 +128,7 @@ def net() -> str:
 @pytest.fixture(scope="module")
 def pg(net: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
     root = tmp_path_factory.mktemp("bank-pg")
-    base = tmp_path_factory.getbasetemp()
-    for folder in [root, *root.parents]:  # nobody must be able to reach its data directory
-        if folder == base.parent:
-            break
-        folder.chmod(0o755)
+    open_to_workloads(root)  # nobody must be able to reach its data directory
     server = Postgres(root, f"{net}.11")
     try:
         server.init()

@@ -353,9 +353,9 @@ class DrillOps:
 
     # ------------------------------------------------------------------ schedules
 
-    async def _due(self) -> None:
+    async def _due(self, now: float | None = None) -> None:
         spec = self.controller.spec_or_none()
-        now = time.time()
+        now = time.time() if now is None else now
         since, self.last_schedule_check = self.last_schedule_check, now
         if spec is None or not spec.drills.schedules:
             return
