@@ -66,6 +66,7 @@ from typing import Any
 import httpx
 import psutil
 import psycopg
+from reporting import finish
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the tests' platform helpers: subnets, ports, cleanup by pid
@@ -794,22 +795,7 @@ def main() -> int:
     parser.add_argument("--save", metavar="FILE", help="also write the JSON document here")
     args = parser.parse_args()
 
-    def stop(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        report = run(args)
-    except KeyboardInterrupt:
-        print("interrupted; the platforms were stopped", file=sys.stderr)
-        return 130
-    if args.save:
-        Path(args.save).write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
-    return 0
+    return finish(args, run, print_report)
 
 
 if __name__ == "__main__":

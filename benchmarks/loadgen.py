@@ -9,7 +9,8 @@ generator runs alone, pinned to CPU 1, against the same URL, in interleaved roun
 - ``alwayson``  ``alwayson loadtest URL --rate R`` (open model, one process, the CLI as a
   user runs it, ``--max-in-flight 200``)
 - ``locust``    Locust headless, one process, ``FastHttpUser`` with ``constant(0)`` wait,
-  ``--users 50`` (installed into this venv with pip when missing: a benchmark-only tool)
+  ``--users 50`` (installed with pip into its own venv, ``.tools/locust``, when missing:
+  a benchmark-only tool whose gevent stack stays out of the project's environment)
 - ``wrk``       ``wrk -t1 -c50`` (installed with apt-get when missing)
 
 For each: after ``--warmup`` seconds (start-up, imports, spawning users) the target's
@@ -32,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import importlib.util
 import json
 import os
 import platform
@@ -51,10 +51,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from reporting import finish
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
 ALWAYSON = ROOT / ".venv" / "bin" / "alwayson"
+LOCUST_VENV = ROOT / ".tools" / "locust"
+LOCUST = LOCUST_VENV / "bin" / "locust"
 TOOLS = ("alwayson", "locust", "wrk")
 TARGETS = {"locust": 3.0, "wrk": 0.3}
 NGINX_CONFIG = """\
@@ -111,17 +114,18 @@ def ensure_tools() -> None:
         apt_install("wrk")
     if not Path(nginx_binary()).exists():
         apt_install("nginx-light")
-    if importlib.util.find_spec("locust") is None:
-        print("installing locust into this venv with pip (benchmark only)", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "locust"], check=True)
+    if not LOCUST.exists():
+        print(f"installing locust into {LOCUST_VENV} (benchmark only)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(LOCUST_VENV)], check=True)
+        pip = [str(LOCUST_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "locust"]
+        subprocess.run(pip, check=True)
     for tool in ("wrk", nginx_binary()):
         if not shutil.which(tool) and not Path(tool).exists():
             raise SystemExit(f"{tool} is still missing after apt-get install")
 
 
 def locust_binary() -> str:
-    here = Path(sys.executable).parent / "locust"
-    return str(here) if here.exists() else "locust"
+    return str(LOCUST)
 
 
 def machine() -> dict[str, Any]:
@@ -380,12 +384,7 @@ def main() -> int:
     args = parser.parse_args()
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("needs 2 CPUs: one for the target, one for the generator")
-    summary = run(args)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print_report(summary)
-    return 0
+    return finish(args, run, print_report, "interrupted; the target and generators were stopped")
 
 
 if __name__ == "__main__":

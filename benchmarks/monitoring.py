@@ -71,7 +71,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -83,6 +82,7 @@ from typing import Any
 
 import httpx
 import psutil
+from reporting import finish
 from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -899,22 +899,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    def stop(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        report = run(args)
-    except KeyboardInterrupt:
-        log("interrupted; the platforms were stopped")
-        return 130
-    if args.save:
-        Path(args.save).write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
-    return 0
+    return finish(args, run, print_report)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reporting import finish
 from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -446,20 +446,7 @@ def main() -> int:
     parser.add_argument("--scenarios", nargs="+", choices=names, default=names, metavar="NAME")
     args = parser.parse_args()
 
-    def stop(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        report = run(args)
-    except KeyboardInterrupt:
-        print("interrupted; the platform was stopped", file=sys.stderr)
-        return 130
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
-    return 0
+    return finish(args, run, print_report, "interrupted; the platform was stopped")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ from psycopg.conninfo import make_conninfo
 from ruamel.yaml import YAML
 from tests.support import ROOT, Platform, wait_for
 
+from alwayson.drills.checks import LEDGER_CHECKS
+
 SAMPLE = ROOT / "examples" / "digital-bank"
 SERVICES = (
     "onboarding",
@@ -323,34 +325,9 @@ def kill_postmaster(pid: int) -> float:
 
 
 def book_problems(conn: psycopg.Connection[Any]) -> list[str]:
-    """The ledger's invariants, as a list of what is wrong (empty when the books balance)."""
-    problems = [
-        f"{currency} balances sum to {total}, not 0"
-        for currency, total in conn.execute(
-            "SELECT currency, sum(balance) FROM accounts GROUP BY 1 HAVING sum(balance) <> 0"
-        )
-    ]
-    problems += [
-        f"entry {entry_id} sums to {total}"
-        for entry_id, total in conn.execute(
-            "SELECT entry_id, sum(amount) FROM ledger_entries GROUP BY 1 HAVING sum(amount) <> 0"
-        )
-    ]
-    problems += [
-        f"account {account} holds {balance} but its postings sum to {total}"
-        for account, balance, total in conn.execute(
-            "SELECT a.id, a.balance, coalesce(p.total, 0) FROM accounts a LEFT JOIN"
-            " (SELECT account_id, sum(amount) AS total FROM ledger_entries GROUP BY 1) p"
-            " ON p.account_id = a.id WHERE a.balance <> coalesce(p.total, 0)"
-        )
-    ]
-    problems += [
-        f"customer account {account} is overdrawn"
-        for (account,) in conn.execute(
-            "SELECT id FROM accounts WHERE kind = 'customer' AND balance < 0"
-        )
-    ]
-    return problems
+    """The ledger's invariants, as a list of what is wrong (empty when the books balance):
+    the same checks a drill makes (``alwayson.drills.checks``)."""
+    return [text.format(*row) for sql, text in LEDGER_CHECKS for row in conn.execute(sql)]
 
 
 def postings_of(

@@ -259,3 +259,45 @@ def test_a_second_drill_is_refused_and_ctrl_c_undoes_and_reports(echo: Platform)
         assert p.status() != psutil.STATUS_STOPPED
         raise psutil.NoSuchProcess(fault["pid"])
     assert result["measures"]["requests"] > 0  # the partial figures are there
+
+
+def test_a_drill_process_that_dies_has_its_faults_undone_by_the_controller(
+    echo: Platform,
+) -> None:
+    """SIGKILL the drill process while an instance is stopped: the controller finds the
+    drill gone without a result, continues the instance from the journal, and records the
+    drill as aborted (with a report)."""
+    token = (echo.state_dir / "token").read_text().strip()
+    api = httpx.Client(base_url=f"http://{echo.api}", headers={"Authorization": f"Bearer {token}"})
+    try:
+        record = api.post(
+            "/api/v1/drills",
+            json={"scenario": "instance-hang", "journey": "/accounts", "duration": 60},
+        ).json()
+        ident = record["id"]
+
+        def hung() -> dict[str, Any] | None:
+            shown = api.get(f"/api/v1/drills/{ident}").json()
+            return shown if (shown.get("progress") or {}).get("phase") == "fault" else None
+
+        wait_for("the drill holding its fault", hung, timeout=60, every=0.2)
+        (fault,) = json.loads((Path(record["run_dir"]) / "faults.json").read_text())
+        assert psutil.Process(fault["pid"]).status() == psutil.STATUS_STOPPED
+        runner = psutil.Process(record["pid"])
+        assert abs(runner.create_time() - record["create_time"]) < 0.05
+        runner.kill()  # by the pid the controller recorded
+
+        def ended() -> dict[str, Any] | None:
+            shown = api.get(f"/api/v1/drills/{ident}").json()
+            return shown if shown["status"] != "running" else None
+
+        shown = wait_for("the controller to notice", ended, timeout=30, every=0.2)
+        assert shown["status"] == "aborted"
+        assert "undid 1 fault" in shown["reason"], shown["reason"]
+        with pytest.raises(psutil.NoSuchProcess):
+            proc = psutil.Process(fault["pid"])
+            assert proc.status() != psutil.STATUS_STOPPED
+            raise psutil.NoSuchProcess(fault["pid"])
+        assert api.get(f"/api/v1/drills/{ident}/report").status_code == 200
+    finally:
+        api.close()

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,8 +372,12 @@ def test_a_kept_alive_connection_closed_while_idle_is_replaced(echo: StartEcho) 
         # The server closes idle connections when told "Connection: close" on the next
         # request; simulate a server that closed it by closing its transport ourselves.
         pool = next(iter(client._pools.values()))
-        pool.idle[0].transport.close()  # type: ignore[union-attr]
-        await asyncio.sleep(0.05)
+        conn = pool.idle[0]
+        conn.transport.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + 5.0
+        while not conn.lost:  # until the loop has told the connection it is gone
+            assert time.monotonic() < deadline, "the closed connection was never lost"
+            await asyncio.sleep(0.001)
         second = await client.request("GET", "/b")
         return [first.status_code, second.status_code]
 

@@ -74,6 +74,7 @@ async def serve(state_dir: Path, api: str) -> None:
     pusher = RoutePusher(token)
     default_user = DEFAULT_ROOT_USER if os.geteuid() == 0 else None
     controller = Controller(store, runtime, state_dir, SystemClock(), pusher, default_user)
+    controller.drills.serve_at(api, token)
     await controller.load()
     adopted = await runtime.adopt()
     logging.getLogger("alwayson.controller").info(

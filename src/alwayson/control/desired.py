@@ -17,9 +17,9 @@ from alwayson.data.layout import (
     AGENT_PORT,
     KEEPER_PORT,
     agent_config,
-    data_root,
     database_url,
     keeper_address,
+    partitions_path,
     witness_of,
 )
 from alwayson.runtime.base import InstanceSpec, Kind
@@ -265,7 +265,7 @@ def _component(
         # The file the site agents' relays read: a drill's cut reaches the HTTP traffic
         # between sites too (a missing file cuts nothing).
         "--partitions",
-        str(data_root(ctx.state_dir) / "partitions.json"),
+        str(partitions_path(ctx.state_dir)),
         "--handover",
         handover_path(ident),
     ]

@@ -36,7 +36,14 @@ from typing import TYPE_CHECKING, Any
 import psutil
 from croniter import croniter
 
-from alwayson.data.layout import SUPERUSER, data_root, endpoint_address, pg_address, secrets_of
+from alwayson.data.layout import (
+    SUPERUSER,
+    endpoint_address,
+    partitions_path,
+    pg_address,
+    pg_data_dir,
+    secrets_of,
+)
 from alwayson.drills.faults import Journal, undo_all
 from alwayson.drills.model import (
     CONTEXT_FILE,
@@ -74,6 +81,12 @@ class DrillOps:
         self.sites_down: dict[str, str] = {}  # site -> the drill holding it down
         self.last_schedule_check = time.time()
         self._recent: list[dict[str, Any]] = []
+        self.api: str | None = None  # where the API serves, and its token: the drill
+        self.token: str | None = None  # process calls back (set by the daemon)
+
+    def serve_at(self, api: str, token: str) -> None:
+        """The API the drill processes call (the daemon knows it; the spec may not)."""
+        self.api, self.token = api, token
 
     @property
     def store(self) -> Any:
@@ -191,9 +204,9 @@ class DrillOps:
     ) -> DrillContext:
         chosen = SCENARIOS[name]
         state_dir = self.controller.state_dir
-        record = _controller_record(state_dir)
-        api = str(record.get("api") or spec.controller.api)
-        token = (state_dir / "token").read_text().strip()
+        if self.api is None or self.token is None:
+            raise PermanentError("drills need the controller's API (run by `alwayson up`)")
+        api, token = self.api, self.token
         journey = journey or spec.drills.journey
         if journey == "auto":
             journey = "bank-registration" if _serves(spec, REGISTER_PATH) else "/"
@@ -238,7 +251,7 @@ class DrillOps:
             front_door=f"http://{spec.front_door.listen}",
             run_dir=str(run_dir),
             state_dir=str(state_dir),
-            partitions_file=str(data_root(state_dir) / "partitions.json"),
+            partitions_file=str(partitions_path(state_dir)),
             sites=[s.name for s in spec.workload_sites],
             witness=witness,
             controller_pid=os.getpid(),
@@ -416,13 +429,7 @@ class DrillOps:
                 victims[status.pid] = status.spec.id
         for db in spec.databases:
             with contextlib.suppress(OSError, ValueError):
-                pid_file = (
-                    data_root(self.controller.state_dir)
-                    / db.name
-                    / site
-                    / "pgdata"
-                    / "postmaster.pid"
-                )
+                pid_file = pg_data_dir(self.controller.state_dir, db.name, site) / "postmaster.pid"
                 if pid_file.exists():
                     victims[int(pid_file.read_text().split()[0])] = f"postgres {db.name}@{site}"
         for pid, what in list(victims.items()):
@@ -569,14 +576,6 @@ def _spawn_runner(run_dir: Path) -> tuple[int, float]:
     # Reap it when it ends (it is our child) without blocking anyone.
     asyncio.get_running_loop().run_in_executor(None, proc.wait)
     return proc.pid, created
-
-
-def _controller_record(state_dir: Path) -> dict[str, Any]:
-    try:
-        found: dict[str, Any] = json.loads((state_dir / "controller.json").read_text())
-        return found
-    except (OSError, ValueError):
-        return {}
 
 
 def _serves(spec: PlatformSpec, path: str) -> bool:

@@ -134,6 +134,16 @@ def data_root(state_dir: Path) -> Path:
     return state_dir / "data"
 
 
+def pg_data_dir(state_dir: Path, database: str, site: str) -> Path:
+    """A database's PostgreSQL data directory in one site."""
+    return data_root(state_dir) / database / site / "pgdata"
+
+
+def partitions_path(state_dir: Path) -> Path:
+    """The site links' state (cuts and slowness) every relay and gateway reads."""
+    return data_root(state_dir) / "partitions.json"
+
+
 def secrets_of(state_dir: Path, spec: PlatformSpec) -> dict[str, dict[str, str]]:
     """Passwords per database (superuser, app), made once and kept (mode 0600)."""
     path = data_root(state_dir) / "secrets.json"
@@ -209,7 +219,7 @@ def agent_config(
                 listen=pg_address(spec, site, index),
                 endpoint=endpoint_address(spec, site, index),
                 peers=peers,
-                data_dir=str(root / db.name / site / "pgdata"),
+                data_dir=str(pg_data_dir(state_dir, db.name, site)),
                 repo_dir=str(root / db.name / site / "repo"),
                 peer_repos={p: str(root / db.name / p / "repo") for p in workload if p != site},
                 backup_schedule=db.backup.schedule,
@@ -227,7 +237,7 @@ def agent_config(
         admin=agent_address(spec, site),
         keeper=links[0].listen,
         token_file=str(state_dir / "token"),
-        partitions_file=str(root / "partitions.json"),
+        partitions_file=str(partitions_path(state_dir)),
         state_dir=str(state_dir),
         user=user,
         links=links,
