@@ -176,3 +176,44 @@ def test_everything_down_is_503() -> None:
     client.connected(h.pools[A].pending.pop(), None)
     client.connected(h.pools[A].pending.pop(), None)  # the one retry, on the same one
     assert error_of(downstream.take())[0] == 503
+
+
+def test_a_connection_closed_before_it_is_handed_over_counts_as_a_failed_connect() -> None:
+    """The backend died between the connect and our callback: the exchange must hear of a
+    failed connect (retried anywhere, nothing was sent), never get a closed connection
+    (a write on it raised inside the event loop and stranded the client; CI caught it)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from alwayson.gateway.relaying import UpstreamConnection
+
+    async def go() -> list[object]:
+        pool = upstream()
+        heard: list[object] = []
+        exchange = SimpleNamespace(owner=SimpleNamespace(connected=lambda _e, c: heard.append(c)))
+        dead = UpstreamConnection(pool)
+        dead.closed = True
+
+        async def opened() -> UpstreamConnection:
+            return dead
+
+        task = asyncio.get_running_loop().create_task(opened())
+        await task
+        pool._opened(exchange, task)  # type: ignore[arg-type]
+        alive = UpstreamConnection(pool)
+        task = asyncio.get_running_loop().create_task(asyncio.sleep(0, alive))
+        await task
+        pool._opened(exchange, task)  # type: ignore[arg-type]
+        return heard
+
+    assert asyncio.run(go()) == [None, ANY_CONNECTION]
+
+
+class _AnyConnection:
+    def __eq__(self, other: object) -> bool:
+        from alwayson.gateway.relaying import UpstreamConnection
+
+        return isinstance(other, UpstreamConnection) and not other.closed
+
+
+ANY_CONNECTION = _AnyConnection()

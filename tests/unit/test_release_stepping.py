@@ -142,6 +142,16 @@ def test_blue_green_previews_switches_then_retires() -> None:
 # ------------------------------------------------------------------ stepping
 
 
+def test_a_release_not_begun_yet_is_left_alone() -> None:
+    """An apply puts its release in place before it has begun (CI once caught a tick in
+    between: the controller died on the empty history)."""
+    pol = policy()
+    begun = release("canary", pol)
+    pending = begun.model_copy(update={"history": [], "started_at": 0.0})
+    assert step(pending, pol, 1002) == pending
+    assert step(begun, pol, 1002) != begun
+
+
 def test_a_stage_waits_for_ready_candidates_and_min_ready_seconds() -> None:
     pol = policy(rolling={"min_ready_seconds": 5})
     rel = release("rolling", pol)

@@ -120,6 +120,11 @@ class Upstream:
             error = task.exception()
             if error is None:
                 conn = task.result()
+                if conn.closed:
+                    # The backend closed it (died) before this callback ran: nothing was
+                    # sent, so to the exchange it is a failed connect (retried anywhere),
+                    # not a write on a closed transport that would strand it.
+                    conn = None
             elif not isinstance(error, OSError | TimeoutError):
                 log.error("connect to %s failed unexpectedly: %r", self.address, error)
         exchange.owner.connected(exchange, conn)

@@ -277,7 +277,9 @@ def advance(
     """One tick of a release: settle, analyse, hold, then the next stage (or roll back)."""
     rel = release.model_copy(deep=True)
     out = Outcome(rel)
-    if not rel.phase.active:
+    # A release that has not begun yet (an apply puts it in place before ``start`` has
+    # read its baseline, so no cycle sees the new version without it) is left alone.
+    if not rel.phase.active or not rel.history:
         return out
     now = obs.now
     stage = rel.current
