@@ -1,7 +1,15 @@
-"""Injected time. Code that waits or measures takes a ``Clock`` so tests can fast-forward."""
+"""Injected time. Code that waits or measures takes a ``Clock`` so tests can fast-forward.
+
+Logic in ``control/`` and ``data/`` never reads ``time`` or sleeps with ``asyncio.sleep``
+directly: it asks its clock, so a test on a ``ManualClock`` runs a five-minute window in
+milliseconds and decides exactly what "now" is.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import time
 from typing import Protocol
 
@@ -11,6 +19,10 @@ class Clock(Protocol):
 
     def wall(self) -> float: ...
 
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` of this clock's time (a real wait only on the system clock)."""
+        ...
+
 
 class SystemClock:
     def monotonic(self) -> float:
@@ -19,13 +31,31 @@ class SystemClock:
     def wall(self) -> float:
         return time.time()
 
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
 
 class ManualClock:
-    """A clock that moves only when told to; for tests."""
+    """A clock that moves only when told to; for tests.
 
-    def __init__(self, start: float = 1000.0, wall_start: float = 1_800_000_000.0) -> None:
+    ``sleep`` parks the caller until ``advance`` (or ``advance_to``) moves the clock past
+    its deadline. With ``autojump=True`` a sleep moves the clock to its own deadline at
+    once, so code that waits minutes runs straight through (time still only goes forward,
+    and sleepers wake in deadline order).
+    """
+
+    def __init__(
+        self,
+        start: float = 1000.0,
+        wall_start: float = 1_800_000_000.0,
+        *,
+        autojump: bool = False,
+    ) -> None:
         self._now = start
         self._wall_offset = wall_start - start
+        self.autojump = autojump
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
 
     def monotonic(self) -> float:
         return self._now
@@ -36,4 +66,32 @@ class ManualClock:
     def advance(self, seconds: float) -> None:
         if seconds < 0:
             raise ValueError("time does not go backwards")
-        self._now += seconds
+        self._move_to(self._now + seconds)
+
+    def advance_to(self, when: float) -> None:
+        self.advance(max(0.0, when - self._now))
+
+    def _move_to(self, when: float) -> None:
+        self._now = when
+        while self._sleepers and self._sleepers[0][0] <= self._now:
+            _, _, future = heapq.heappop(self._sleepers)
+            if not future.done():
+                future.set_result(None)
+
+    @property
+    def sleeping(self) -> int:
+        """How many sleeps are waiting for the clock to move."""
+        return sum(1 for _, _, f in self._sleepers if not f.done())
+
+    async def sleep(self, seconds: float) -> None:
+        deadline = self._now + max(0.0, seconds)
+        if self.autojump:
+            self._move_to(max(self._now, deadline))
+            await asyncio.sleep(0)
+            return
+        if deadline <= self._now:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (deadline, next(self._order), future))
+        await future
