@@ -10,6 +10,7 @@ from typing import Any
 from alwayson.control.drilling import DrillOps
 from alwayson.spec.loading import load_spec_text
 from alwayson.store.memory import MemoryStore
+from alwayson.util.clocks import ManualClock
 
 SPEC = """\
 platform: bank
@@ -39,6 +40,22 @@ class FakeController:
     async def record_event(self, kind: str, subject: str, message: str, data: Any = None) -> None:
         self.events.append((kind, subject, message))
 
+    def wake(self) -> None:
+        pass
+
+
+def drill_ops(controller: FakeController) -> DrillOps:
+    """DrillOps on its narrow ports: the fake is the event sink, waker and spec reader."""
+    return DrillOps(
+        controller.store,
+        controller,
+        controller,
+        controller,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]  # schedules never touch a process
+        controller.state_dir,
+        ManualClock(),
+    )
+
 
 def local(hour: int, minute: int = 0) -> float:
     return dt.datetime(2026, 11, 26, hour, minute).astimezone().timestamp()
@@ -46,7 +63,7 @@ def local(hour: int, minute: int = 0) -> float:
 
 def test_a_schedule_starts_its_drill_once_when_it_comes_due() -> None:
     controller = FakeController()
-    ops = DrillOps(controller)  # type: ignore[arg-type]
+    ops = drill_ops(controller)
     started: list[dict[str, Any]] = []
 
     async def start(name: str, **kwargs: Any) -> dict[str, Any]:
@@ -77,7 +94,7 @@ def test_a_schedule_starts_its_drill_once_when_it_comes_due() -> None:
 
 def test_a_schedule_due_while_a_drill_runs_is_skipped_and_recorded() -> None:
     controller = FakeController()
-    ops = DrillOps(controller)  # type: ignore[arg-type]
+    ops = drill_ops(controller)
     ops.active = {"id": "d1", "scenario": "site-loss"}
 
     async def go() -> None:

@@ -25,7 +25,7 @@ from alwayson.api.tokens import ensure_token
 from alwayson.control.controller import Controller
 from alwayson.control.drilling import daemon_argv
 from alwayson.control.pushing import RoutePusher
-from alwayson.runtime.local import LocalRuntime
+from alwayson.runtime.local import LocalRuntime, check_user_can_run
 from alwayson.store.sqlite import SQLiteStore
 from alwayson.util.addresses import split_hostport
 from alwayson.util.clocks import SystemClock
@@ -73,7 +73,15 @@ async def serve(state_dir: Path, api: str) -> None:
     runtime = LocalRuntime(state_dir)
     pusher = RoutePusher(token)
     default_user = DEFAULT_ROOT_USER if os.geteuid() == 0 else None
-    controller = Controller(store, runtime, state_dir, SystemClock(), pusher, default_user)
+    controller = Controller(
+        store,
+        runtime,
+        state_dir,
+        SystemClock(),
+        pusher,
+        default_user,
+        can_run=check_user_can_run,
+    )
     controller.drills.serve_at(api, token)
     await controller.load()
     adopted = await runtime.adopt()

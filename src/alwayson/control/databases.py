@@ -20,27 +20,24 @@ from alwayson.data.keeping import change_lease, read_lease, request_key
 from alwayson.data.layout import endpoint_address
 from alwayson.data.settings import slot_name
 from alwayson.spec.models import Database, PlatformSpec
-from alwayson.store.base import AuditEntry
-from alwayson.util.clocks import SystemClock
+from alwayson.store.base import AuditEntry, StateStore
+from alwayson.util.clocks import Clock
 from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
 
 if TYPE_CHECKING:
-    from alwayson.control.controller import Controller
+    from alwayson.control.ports import SpecReader
 
 STALE_AFTER = 5.0
 
 
 class DatabaseOps:
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
-        self.clock = SystemClock()
-
-    @property
-    def store(self) -> Any:
-        return self.controller.store
+    def __init__(self, store: StateStore, specs: SpecReader, clock: Clock) -> None:
+        self.store = store
+        self.specs = specs
+        self.clock = clock
 
     def _spec(self) -> PlatformSpec:
-        return self.controller.spec()
+        return self.specs.spec()
 
     def database(self, name: str | None) -> Database:
         spec = self._spec()
@@ -58,7 +55,7 @@ class DatabaseOps:
         raise NotFoundError(f"unknown database {name!r} (databases: {known})")
 
     async def status(self) -> list[dict[str, Any]]:
-        spec = self.controller.spec_or_none()
+        spec = self.specs.spec_or_none()
         if spec is None:
             return []
         out = []
@@ -68,7 +65,9 @@ class DatabaseOps:
             sites = []
             for site in [s.name for s in spec.workload_sites]:
                 found = await self.store.get(f"db/{db.name}/site/{site}")
-                report = dict(found.value) if found else {"site": site, "role": "unknown"}
+                report: dict[str, Any] = (
+                    dict(found.value) if found else {"site": site, "role": "unknown"}
+                )
                 report["stale"] = (
                     not found or now - float(report.get("reported_at", 0)) > STALE_AFTER
                 )
@@ -118,7 +117,7 @@ class DatabaseOps:
     async def request(self, name: str | None, op: str, actor: str, **params: Any) -> dict[str, Any]:
         db = self.database(name)
         await self._check(db, op, params)
-        ident = f"{op}-{int(time.time() * 1000)}-{secrets.token_hex(3)}"
+        ident = f"{op}-{int(self.clock.wall() * 1000)}-{secrets.token_hex(3)}"
         request = {"id": ident, "op": op, "at": self.clock.wall(), "actor": actor, **params}
         found = await self.store.get(request_key(db.name))
         if found and found.value:

@@ -63,7 +63,10 @@ from alwayson.spec.models import PlatformSpec
 from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
 
 if TYPE_CHECKING:
-    from alwayson.control.controller import Controller
+    from alwayson.control.ports import EventSink, SpecReader, Waker
+    from alwayson.runtime.base import Runtime
+    from alwayson.store.base import StateStore
+    from alwayson.util.clocks import Clock
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +78,26 @@ assert set(SCENARIO_NAMES) == set(SCENARIOS), "spec.drilling and drills.scenario
 
 
 class DrillOps:
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
+    def __init__(
+        self,
+        store: StateStore,
+        events: EventSink,
+        waker: Waker,
+        specs: SpecReader,
+        runtime: Runtime,
+        state_dir: Path,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self.waker = waker
+        self.specs = specs
+        self.runtime = runtime
+        self.state_dir = state_dir
+        self.clock = clock
         self.active: dict[str, Any] | None = None  # the running drill's record
         self.sites_down: dict[str, str] = {}  # site -> the drill holding it down
-        self.last_schedule_check = time.time()
+        self.last_schedule_check = clock.wall()
         self._recent: list[dict[str, Any]] = []
         self.api: str | None = None  # where the API serves, and its token: the drill
         self.token: str | None = None  # process calls back (set by the daemon)
@@ -89,12 +107,8 @@ class DrillOps:
         self.api, self.token = api, token
 
     @property
-    def store(self) -> Any:
-        return self.controller.store
-
-    @property
     def root(self) -> Path:
-        return self.controller.state_dir / "drills"
+        return self.state_dir / "drills"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -103,7 +117,7 @@ class DrillOps:
         self.sites_down = dict(found.value) if found else {}
         at = await self.store.get(SCHEDULE_KEY)
         if at is not None:
-            self.last_schedule_check = float(at.value.get("checked_at", time.time()))
+            self.last_schedule_check = float(at.value.get("checked_at", self.clock.wall()))
         for _, entry in await self.store.list_prefix(PREFIX, limit=100_000):
             record = dict(entry.value)
             if record.get("status") == Status.RUNNING.value:
@@ -120,7 +134,7 @@ class DrillOps:
                 await self.watch_once()
             except Exception:  # keep watching
                 log.exception("drill watcher")
-            await asyncio.sleep(WATCH_INTERVAL)
+            await self.clock.sleep(WATCH_INTERVAL)
 
     async def watch_once(self) -> None:
         record = self.active
@@ -140,7 +154,7 @@ class DrillOps:
         journey: str | None,
         actor: str,
     ) -> dict[str, Any]:
-        spec = self.controller.spec()
+        spec = self.specs.spec()
         chosen = scenario(name)
         workload = [s.name for s in spec.workload_sites]
         if site is not None:
@@ -160,7 +174,8 @@ class DrillOps:
             raise PermanentError(f"--rate must be in (0, 10000] per second, not {rate:g}")
         if duration is not None and not 0 < duration <= 24 * 3600:
             raise PermanentError(f"--duration must be in (0 s, 24 h], not {duration:g} s")
-        ident = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{name}-{secrets.token_hex(2)}"
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock.wall()))
+        ident = f"{stamp}-{name}-{secrets.token_hex(2)}"
         run_dir = self.root / ident
         run_dir.mkdir(parents=True, mode=0o700)
         ctx = self._context(spec, ident, name, site, rate, duration, journey, actor, run_dir)
@@ -173,7 +188,7 @@ class DrillOps:
             "site": site,
             "status": Status.RUNNING.value,
             "actor": actor,
-            "started_at": time.time(),
+            "started_at": self.clock.wall(),
             "finished_at": None,
             "pid": pid,
             "create_time": created,
@@ -184,7 +199,7 @@ class DrillOps:
         }
         self.active = record
         await self.store.put(PREFIX + ident, record)
-        await self.controller.record_event(
+        await self.events.record_event(
             "drill-started", ident, f"{name} by {actor} (pid {pid})", {"scenario": name}
         )
         await self._refresh_recent()
@@ -203,7 +218,7 @@ class DrillOps:
         run_dir: Path,
     ) -> DrillContext:
         chosen = SCENARIOS[name]
-        state_dir = self.controller.state_dir
+        state_dir = self.state_dir
         if self.api is None or self.token is None:
             raise PermanentError("drills need the controller's API (run by `alwayson up`)")
         api, token = self.api, self.token
@@ -268,7 +283,7 @@ class DrillOps:
             raise ConflictError(f"drill {ident} is not running ({record.get('status')})")
         if _alive(record.get("pid"), record.get("create_time")):
             os.kill(int(record["pid"]), signal.SIGINT)
-        await self.controller.record_event("drill-cancel", ident, f"cancelled by {actor}")
+        await self.events.record_event("drill-cancel", ident, f"cancelled by {actor}")
         return record
 
     async def get(self, ident: str) -> dict[str, Any]:
@@ -317,18 +332,18 @@ class DrillOps:
             if problems:
                 why += "; " + "; ".join(problems)
             record.update(status=Status.ABORTED.value, reason=why)
-            _minimal_report(run_dir, record, journal)
+            _minimal_report(run_dir, record, journal, self.clock.wall())
         else:
             record.update(
                 status=result.get("status", Status.ERROR.value),
                 reason=result.get("reason", ""),
                 result=result,
             )
-        record["finished_at"] = time.time()
+        record["finished_at"] = self.clock.wall()
         await self.store.put(PREFIX + str(record["id"]), record)
         if self.active is not None and self.active.get("id") == record["id"]:
             self.active = None
-        await self.controller.record_event(
+        await self.events.record_event(
             "drill-finished",
             str(record["id"]),
             f"{record['scenario']}: {record['status']}"
@@ -339,7 +354,7 @@ class DrillOps:
         await self._refresh_recent()
 
     async def _prune(self) -> None:
-        spec = self.controller.spec_or_none()
+        spec = self.specs.spec_or_none()
         keep = spec.drills.history if spec else 200
         found = await self.store.list_prefix(PREFIX, limit=100_000)
         done = sorted(
@@ -367,8 +382,8 @@ class DrillOps:
     # ------------------------------------------------------------------ schedules
 
     async def _due(self, now: float | None = None) -> None:
-        spec = self.controller.spec_or_none()
-        now = time.time() if now is None else now
+        spec = self.specs.spec_or_none()
+        now = self.clock.wall() if now is None else now
         since, self.last_schedule_check = self.last_schedule_check, now
         if spec is None or not spec.drills.schedules:
             return
@@ -380,7 +395,7 @@ class DrillOps:
                 continue
             await self.store.put(SCHEDULE_KEY, {"checked_at": now})
             if self.active is not None:
-                await self.controller.record_event(
+                await self.events.record_event(
                     "drill-skipped",
                     plan.scenario,
                     f"scheduled {plan.scenario} skipped: drill {self.active['id']} is running",
@@ -396,40 +411,39 @@ class DrillOps:
                     actor=f"schedule {plan.cron!r}",
                 )
             except Exception as exc:
-                await self.controller.record_event(
+                await self.events.record_event(
                     "drill-skipped", plan.scenario, f"scheduled {plan.scenario} not started: {exc}"
                 )
 
     # ------------------------------------------------------------------ site loss
 
     async def lose_site(self, site: str, drill: str, actor: str) -> dict[str, Any]:
-        spec = self.controller.spec()
+        spec = self.specs.spec()
         workload = _workload_site(spec, site)
         if site not in self.sites_down and len(self.sites_down) + 1 >= len(workload):
             raise ConflictError("refusing to lose the last workload site")
         self.sites_down[site] = drill
         await self.store.put(SITES_DOWN_KEY, self.sites_down)
-        self.controller.invalidate()
         killed = self._kill_site(spec, site)
-        await self.controller.record_event(
+        await self.events.record_event(
             "site-lost",
             site,
             f"site {site} lost by {actor}: {len(killed)} processes killed",
             {"drill": drill, "killed": killed},
         )
-        self.controller.wake()
+        self.waker.wake()
         return {"site": site, "killed": killed}
 
     def _kill_site(self, spec: PlatformSpec, site: str) -> list[dict[str, Any]]:
         """SIGKILL every process of ``site``: its instances, gateway, front door, database
         agent, and PostgreSQL with its children (they run in their own sessions)."""
         victims: dict[int, str] = {}
-        for status in self.controller.runtime.statuses():
+        for status in self.runtime.statuses():
             if status.spec.site == site and status.phase is not Phase.EXITED and status.pid:
                 victims[status.pid] = status.spec.id
         for db in spec.databases:
             with contextlib.suppress(OSError, ValueError):
-                pid_file = pg_data_dir(self.controller.state_dir, db.name, site) / "postmaster.pid"
+                pid_file = pg_data_dir(self.state_dir, db.name, site) / "postmaster.pid"
                 if pid_file.exists():
                     victims[int(pid_file.read_text().split()[0])] = f"postgres {db.name}@{site}"
         for pid, what in list(victims.items()):
@@ -448,11 +462,10 @@ class DrillOps:
             return {"site": site, "restored": False}
         del self.sites_down[site]
         await self.store.put(SITES_DOWN_KEY, self.sites_down)
-        self.controller.invalidate()
-        await self.controller.record_event(
+        await self.events.record_event(
             "site-restored", site, f"site {site} restored by {actor}", {"drill": drill}
         )
-        self.controller.wake()
+        self.waker.wake()
         return {"site": site, "restored": True}
 
 
@@ -500,7 +513,7 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _minimal_report(run_dir: Path, record: dict[str, Any], journal: Journal) -> None:
+def _minimal_report(run_dir: Path, record: dict[str, Any], journal: Journal, now: float) -> None:
     """A drill that died leaves what is known: its faults and why it ended."""
     from alwayson.drills.reporting import render_report
 
@@ -514,7 +527,7 @@ def _minimal_report(run_dir: Path, record: dict[str, Any], journal: Journal) -> 
         "reason": record.get("reason", ""),
         "interrupted": True,
         "started_at": record.get("started_at"),
-        "finished_at": time.time(),
+        "finished_at": now,
         "faults": [f.to_dict() for f in journal.faults],
         "notes": ["the drill process ended without writing its result"],
     }

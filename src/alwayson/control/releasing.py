@@ -395,7 +395,7 @@ class ReleaseDriver:
         self.controller.wake()
 
     def _replicas(self, spec: PlatformSpec, service: str) -> dict[str, int]:
-        overrides = self.controller.overrides
+        overrides = self.controller.counts()
         return {
             s.name: effective_replicas(spec, overrides, service, s.name)
             for s in spec.workload_sites

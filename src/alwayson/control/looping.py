@@ -1,0 +1,64 @@
+"""The loop's plumbing: owned background tasks, and waiting for the next reason to act."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from alwayson.control.ports import EventSink
+from alwayson.runtime.base import RuntimeEvent
+from alwayson.util.errors import AlwaysonError
+
+log = logging.getLogger("alwayson.controller")
+
+
+class TaskOwner:
+    """Background actions owned here: errors are logged and recorded, and ``close`` waits
+    for every one (nothing is fired and forgotten)."""
+
+    def __init__(self, events: EventSink) -> None:
+        self.events = events
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except AlwaysonError as exc:
+                log.error("%s", exc)
+                await self.events.record_event("action-failed", "controller", str(exc))
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def idle(self) -> None:
+        """Wait until every task spawned so far (and what they spawned) has finished."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def wait_for_work(
+    wake: asyncio.Event, events: asyncio.Queue[RuntimeEvent], done: asyncio.Event
+) -> RuntimeEvent | None:
+    """Return at a wake-up, at shutdown, or with the next runtime event."""
+    woken = asyncio.ensure_future(wake.wait())
+    event = asyncio.ensure_future(events.get())
+    finished = asyncio.ensure_future(done.wait())
+    futures = (woken, event, finished)
+    try:
+        await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for fut in futures:
+            fut.cancel()
+        await asyncio.gather(*futures, return_exceptions=True)
+    if event.done() and not event.cancelled() and event.exception() is None:
+        return event.result()
+    return None

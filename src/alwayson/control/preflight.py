@@ -1,0 +1,53 @@
+"""Checks an apply makes before it changes anything: addresses free, workloads runnable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from alwayson.control.desired import listen_addresses
+from alwayson.runtime.base import InstanceSpec, InstanceStatus, Kind
+from alwayson.spec.loading import LoadedSpec
+from alwayson.util.addresses import port_is_free, split_hostport
+from alwayson.util.errors import PermanentError
+
+UserCheck = Callable[[str | None, str, str], str | None]
+
+
+def preflight(
+    loaded: LoadedSpec,
+    new: Mapping[str, InstanceSpec],
+    running: Sequence[InstanceStatus],
+    user: str | None,
+    can_run: UserCheck,
+) -> None:
+    """Raise PermanentError (nothing changed) if ``new`` cannot start as it stands."""
+    current = {s.spec.id: s for s in running}
+    mine = {a for s in current.values() for a in listen_addresses(s.spec)}
+    taken: list[str] = []
+    for ident, inst in new.items():
+        was = current.get(ident)
+        if was is not None and listen_addresses(was.spec) == listen_addresses(inst):
+            continue
+        for address in listen_addresses(inst):
+            host, port = split_hostport(address)
+            if address not in mine and not port_is_free(host, port):
+                taken.append(f"{address} ({field_of(inst)})")
+    if taken:
+        raise PermanentError(
+            f"{loaded.path}: address already in use by another process: "
+            + ", ".join(sorted(set(taken)))
+            + ". Stop that process or change the port in the spec; nothing was changed."
+        )
+    workloads = [i for i in new.values() if i.kind is Kind.WORKLOAD]
+    if workloads:
+        problem = can_run(user, workloads[0].argv[0], workloads[0].cwd)
+        if problem:
+            raise PermanentError(f"{loaded.path}: runtime.user: {problem}")
+
+
+def field_of(inst: InstanceSpec) -> str:
+    if inst.kind is Kind.FRONTDOOR:
+        return "front_door.listen / gateway.admin_port"
+    if inst.kind is Kind.GATEWAY:
+        return "gateway.port / gateway.admin_port"
+    return f"services.{inst.service}.port"
