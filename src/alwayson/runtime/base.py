@@ -3,6 +3,24 @@
 A runtime starts processes described by ``InstanceSpec``, watches them (exit, readiness,
 liveness) and reports what happens as ``RuntimeEvent``s on a queue the controller drains.
 Instances outlive the controller: a new runtime over the same state ``adopt``s them.
+
+The controller reaches processes only through this protocol (and ``processes.Processes``
+for the few that are not instances), so a second driver plugs in without touching
+``control/``. ``tests/conformance/runtimes.py`` is the contract every driver passes.
+
+Events and their ``data``:
+
+- ``READY`` / ``UNREADY``: readiness flipped (thresholds applied); no data.
+- ``UNHEALTHY``: liveness failed ``failure_threshold`` times in a row; no data.
+- ``START_TIMEOUT``: not ready ``start_timeout`` seconds after start; no data.
+- ``EXITED``: ``exit_code`` is known only for processes this runtime started (negative:
+  killed by that signal); ``data["expected"]`` is true after ``stop`` or ``replace``,
+  ``data["replaced"]`` true when a successor already holds the id. Found dead at
+  ``adopt``: ``data`` also holds the ``spec`` (as JSON).
+
+Errors are the project's (``alwayson.util.errors``): an unknown or exited instance is
+``NotFoundError``, a start of a running id ``ConflictError``, a command that cannot run
+``PermanentError``.
 """
 
 from __future__ import annotations
@@ -10,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import signal
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -136,6 +155,27 @@ class RuntimeEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What one instance's process costs now: CPU seconds (user + system) since it started
+    and resident memory."""
+
+    cpu_seconds: float
+    rss_bytes: int
+
+
+def describe_exit(code: int | None) -> str:
+    """The sentence an ``EXITED`` event carries for an exit code (None: not known)."""
+    if code is None:
+        return "exited while adopted (exit code unknown)"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 class Runtime(Protocol):
     events: asyncio.Queue[RuntimeEvent]
 
@@ -143,23 +183,51 @@ class Runtime(Protocol):
         """Take over instances left running by a previous controller; never restart them."""
         ...
 
-    async def start(self, spec: InstanceSpec) -> InstanceStatus: ...
+    async def start(self, spec: InstanceSpec) -> InstanceStatus:
+        """Launch; the status is ``STARTING`` until a ``READY`` event."""
+        ...
+
+    async def replace(
+        self, spec: InstanceSpec, extra_args: list[str], timeout: float = 30.0
+    ) -> InstanceStatus:
+        """Start a successor beside the running process, which hands over and exits.
+
+        ``extra_args`` tell the successor where to take the listening sockets from. Returns
+        once the old process has exited (its ``EXITED`` is expected); if the successor dies
+        first, the old one keeps serving and ``PermanentError`` is raised. Without a
+        running process this is ``start``.
+        """
+        ...
 
     async def stop(self, instance_id: str, grace: float | None = None) -> None:
         """SIGTERM (drain), then SIGKILL after ``grace``; returns once the process is gone."""
         ...
 
-    async def replace(self, spec: InstanceSpec, extra_args: list[str]) -> InstanceStatus:
-        """Start a successor that takes the listening sockets over; the old one drains."""
+    async def signal(self, instance_id: str, signum: int) -> None:
+        """Send ``signum`` to the instance's process only (e.g. SIGHUP to reload)."""
         ...
 
-    async def signal(self, instance_id: str, signum: int) -> None: ...
+    async def kill(self, instance_id: str, signum: int, *, tree: bool = False) -> list[int]:
+        """Send ``signum`` to the instance's process group; with ``tree``, also to every
+        descendant, even one in its own session (a database agent's PostgreSQL). Returns
+        the pids signalled. The ``EXITED`` that follows is not expected."""
+        ...
 
     def forget(self, instance_id: str) -> None:
-        """Drop an exited instance from ``statuses``."""
+        """Drop an exited instance from the table (the controller has seen its exit)."""
         ...
 
-    def statuses(self) -> list[InstanceStatus]: ...
+    def status(self, instance_id: str) -> InstanceStatus:
+        """The status of one instance; ``NotFoundError`` when the runtime has none."""
+        ...
+
+    def statuses(self) -> list[InstanceStatus]:
+        """Every instance known, exited ones included until ``stop`` or ``forget``."""
+        ...
+
+    def usage(self) -> dict[str, Usage]:
+        """CPU and memory per running instance id; exited or unreadable ones are left out."""
+        ...
 
     def log_path(self, site: str, instance_id: str) -> str: ...
 

@@ -30,6 +30,7 @@ from alwayson.runtime.base import (
     InstanceStatus,
     Phase,
     RuntimeEvent,
+    describe_exit,
 )
 from alwayson.runtime.probing import Thresholds, run_probe
 from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
@@ -50,17 +51,6 @@ class _Watched:
     prober: asyncio.Task[None] | None = None
     stopping: bool = False
     extra: dict[str, object] = field(default_factory=dict)
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "exited while adopted (exit code unknown)"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 class LocalRuntime:
