@@ -29,7 +29,7 @@ from alwayson.control.drilling import DrillOps
 from alwayson.control.instances import CandidateFailed, InstanceGone, InstanceOps
 from alwayson.control.looping import TaskOwner, wait_for_work
 from alwayson.control.observing import Observatory
-from alwayson.control.preflight import UserCheck, preflight
+from alwayson.control.preflight import AddressCheck, UserCheck, preflight
 from alwayson.control.pushing import RouteBook, TablePusher
 from alwayson.control.reconciling import Decision, Observed, Snapshot, decide
 from alwayson.control.releasing import ReleaseDriver
@@ -42,6 +42,7 @@ from alwayson.spec.loading import LoadedSpec, load_spec_text
 from alwayson.spec.models import MAX_REPLICAS, PlatformSpec, ReleasePolicy
 from alwayson.spec.planning import Change, Overrides, plan
 from alwayson.store.base import AuditEntry, Event, StateStore
+from alwayson.util.addresses import port_is_free
 from alwayson.util.clocks import Clock
 from alwayson.util.errors import (
     AlwaysonError,
@@ -79,6 +80,7 @@ class Controller:
         default_user: str | None,
         interval: float = 1.0,
         can_run: UserCheck = _anyone_can_run,
+        address_free: AddressCheck = port_is_free,
     ) -> None:
         self.store = store
         self.runtime = runtime
@@ -87,6 +89,7 @@ class Controller:
         self.default_user = default_user
         self.interval = interval
         self.can_run = can_run
+        self.address_free = address_free
         self.loaded: LoadedSpec | None = None
         self.overrides: Overrides = {}
         self.autoscaled: Overrides = {}
@@ -100,7 +103,14 @@ class Controller:
         self.tasks = TaskOwner(self)
         self.routes = RouteBook(pusher, clock)
         self.instances = InstanceOps(
-            runtime, clock, self, self, self.tasks, self, before_start=self._write_agent_config
+            runtime,
+            clock,
+            self,
+            self,
+            self.tasks,
+            self,
+            before_start=self._write_agent_config,
+            address_free=address_free,
         )
         self.releases = ReleaseDriver(self, store)
         self.databases = DatabaseOps(store, self, clock)
@@ -270,7 +280,7 @@ class Controller:
             new = desired_instances(loaded.spec, counts, self._context(loaded, slots))
             user = loaded.spec.runtime.user or self.default_user
             running = [s for s in self.runtime.statuses() if s.phase is not Phase.EXITED]
-            preflight(loaded, new, running, user, self.can_run)
+            preflight(loaded, new, running, user, self.can_run, self.address_free)
             # In one step (no await in between): the new spec and the releases it starts, so
             # no turn ever sees the new version without its release (it would replace the
             # old instances in place).

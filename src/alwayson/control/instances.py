@@ -69,6 +69,7 @@ class InstanceOps:
         spawner: Spawner,
         publisher: Publisher,
         before_start: Callable[[InstanceSpec], None] | None = None,
+        address_free: Callable[[str, int], bool] = port_is_free,
     ) -> None:
         self.runtime = runtime
         self.clock = clock
@@ -77,6 +78,7 @@ class InstanceOps:
         self.spawner = spawner
         self.publisher = publisher
         self.before_start = before_start
+        self.address_free = address_free
         self.crashes: dict[str, CrashRecord] = {}
         self.start_failures: dict[str, str] = {}
         self.stopping: set[str] = set()
@@ -103,7 +105,7 @@ class InstanceOps:
 
     async def start(self, spec: InstanceSpec, reason: str) -> None:
         try:
-            if spec.kind is Kind.WORKLOAD and not port_is_free(spec.host, spec.port):
+            if spec.kind is Kind.WORKLOAD and not self.address_free(spec.host, spec.port):
                 raise PermanentError(
                     f"{spec.id}: address {spec.host}:{spec.port} is in use by another process "
                     f"(service {spec.service}, port {spec.port})"

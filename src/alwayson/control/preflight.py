@@ -11,6 +11,7 @@ from alwayson.util.addresses import port_is_free, split_hostport
 from alwayson.util.errors import PermanentError
 
 UserCheck = Callable[[str | None, str, str], str | None]
+AddressCheck = Callable[[str, int], bool]
 
 
 def preflight(
@@ -19,6 +20,7 @@ def preflight(
     running: Sequence[InstanceStatus],
     user: str | None,
     can_run: UserCheck,
+    address_free: AddressCheck = port_is_free,
 ) -> None:
     """Raise PermanentError (nothing changed) if ``new`` cannot start as it stands."""
     current = {s.spec.id: s for s in running}
@@ -30,7 +32,7 @@ def preflight(
             continue
         for address in listen_addresses(inst):
             host, port = split_hostport(address)
-            if address not in mine and not port_is_free(host, port):
+            if address not in mine and not address_free(host, port):
                 taken.append(f"{address} ({field_of(inst)})")
     if taken:
         raise PermanentError(

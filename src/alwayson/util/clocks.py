@@ -39,10 +39,14 @@ class ManualClock:
     """A clock that moves only when told to; for tests.
 
     ``sleep`` parks the caller until ``advance`` (or ``advance_to``) moves the clock past
-    its deadline. With ``autojump=True`` a sleep moves the clock to its own deadline at
-    once, so code that waits minutes runs straight through (time still only goes forward,
-    and sleepers wake in deadline order).
+    its deadline. With ``autojump=True`` the clock also moves by itself, like trio's
+    autojump clock: whenever every task is waiting (nothing else can run), it jumps to the
+    earliest sleeper's deadline and wakes it. Code that waits minutes runs straight
+    through, time only goes forward, sleepers wake in deadline order, and nothing that
+    could still happen "now" is skipped over.
     """
+
+    IDLE_ROUNDS = 8  # loop passes with nothing runnable before time may jump
 
     def __init__(
         self,
@@ -56,6 +60,7 @@ class ManualClock:
         self.autojump = autojump
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        self._jumper: asyncio.Task[None] | None = None
 
     def monotonic(self) -> float:
         return self._now
@@ -85,13 +90,31 @@ class ManualClock:
 
     async def sleep(self, seconds: float) -> None:
         deadline = self._now + max(0.0, seconds)
-        if self.autojump:
-            self._move_to(max(self._now, deadline))
-            await asyncio.sleep(0)
-            return
         if deadline <= self._now:
             await asyncio.sleep(0)
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._sleepers, (deadline, next(self._order), future))
+        if self.autojump and (self._jumper is None or self._jumper.done()):
+            self._jumper = loop.create_task(self._jump_when_idle())
         await future
+
+    async def _jump_when_idle(self) -> None:
+        """While anyone sleeps: once the loop has had nothing to run for a few passes,
+        move to the earliest deadline."""
+        loop = asyncio.get_running_loop()
+        quiet = 0
+        while any(not f.done() for _, _, f in self._sleepers):
+            await asyncio.sleep(0)
+            # Only this task is runnable: the loop is idle (asyncio keeps its ready queue
+            # in ``_ready``; without it, a few passes are taken as idle).
+            busy = len(getattr(loop, "_ready", ()))
+            quiet = quiet + 1 if busy == 0 else 0
+            if quiet < self.IDLE_ROUNDS:
+                continue
+            quiet = 0
+            while self._sleepers and self._sleepers[0][2].done():
+                heapq.heappop(self._sleepers)  # cancelled sleeps
+            if self._sleepers:
+                self._move_to(max(self._now, self._sleepers[0][0]))
