@@ -11,18 +11,14 @@ reported with the code unknown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import pwd
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import psutil
 
 from alwayson.runtime.base import (
     EventKind,
@@ -30,14 +26,25 @@ from alwayson.runtime.base import (
     InstanceStatus,
     Phase,
     RuntimeEvent,
+    Usage,
     describe_exit,
 )
+from alwayson.runtime.local_processes import (
+    LocalProcesses,
+    descendants,
+    send,
+    send_group,
+    start_time_of,
+    usage_of,
+)
 from alwayson.runtime.probing import Thresholds, run_probe
+from alwayson.runtime.users import check_user_can_run, identity
 from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
+
+__all__ = ["LocalRuntime", "check_user_can_run", "describe_exit"]
 
 log = logging.getLogger(__name__)
 
-START_TIME_TOLERANCE = 0.05
 STARTUP_PROBE_PERIOD = 0.1
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
 
@@ -76,6 +83,14 @@ class LocalRuntime:
     def log_path(self, site: str, instance_id: str) -> str:
         return str(self._log_dir / site / f"{instance_id}.log")
 
+    def usage(self) -> dict[str, Usage]:
+        found = {
+            ident: usage_of(w.status.pid)
+            for ident, w in self._watched.items()
+            if not w.exited.done()
+        }
+        return {ident: usage for ident, usage in found.items() if usage is not None}
+
     # ----------------------------------------------------------------- adopt
 
     async def adopt(self) -> list[InstanceStatus]:
@@ -91,7 +106,7 @@ class LocalRuntime:
                 continue
             if spec.id in self._watched:
                 continue
-            if not _alive_with_start_time(pid, start_time):
+            if not LocalProcesses().alive(pid, start_time):
                 pidfile.unlink(missing_ok=True)
                 await self.events.put(
                     RuntimeEvent(
@@ -186,7 +201,7 @@ class LocalRuntime:
     def _launch(self, spec: InstanceSpec, extra_args: list[str]) -> InstanceStatus:
         log_file = Path(self.log_path(spec.site, spec.id))
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        ident = _identity(spec.user)
+        ident = identity(spec.user)
         env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
         env.update(spec.env)
         with log_file.open("ab") as out:
@@ -219,12 +234,8 @@ class LocalRuntime:
                     f"({exc}); if workloads run as an unprivileged user, it must be able to "
                     "read the program and its folder"
                 ) from exc
-        try:
-            start_time = psutil.Process(popen.pid).create_time()
-        except psutil.NoSuchProcess:
-            start_time = time.time()
         status = InstanceStatus(
-            spec=spec, pid=popen.pid, start_time=start_time, started_at=time.time()
+            spec=spec, pid=popen.pid, start_time=start_time_of(popen.pid), started_at=time.time()
         )
         self._write_pidfile(status)
         self._watch(status, popen=popen, probe_first=True)
@@ -324,11 +335,14 @@ class LocalRuntime:
         self._watched.pop(instance_id, None)
 
     async def signal(self, instance_id: str, signum: int) -> None:
-        watched = self._watched.get(instance_id)
-        if watched is None or watched.exited.done():
-            raise NotFoundError(f"no running instance {instance_id!r}")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(watched.status.pid, signum)
+        send(self._running(instance_id).status.pid, signum)
+
+    async def kill(self, instance_id: str, signum: int, *, tree: bool = False) -> list[int]:
+        pid = self._running(instance_id).status.pid
+        # Found before anything dies: a dead parent's children are re-parented to init.
+        below = descendants(pid) if tree else []
+        signalled = [pid] if send_group(pid, signum) else []
+        return signalled + [child for child in below if send(child, signum)]
 
     def forget(self, instance_id: str) -> None:
         """Drop an exited instance from the table (the controller has seen its exit)."""
@@ -336,16 +350,15 @@ class LocalRuntime:
         if watched is not None and watched.exited.done():
             del self._watched[instance_id]
 
+    def _running(self, instance_id: str) -> _Watched:
+        watched = self._watched.get(instance_id)
+        if watched is None or watched.exited.done():
+            raise NotFoundError(f"no running instance {instance_id!r}")
+        return watched
+
     def _signal_group(self, watched: _Watched, signum: int) -> None:
-        if watched.exited.done():
-            return
-        try:
-            os.killpg(watched.status.pid, signum)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(watched.status.pid, signum)
+        if not watched.exited.done():
+            send_group(watched.status.pid, signum)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -423,59 +436,3 @@ def _same_target(liveness: object, spec: InstanceSpec) -> bool:
         and getattr(liveness, "exec", None) == r.exec
         and getattr(liveness, "interval", None) == r.interval
     )
-
-
-def _alive_with_start_time(pid: int, start_time: float) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return abs(proc.create_time() - start_time) < START_TIME_TOLERANCE
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
-@dataclass(frozen=True)
-class _Identity:
-    uid: int | None = None
-    gid: int | None = None
-    extra_groups: list[int] | None = None
-
-
-def _identity(user: str | None) -> _Identity:
-    if user is None or os.geteuid() != 0:
-        return _Identity()
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise PermanentError(
-            f"runtime.user {user!r} does not exist on this machine; create it or set "
-            "runtime.user in the spec"
-        ) from None
-    return _Identity(entry.pw_uid, entry.pw_gid, [])
-
-
-def check_user_can_run(user: str | None, argv0: str, cwd: str) -> str | None:
-    """Return why ``user`` cannot run ``argv0`` in ``cwd``, or None when it can."""
-    if user is None or os.geteuid() != 0:
-        return None
-    ident = _identity(user)
-    try:
-        result = subprocess.run(
-            ["/bin/sh", "-c", 'test -x "$0" && cd "$1"', argv0, cwd],
-            timeout=10,
-            capture_output=True,
-            user=ident.uid,
-            group=ident.gid,
-            extra_groups=ident.extra_groups,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return str(exc)
-    if result.returncode != 0:
-        return (
-            f"user {user!r} cannot execute {argv0} or enter {cwd} (a parent folder is not "
-            "readable by others, e.g. /root is 0700). Create the environment with a Python "
-            "every user can run (the quick start uses /usr/bin/python3), or set "
-            "runtime.user in the spec"
-        )
-    return None

@@ -1,0 +1,56 @@
+"""Which user runs an instance, and whether that user can run its command at all."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from dataclasses import dataclass
+
+from alwayson.util.errors import PermanentError
+
+
+@dataclass(frozen=True)
+class Identity:
+    uid: int | None = None
+    gid: int | None = None
+    extra_groups: list[int] | None = None
+
+
+def identity(user: str | None) -> Identity:
+    if user is None or os.geteuid() != 0:
+        return Identity()
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise PermanentError(
+            f"runtime.user {user!r} does not exist on this machine; create it or set "
+            "runtime.user in the spec"
+        ) from None
+    return Identity(entry.pw_uid, entry.pw_gid, [])
+
+
+def check_user_can_run(user: str | None, argv0: str, cwd: str) -> str | None:
+    """Return why ``user`` cannot run ``argv0`` in ``cwd``, or None when it can."""
+    if user is None or os.geteuid() != 0:
+        return None
+    ident = identity(user)
+    try:
+        result = subprocess.run(
+            ["/bin/sh", "-c", 'test -x "$0" && cd "$1"', argv0, cwd],
+            timeout=10,
+            capture_output=True,
+            user=ident.uid,
+            group=ident.gid,
+            extra_groups=ident.extra_groups,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if result.returncode != 0:
+        return (
+            f"user {user!r} cannot execute {argv0} or enter {cwd} (a parent folder is not "
+            "readable by others, e.g. /root is 0700). Create the environment with a Python "
+            "every user can run (the quick start uses /usr/bin/python3), or set "
+            "runtime.user in the spec"
+        )
+    return None
