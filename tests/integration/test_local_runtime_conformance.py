@@ -154,6 +154,8 @@ async def test_local_processes_start_identify_and_kill_a_tree(tmp_path: Path) ->
         assert not processes.alive(ref.pid, ref.start_time + 5)
         assert os.getsid(ref.pid) == ref.pid  # its own session
         assert processes.signal_tree(ref.pid, ref.start_time + 5, signal.SIGKILL) == []
+        assert not processes.signal(ref.pid, ref.start_time + 5, signal.SIGCONT)
+        assert processes.signal(ref.pid, ref.start_time, signal.SIGCONT)
         await eventually("the runner's child", lambda: len(descendants(ref.pid)) == 1)
         (child,) = descendants(ref.pid)
         assert processes.signal_tree(ref.pid, ref.start_time, signal.SIGKILL) == [ref.pid, child]

@@ -19,7 +19,7 @@ from alwayson.control.controller import Controller
 from alwayson.control.routing import Table
 from alwayson.release.model import Phase as ReleasePhase
 from alwayson.runtime.base import Kind, Phase
-from alwayson.runtime.memory import MemoryRuntime, MemoryWorld
+from alwayson.runtime.memory import MemoryProcesses, MemoryRuntime, MemoryWorld
 from alwayson.store.memory import MemoryStore
 from alwayson.util.clocks import ManualClock
 
@@ -76,6 +76,7 @@ class Lab:
         ctl = Controller(
             self.store,
             runtime,
+            MemoryProcesses(self.world),
             self.tmp / ".alwayson",
             self.clock,
             self.tables,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from alwayson.control.drilling import DrillOps
+from alwayson.runtime.memory import MemoryProcesses, MemoryRuntime, MemoryWorld
 from alwayson.spec.loading import load_spec_text
 from alwayson.store.memory import MemoryStore
 from alwayson.util.clocks import ManualClock
@@ -46,14 +47,16 @@ class FakeController:
 
 def drill_ops(controller: FakeController) -> DrillOps:
     """DrillOps on its narrow ports: the fake is the event sink, waker and spec reader."""
+    world = MemoryWorld(ManualClock())
     return DrillOps(
         controller.store,
         controller,
         controller,
         controller,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]  # schedules never touch a process
+        MemoryRuntime(world),
+        MemoryProcesses(world),
         controller.state_dir,
-        ManualClock(),
+        world.clock,
     )
 
 

@@ -220,6 +220,8 @@ async def test_memory_processes_start_signal_and_identify(
     assert not processes.alive(ref.pid, ref.start_time + 5)
     child = world.spawn(["postgres"], parent=ref.pid)
     assert processes.signal_tree(ref.pid, ref.start_time + 5, signal.SIGKILL) == []
+    assert not processes.signal(ref.pid, ref.start_time + 5, signal.SIGCONT)
+    assert processes.signal(ref.pid, ref.start_time, signal.SIGCONT)
     assert processes.signal_tree(ref.pid, None, signal.SIGKILL) == [ref.pid, child.pid]
     assert not processes.alive(ref.pid, None) and not processes.alive(child.pid, None)
 

@@ -25,7 +25,9 @@ from alwayson.api.tokens import ensure_token
 from alwayson.control.controller import Controller
 from alwayson.control.drilling import daemon_argv
 from alwayson.control.pushing import RoutePusher
-from alwayson.runtime.local import LocalRuntime, check_user_can_run
+from alwayson.runtime.local import LocalRuntime
+from alwayson.runtime.local_processes import LocalProcesses
+from alwayson.runtime.users import check_user_can_run
 from alwayson.store.sqlite import SQLiteStore
 from alwayson.util.addresses import split_hostport
 from alwayson.util.clocks import SystemClock
@@ -76,6 +78,7 @@ async def serve(state_dir: Path, api: str) -> None:
     controller = Controller(
         store,
         runtime,
+        LocalProcesses(),
         state_dir,
         SystemClock(),
         pusher,

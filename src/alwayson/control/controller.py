@@ -38,6 +38,7 @@ from alwayson.control.statuses import status_view
 from alwayson.data.layout import secrets_of, write_private
 from alwayson.release.model import Release
 from alwayson.runtime.base import InstanceSpec, Kind, Phase, Runtime, RuntimeEvent
+from alwayson.runtime.processes import Processes
 from alwayson.spec.loading import LoadedSpec, load_spec_text
 from alwayson.spec.models import MAX_REPLICAS, PlatformSpec, ReleasePolicy
 from alwayson.spec.planning import Change, Overrides, plan
@@ -74,6 +75,7 @@ class Controller:
         self,
         store: StateStore,
         runtime: Runtime,
+        processes: Processes,
         state_dir: Path,
         clock: Clock,
         pusher: TablePusher,
@@ -114,7 +116,7 @@ class Controller:
         )
         self.releases = ReleaseDriver(self, store)
         self.databases = DatabaseOps(store, self, clock)
-        self.drills = DrillOps(store, self, self, self, runtime, state_dir, clock)
+        self.drills = DrillOps(store, self, self, self, runtime, processes, state_dir, clock)
         self.observatory = Observatory(self, state_dir)
         self.observed_view = self.observatory.observed_view
         (state_dir / "run" / "handover").mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ every process of the site by pid, PostgreSQL included; ``restore_site`` lets it 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -27,13 +26,11 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psutil
 from croniter import croniter
 
 from alwayson.data.layout import (
@@ -58,6 +55,7 @@ from alwayson.drills.model import (
 from alwayson.drills.scenarios import SCENARIOS, scenario
 from alwayson.loadgen.journeys import REGISTER_PATH
 from alwayson.runtime.base import Phase
+from alwayson.runtime.processes import read_pid_file
 from alwayson.spec.drilling import SCENARIO_NAMES
 from alwayson.spec.models import PlatformSpec
 from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
@@ -65,6 +63,7 @@ from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
 if TYPE_CHECKING:
     from alwayson.control.ports import EventSink, SpecReader, Waker
     from alwayson.runtime.base import Runtime
+    from alwayson.runtime.processes import Processes
     from alwayson.store.base import StateStore
     from alwayson.util.clocks import Clock
 
@@ -85,6 +84,7 @@ class DrillOps:
         waker: Waker,
         specs: SpecReader,
         runtime: Runtime,
+        processes: Processes,
         state_dir: Path,
         clock: Clock,
     ) -> None:
@@ -93,6 +93,7 @@ class DrillOps:
         self.waker = waker
         self.specs = specs
         self.runtime = runtime
+        self.processes = processes
         self.state_dir = state_dir
         self.clock = clock
         self.active: dict[str, Any] | None = None  # the running drill's record
@@ -110,6 +111,14 @@ class DrillOps:
     def root(self) -> Path:
         return self.state_dir / "drills"
 
+    def _alive(self, record: dict[str, Any]) -> bool:
+        """Whether a drill's runner process (by pid and start time) still runs."""
+        try:
+            pid, created = int(record["pid"]), record.get("create_time")
+            return self.processes.alive(pid, None if created is None else float(created))
+        except (KeyError, TypeError, ValueError):
+            return False
+
     # ------------------------------------------------------------------ lifecycle
 
     async def load(self) -> None:
@@ -121,7 +130,7 @@ class DrillOps:
         for _, entry in await self.store.list_prefix(PREFIX, limit=100_000):
             record = dict(entry.value)
             if record.get("status") == Status.RUNNING.value:
-                if _alive(record.get("pid"), record.get("create_time")):
+                if self._alive(record):
                     self.active = record
                 else:
                     await self._finish(record, died=True)
@@ -138,7 +147,7 @@ class DrillOps:
 
     async def watch_once(self) -> None:
         record = self.active
-        if record is not None and not _alive(record.get("pid"), record.get("create_time")):
+        if record is not None and not self._alive(record):
             await self._finish(record, died=False)
         await self._due()
 
@@ -181,7 +190,12 @@ class DrillOps:
         ctx = self._context(spec, ident, name, site, rate, duration, journey, actor, run_dir)
         write_atomic(run_dir / CONTEXT_FILE, ctx.to_json())
         os.chmod(run_dir / CONTEXT_FILE, 0o600)
-        pid, created = _spawn_runner(run_dir)
+        runner = self.processes.start_detached(
+            [sys.executable, "-m", "alwayson.drills", str(run_dir)],
+            run_dir / "drill.log",
+            run_dir / "runner.json",
+        )
+        pid, created = runner.pid, runner.start_time
         record = {
             "id": ident,
             "scenario": name,
@@ -281,8 +295,8 @@ class DrillOps:
         record = await self.get(ident)
         if record.get("status") != Status.RUNNING.value:
             raise ConflictError(f"drill {ident} is not running ({record.get('status')})")
-        if _alive(record.get("pid"), record.get("create_time")):
-            os.kill(int(record["pid"]), signal.SIGINT)
+        if self._alive(record):
+            self.processes.signal(int(record["pid"]), float(record["create_time"]), signal.SIGINT)
         await self.events.record_event("drill-cancel", ident, f"cancelled by {actor}")
         return record
 
@@ -424,7 +438,7 @@ class DrillOps:
             raise ConflictError("refusing to lose the last workload site")
         self.sites_down[site] = drill
         await self.store.put(SITES_DOWN_KEY, self.sites_down)
-        killed = self._kill_site(spec, site)
+        killed = await self._kill_site(spec, site)
         await self.events.record_event(
             "site-lost",
             site,
@@ -434,28 +448,27 @@ class DrillOps:
         self.waker.wake()
         return {"site": site, "killed": killed}
 
-    def _kill_site(self, spec: PlatformSpec, site: str) -> list[dict[str, Any]]:
+    async def _kill_site(self, spec: PlatformSpec, site: str) -> list[dict[str, Any]]:
         """SIGKILL every process of ``site``: its instances, gateway, front door, database
         agent, and PostgreSQL with its children (they run in their own sessions)."""
-        victims: dict[int, str] = {}
+        killed: dict[int, str] = {}
         for status in self.runtime.statuses():
-            if status.spec.site == site and status.phase is not Phase.EXITED and status.pid:
-                victims[status.pid] = status.spec.id
+            if status.spec.site != site or status.phase is Phase.EXITED or not status.pid:
+                continue
+            ident = status.spec.id
+            with contextlib.suppress(NotFoundError):
+                for pid in await self.runtime.kill(ident, signal.SIGKILL, tree=True):
+                    killed.setdefault(pid, ident if pid == status.pid else f"{ident} child")
         for db in spec.databases:
-            with contextlib.suppress(OSError, ValueError):
-                pid_file = pg_data_dir(self.state_dir, db.name, site) / "postmaster.pid"
-                if pid_file.exists():
-                    victims[int(pid_file.read_text().split()[0])] = f"postgres {db.name}@{site}"
-        for pid, what in list(victims.items()):
-            with contextlib.suppress(psutil.Error):
-                for child in psutil.Process(pid).children(recursive=True):
-                    victims.setdefault(child.pid, f"{what} child")
-        killed = []
-        for pid, what in victims.items():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-                killed.append({"pid": pid, "what": what})
-        return killed
+            postmaster = read_pid_file(
+                pg_data_dir(self.state_dir, db.name, site) / "postmaster.pid"
+            )
+            if postmaster is None or postmaster.pid in killed:
+                continue
+            what = f"postgres {db.name}@{site}"
+            for pid in self.processes.signal_tree(postmaster.pid, None, signal.SIGKILL):
+                killed.setdefault(pid, what if pid == postmaster.pid else f"{what} child")
+        return [{"pid": pid, "what": what} for pid, what in killed.items()]
 
     async def restore_site(self, site: str, drill: str, actor: str) -> dict[str, Any]:
         if site not in self.sites_down:
@@ -557,38 +570,6 @@ def daemon_argv(state_dir: Path, api: str) -> list[str]:
         "--api",
         api,
     ]
-
-
-def _alive(pid: Any, create_time: Any) -> bool:
-    try:
-        proc = psutil.Process(int(pid))
-        if create_time is not None and abs(proc.create_time() - float(create_time)) > 0.05:
-            return False
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.Error, TypeError, ValueError):
-        return False
-
-
-def _spawn_runner(run_dir: Path) -> tuple[int, float]:
-    with (run_dir / "drill.log").open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "alwayson.drills", str(run_dir)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
-    try:
-        created = psutil.Process(proc.pid).create_time()
-    except psutil.Error:
-        created = time.time()
-    # Like every process the platform starts: a pid file with the start time, so cleanup
-    # (and people) can find it by pid, never by name.
-    write_atomic(run_dir / "runner.json", json.dumps({"pid": proc.pid, "start_time": created}))
-    # Reap it when it ends (it is our child) without blocking anyone.
-    asyncio.get_running_loop().run_in_executor(None, proc.wait)
-    return proc.pid, created
 
 
 def _serves(spec: PlatformSpec, path: str) -> bool:

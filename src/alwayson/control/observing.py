@@ -16,11 +16,10 @@ import contextlib
 import functools
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-
-import psutil
 
 from alwayson.data.settings import slot_name
 from alwayson.observe.alerting import AlertBook, Notification
@@ -29,7 +28,7 @@ from alwayson.observe.notifying import Dispatcher
 from alwayson.observe.promql import QueryEngine, QueryError
 from alwayson.observe.reporting import Report, build_report
 from alwayson.observe.rules import all_rules
-from alwayson.observe.scraping import Scraper, Target, process_samples
+from alwayson.observe.scraping import Scraper, Target
 from alwayson.observe.series import SeriesStore
 from alwayson.runtime.base import Kind
 from alwayson.scaling.hpa import Autoscaler, Decision
@@ -183,7 +182,7 @@ class Observatory:
         self.scraper.timeout = spec.metrics.scrape_timeout
         scraped = await self.scraper.scrape_all(targets, now)
         samples = list(scraped)
-        samples += process_samples(self._processes())
+        samples += self._process_samples()
         samples += self._platform_samples(spec, samples)
         samples += await self._database_samples(spec)
         ups = [s for s in scraped if s.name == "up"]
@@ -195,11 +194,14 @@ class Observatory:
         }
         return samples
 
-    def _processes(self) -> list[tuple[int, dict[str, str]]]:
+    def _process_samples(self) -> list[Sample]:
+        """CPU seconds and resident memory of every platform process, from the runtime."""
+        usage = self.controller.runtime.usage()
         out = []
         for status in self.controller.runtime.statuses():
             inst = status.spec
-            if status.pid is None or inst.kind not in PROCESS_KINDS:
+            used = usage.get(inst.id)
+            if used is None or inst.kind not in PROCESS_KINDS:
                 continue
             labels = {
                 "instance": inst.id,
@@ -208,7 +210,12 @@ class Observatory:
                 "version": inst.version,
                 "kind": PROCESS_KINDS[inst.kind],
             }
-            out.append((status.pid, labels))
+            out.append(Sample("alwayson_process_cpu_seconds_total", labels, used.cpu_seconds))
+            out.append(
+                Sample(
+                    "alwayson_process_resident_memory_bytes", dict(labels), float(used.rss_bytes)
+                )
+            )
         return out
 
     def _platform_samples(self, spec: PlatformSpec, scraped: list[Sample]) -> list[Sample]:
@@ -247,7 +254,7 @@ class Observatory:
             up = 0.0 if misses >= 2 else 1.0
             out.append(Sample("alwayson_site_up", {"site": site.name}, up))
         with contextlib.suppress(OSError):
-            usage = psutil.disk_usage(str(self.state_dir))
+            usage = shutil.disk_usage(self.state_dir)
             for site in spec.sites:
                 labels = {"site": site.name, "path": str(self.state_dir)}
                 out.append(Sample("alwayson_disk_free_bytes", labels, float(usage.free)))

@@ -33,6 +33,9 @@ class LocalProcesses:
         except (*_GONE, ValueError):
             return False
 
+    def signal(self, pid: int, start_time: float | None, signum: int) -> bool:
+        return self.alive(pid, start_time) and send(pid, signum)
+
     def signal_tree(self, pid: int, start_time: float | None, signum: int) -> list[int]:
         if not self.alive(pid, start_time):
             return []

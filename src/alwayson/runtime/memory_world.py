@@ -292,6 +292,9 @@ class MemoryProcesses:
     def alive(self, pid: int, start_time: float | None) -> bool:
         return self.world.alive(pid, start_time)
 
+    def signal(self, pid: int, start_time: float | None, signum: int) -> bool:
+        return self.world.alive(pid, start_time) and self.world.deliver(pid, signum)
+
     def signal_tree(self, pid: int, start_time: float | None, signum: int) -> list[int]:
         if not self.world.alive(pid, start_time):
             return []

@@ -37,6 +37,11 @@ class Processes(Protocol):
         """True when ``pid`` runs, is not a zombie and (if given) started at ``start_time``."""
         ...
 
+    def signal(self, pid: int, start_time: float | None, signum: int) -> bool:
+        """Send ``signum`` to ``pid`` alone, if it is the process of ``start_time``;
+        whether it went out."""
+        ...
+
     def signal_tree(self, pid: int, start_time: float | None, signum: int) -> list[int]:
         """Send ``signum`` to ``pid`` and every descendant (children first seen, then the
         process itself is signalled first so none escapes by forking). Returns the pids
