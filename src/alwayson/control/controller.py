@@ -17,14 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from alwayson import __version__
+from alwayson.control.applied import Applied
 from alwayson.control.databases import DatabaseOps
-from alwayson.control.desired import (
-    Context,
-    agent_config_path,
-    agent_config_text,
-    allocate_slots,
-    desired_instances,
-)
+from alwayson.control.desired import allocate_slots, desired_instances
 from alwayson.control.drilling import DrillOps
 from alwayson.control.instances import CandidateFailed, InstanceGone, InstanceOps
 from alwayson.control.looping import TaskOwner, wait_for_work
@@ -35,9 +30,8 @@ from alwayson.control.reconciling import Decision, Observed, Snapshot, decide
 from alwayson.control.releasing import ReleaseDriver
 from alwayson.control.state import PlatformState, frozen_statuses, replica_counts
 from alwayson.control.statuses import status_view
-from alwayson.data.layout import secrets_of, write_private
 from alwayson.release.model import Release
-from alwayson.runtime.base import InstanceSpec, Kind, Phase, Runtime, RuntimeEvent
+from alwayson.runtime.base import InstanceSpec, Phase, Runtime, RuntimeEvent
 from alwayson.runtime.processes import Processes
 from alwayson.spec.loading import LoadedSpec, load_spec_text
 from alwayson.spec.models import MAX_REPLICAS, PlatformSpec, ReleasePolicy
@@ -55,9 +49,6 @@ from alwayson.util.errors import (
 from alwayson.util.merging import deep_merge
 
 log = logging.getLogger("alwayson.controller")
-
-DESIRED_KEY = "desired"
-SLOTS_KEY = "addressing"
 
 
 @dataclass(frozen=True)
@@ -88,15 +79,10 @@ class Controller:
         self.runtime = runtime
         self.state_dir = state_dir
         self.clock = clock
-        self.default_user = default_user
         self.interval = interval
         self.can_run = can_run
         self.address_free = address_free
-        self.loaded: LoadedSpec | None = None
-        self.overrides: Overrides = {}
-        self.autoscaled: Overrides = {}
-        self.slots: dict[str, int] = {}
-        self._desired_cache: tuple[object, dict[str, InstanceSpec]] | None = None
+        self.applied = Applied(state_dir, default_user)
         self.verdict = "starting"
         self.cycles = 0
         self._wake = asyncio.Event()
@@ -111,12 +97,14 @@ class Controller:
             self,
             self.tasks,
             self,
-            before_start=self._write_agent_config,
+            before_start=self.applied.write_agent_config,
             address_free=address_free,
         )
         self.releases = ReleaseDriver(self, store)
-        self.databases = DatabaseOps(store, self, clock)
-        self.drills = DrillOps(store, self, self, self, runtime, processes, state_dir, clock)
+        self.databases = DatabaseOps(store, self.applied, clock)
+        self.drills = DrillOps(
+            store, self, self, self.applied, runtime, processes, state_dir, clock
+        )
         self.observatory = Observatory(self, state_dir)
         self.observed_view = self.observatory.observed_view
         (state_dir / "run" / "handover").mkdir(parents=True, exist_ok=True)
@@ -137,17 +125,13 @@ class Controller:
     spawn_background = spawn
 
     def spec_or_none(self) -> PlatformSpec | None:
-        return self.loaded.spec if self.loaded else None
+        return self.applied.spec_or_none()
 
     def spec(self) -> PlatformSpec:
-        if self.loaded is None:
-            raise NotFoundError("nothing is applied yet; run `alwayson up` first")
-        return self.loaded.spec
+        return self.applied.spec()
 
     def spec_folder(self) -> Path:
-        if self.loaded is None:
-            raise NotFoundError("nothing is applied yet; run `alwayson up` first")
-        return self.loaded.folder
+        return self.applied.spec_folder()
 
     async def publish(self) -> None:
         await self.routes.push(self.state())
@@ -169,39 +153,21 @@ class Controller:
     # ------------------------------------------------------------ the snapshot
 
     def counts(self) -> Overrides:
-        """Replica counts that differ from the spec (``state.replica_counts``)."""
-        if self.loaded is None:
-            return {}
-        return replica_counts(self.loaded.spec, self.overrides, self.autoscaled)
+        return self.applied.counts()
 
     def desired(self) -> dict[str, InstanceSpec]:
-        """What should run; recomputed only when something it depends on changed."""
-        if self.loaded is None:
-            return {}
-        counts = self.counts()
-        down = frozenset(self.drills.sites_down)  # a lost site runs nothing until restored
-        key = (
-            self.loaded,
-            tuple(sorted(counts.items())),
-            tuple(self.slots.items()),
-            self.releases.cache_key(),
-            tuple(sorted(down)),
-        )
-        if self._desired_cache is None or self._desired_cache[0] != key:
-            ctx = self._context(self.loaded, self.slots)
-            variants = self.releases.variants(self.loaded.spec)
-            every = desired_instances(self.loaded.spec, counts, ctx, variants)
-            self._desired_cache = (key, {k: v for k, v in every.items() if v.site not in down})
-        return self._desired_cache[1]
+        """What should run (cached by ``Applied`` until something it depends on changes)."""
+        releases = self.releases
+        return self.applied.desired(releases.variants, releases.cache_key(), self.drills.sites_down)
 
     def state(self) -> PlatformState:
         """The platform as of now, frozen: what one turn (or one API view) decides from."""
         spec = self.spec_or_none()
         return PlatformState(
             now=self.clock.monotonic(),
-            loaded=self.loaded,
-            overrides=dict(self.overrides),
-            autoscaled=dict(self.autoscaled),
+            loaded=self.applied.loaded,
+            overrides=dict(self.applied.overrides),
+            autoscaled=dict(self.applied.autoscaled),
             counts=self.counts(),
             variants={k: tuple(v) for k, v in self.releases.variants(spec).items()} if spec else {},
             splits=self.releases.splits(),
@@ -215,19 +181,6 @@ class Controller:
             draining=frozenset(self.instances.draining),
         )
 
-    def _context(self, loaded: LoadedSpec, slots: dict[str, int]) -> Context:
-        user = loaded.spec.runtime.user or self.default_user
-        passwords = secrets_of(self.state_dir, loaded.spec) if loaded.spec.databases else {}
-        return Context(loaded.folder, self.state_dir, user, slots, passwords)
-
-    def _write_agent_config(self, spec: InstanceSpec) -> None:
-        if spec.kind is Kind.AGENT and self.loaded is not None:
-            ctx = self._context(self.loaded, self.slots)
-            write_private(
-                agent_config_path(self.state_dir, spec.site),
-                agent_config_text(self.loaded.spec, spec.site, ctx),
-            )
-
     def desired_count(self, service: str, site: str) -> int:
         return self.state().desired_count(service, site)
 
@@ -236,57 +189,37 @@ class Controller:
     async def load(self) -> None:
         await self.observatory.load()
         await self.drills.load()
-        record = await self.store.get(DESIRED_KEY)
-        slots = await self.store.get(SLOTS_KEY)
-        self.slots = {k: int(v) for k, v in (slots.value if slots else {}).items()}
-        if record is None:
-            return
-        value = record.value
-        self.loaded = load_spec_text(value["text"], Path(value["path"]), check_commands=False)
-        self.overrides = {(s, site): int(n) for s, site, n in value.get("overrides", [])}
-        self.autoscaled = {(s, site): int(n) for s, site, n in value.get("autoscaled", [])}
-        self.releases.load_state(value.get("releases", {}))
-        await self.releases.load()
+        releases = await self.applied.load(self.store)
+        if self.applied.loaded is not None:
+            self.releases.load_state(releases)
+            await self.releases.load()
 
     async def save_state(self) -> None:
-        if self.loaded is None:
-            await self.store.delete(DESIRED_KEY)
-            return
-        await self.store.put(
-            DESIRED_KEY,
-            {
-                "text": self.loaded.text,
-                "path": str(self.loaded.path),
-                "overrides": [[s, site, n] for (s, site), n in sorted(self.overrides.items())],
-                "autoscaled": [[s, site, n] for (s, site), n in sorted(self.autoscaled.items())],
-                "releases": self.releases.dump_state(),
-                "applied_at": self.clock.wall(),
-            },
-        )
-        await self.store.put(SLOTS_KEY, dict(self.slots))
+        await self.applied.save(self.store, self.releases.dump_state(), self.clock.wall())
 
     async def plan(self, text: str, path: str) -> list[Change]:
         loaded = load_spec_text(text, Path(path))
-        current = self.loaded.spec if self.loaded else None
-        return plan(loaded.spec, current, self.overrides, self.releases.versions)
+        current = self.spec_or_none()
+        return plan(loaded.spec, current, self.applied.overrides, self.releases.versions)
 
     async def apply(self, text: str, path: str, actor: str) -> ApplyResult:
         """Validate everything first; only then replace the desired state (all or nothing)."""
         loaded = load_spec_text(text, Path(path))
         async with self._lock:
-            current = self.loaded.spec if self.loaded else None
-            changes = plan(loaded.spec, current, self.overrides, self.releases.versions)
-            slots = allocate_slots(loaded.spec, self.slots)
-            counts = replica_counts(loaded.spec, {}, self.autoscaled)  # the file ends drift
+            applied = self.applied
+            current = applied.spec_or_none()
+            changes = plan(loaded.spec, current, applied.overrides, self.releases.versions)
+            slots = allocate_slots(loaded.spec, applied.slots)
+            counts = replica_counts(loaded.spec, {}, applied.autoscaled)  # the file ends drift
             releases = self._releases_for(loaded, actor, counts)
-            new = desired_instances(loaded.spec, counts, self._context(loaded, slots))
-            user = loaded.spec.runtime.user or self.default_user
+            new = desired_instances(loaded.spec, counts, applied.context(loaded, slots))
             running = [s for s in self.runtime.statuses() if s.phase is not Phase.EXITED]
+            user = applied.user_of(loaded)
             preflight(loaded, new, running, user, self.can_run, self.address_free)
             # In one step (no await in between): the new spec and the releases it starts, so
             # no turn ever sees the new version without its release (it would replace the
             # old instances in place).
-            self.loaded, self.slots, self.overrides = loaded, slots, {}
+            applied.loaded, applied.slots, applied.overrides = loaded, slots, {}
             self.releases.versions = {}  # the file is the truth again: deploy drift ends
             for release in releases:
                 self.releases.active[release.service] = release
@@ -300,10 +233,9 @@ class Controller:
 
     def _releases_for(self, loaded: LoadedSpec, actor: str, counts: Overrides) -> list[Release]:
         """Releases an apply starts: services whose version or run command changed."""
-        new = loaded.spec
-        if self.loaded is None or new.platform != self.loaded.spec.platform:
+        new, current = loaded.spec, self.spec_or_none()
+        if current is None or new.platform != current.platform:
             return []
-        current = self.loaded.spec
         out: list[Release] = []
         for svc in new.services:
             old = next((s for s in current.services if s.name == svc.name), None)
@@ -329,7 +261,7 @@ class Controller:
         """The autoscaler's decision; unlike ``scale`` it is not drift from the spec."""
         async with self._lock:
             before = self.desired_count(service, site)
-            self.autoscaled[(service, site)] = replicas
+            self.applied.autoscaled[(service, site)] = replicas
             await self.save_state()
         await self.record_event(
             "autoscaled", f"{service}@{site}", f"{before} -> {replicas} instances"
@@ -354,7 +286,7 @@ class Controller:
             raise PermanentError("replicas must be between 0 and 100")
         async with self._lock:
             for name in [site] if site else sites:
-                self.overrides[(service, name)] = replicas
+                self.applied.overrides[(service, name)] = replicas
             await self.save_state()
             await self._audit(
                 actor, "scale", {"service": service, "replicas": replicas, "site": site}
@@ -554,9 +486,7 @@ class Controller:
         """Stop every process (front doors, then gateways, then workloads) and forget the spec."""
         async with self._lock:
             await self._audit(actor, "down", {})
-            self.loaded = None
-            self.overrides = {}
-            self.autoscaled = {}
+            self.applied.forget()
             self.releases.reset()
             await self.save_state()
         return f"stopped {await self.instances.stop_everything()} processes"
