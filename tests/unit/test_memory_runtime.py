@@ -118,6 +118,16 @@ async def test_ready_comes_on_the_next_loop_turn_without_moving_the_clock(
     assert event.detail == "answered" and clock.monotonic() == 1000.0
 
 
+async def test_what_takes_no_time_does_not_move_a_jumping_clock(tmp_path: Path) -> None:
+    clock = ManualClock(autojump=True)
+    runtime = MemoryRuntime(MemoryWorld(clock))
+    await runtime.start(make_spec("a-1", stop_grace=10.0))
+    await next_event(runtime, EventKind.READY, "a-1")
+    await runtime.stop("a-1")
+    assert clock.monotonic() == 1000.0  # neither the start timeout nor the grace elapsed
+    await runtime.close()
+
+
 async def test_stop_waits_the_grace_on_the_clock_before_sigkill(
     runtime: MemoryRuntime, world: MemoryWorld, clock: ManualClock
 ) -> None:
@@ -196,6 +206,19 @@ async def test_a_start_error_is_permanent(runtime: MemoryRuntime, world: MemoryW
     with pytest.raises(PermanentError, match="no such file"):
         await runtime.start(make_spec("a-1"))
     assert runtime.statuses() == []
+
+
+async def test_a_stopped_process_dies_of_sigterm_only_when_continued(
+    runtime: MemoryRuntime, world: MemoryWorld
+) -> None:
+    await runtime.start(make_spec("a-1"))
+    await runtime.signal("a-1", signal.SIGSTOP)
+    await runtime.signal("a-1", signal.SIGTERM)
+    await settle()
+    assert runtime.status("a-1").phase is not Phase.EXITED
+    await runtime.signal("a-1", signal.SIGCONT)
+    exited = await next_event(runtime, EventKind.EXITED, "a-1")
+    assert exited.detail == "killed by SIGTERM"
 
 
 async def test_pids_are_unique_across_runtimes(world: MemoryWorld) -> None:
