@@ -23,14 +23,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import psutil
 
 from alwayson.data.settings import slot_name
+from alwayson.metrics.model import Point, Sample
+from alwayson.metrics.processes import process_samples
+from alwayson.metrics.promql import QueryEngine, QueryError
+from alwayson.metrics.scraping import Scraper, Target
+from alwayson.metrics.series import SeriesStore
 from alwayson.observe.alerting import AlertBook, Notification
-from alwayson.observe.model import Point, Sample
 from alwayson.observe.notifying import Dispatcher
-from alwayson.observe.promql import QueryEngine, QueryError
 from alwayson.observe.reporting import Report, build_report
 from alwayson.observe.rules import all_rules
-from alwayson.observe.scraping import Scraper, Target, process_samples
-from alwayson.observe.series import SeriesStore
 from alwayson.runtime.base import Kind
 from alwayson.scaling.hpa import Autoscaler, Decision
 from alwayson.scaling.queries import autoscale_queries, measurement

@@ -11,15 +11,10 @@ import httpx
 import psutil
 import pytest
 
-from alwayson.observe.model import Sample
-from alwayson.observe.scraping import (
-    ExpositionError,
-    Scraper,
-    Target,
-    parse_exposition,
-    process_samples,
-    scrape,
-)
+from alwayson.metrics.exposition import ExpositionError, parse_exposition
+from alwayson.metrics.model import Sample
+from alwayson.metrics.processes import process_samples
+from alwayson.metrics.scraping import Scraper, Target, scrape
 from alwayson.util.clocks import ManualClock
 
 TEXT = """\

@@ -58,7 +58,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from alwayson.observe.model import Line, Sample, label_key
+from alwayson.metrics.model import Line, Sample, label_key
 from alwayson.spec.observing import Retention
 from alwayson.util.errors import PermanentError, TemporaryError
 

@@ -46,8 +46,8 @@ import numpy as np
 import numpy.typing as npt
 import promql_parser as pp
 
-from alwayson.observe.model import Line, Point
-from alwayson.observe.series import Field, Matcher, MatchOp, SeriesData, stale_mask
+from alwayson.metrics.model import Line, Point
+from alwayson.metrics.series import Field, Matcher, MatchOp, SeriesData, stale_mask
 from alwayson.util.errors import PermanentError
 
 Floats = npt.NDArray[np.float64]

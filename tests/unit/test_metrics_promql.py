@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alwayson.observe.model import Point, Sample
-from alwayson.observe.promql import QueryEngine, QueryError, _bucket_quantile, _bucket_quantiles
-from alwayson.observe.series import STALE, SeriesStore
+from alwayson.metrics.model import Point, Sample
+from alwayson.metrics.promql import QueryEngine, QueryError, _bucket_quantile, _bucket_quantiles
+from alwayson.metrics.series import STALE, SeriesStore
 from alwayson.spec.observing import Retention
 
 T0 = 1_800_000_000.0
