@@ -22,7 +22,14 @@ from pydantic import (
 )
 
 from alwayson.spec.drilling import Drills
-from alwayson.spec.observing import Alerts, Autoscale, Metrics, Receiver, rule_expr_problem
+from alwayson.spec.observing import (
+    Alerts,
+    Autoscale,
+    Metrics,
+    Receiver,
+    check_expr_problem,
+    rule_expr_problem,
+)
 from alwayson.spec.types import Duration, Name
 from alwayson.util.addresses import split_hostport
 
@@ -644,6 +651,10 @@ def _observing_problems(spec: PlatformSpec) -> list[tuple[Location, str]]:
         if why:
             out.append((("alerts", "rules", index, "expr"), why))
     for index, svc in enumerate(spec.services):
+        for number, check in enumerate(svc.release.analysis.checks):
+            why = check_expr_problem(check)
+            if why:
+                out.append((("services", index, "release", "analysis", "checks", number), why))
         scale = svc.autoscale
         if scale is not None and scale.max > MAX_REPLICAS:
             out.append(
