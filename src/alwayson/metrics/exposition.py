@@ -16,7 +16,7 @@ from alwayson.metrics.model import Sample
 from alwayson.util.errors import PermanentError
 
 
-class ExpositionError(PermanentError):
+class ExpositionError(PermanentError, ValueError):
     """Text that is not in the Prometheus exposition format."""
 
 

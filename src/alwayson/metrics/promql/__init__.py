@@ -34,7 +34,16 @@ Anything else (subqueries, other functions and aggregations, ``atan2``, strings 
 results) raises ``QueryError`` naming it.
 """
 
-from alwayson.metrics.promql.engine import Evaluation, QueryEngine
+from alwayson.metrics.promql.engine import Comparison, Evaluation, QueryEngine
+from alwayson.metrics.promql.scoping import Scoped
 from alwayson.metrics.promql.values import SUPPORTED_FUNCTIONS, QueryError, Source
 
-__all__ = ["SUPPORTED_FUNCTIONS", "Evaluation", "QueryEngine", "QueryError", "Source"]
+__all__ = [
+    "SUPPORTED_FUNCTIONS",
+    "Comparison",
+    "Evaluation",
+    "QueryEngine",
+    "QueryError",
+    "Scoped",
+    "Source",
+]

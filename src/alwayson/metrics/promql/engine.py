@@ -5,6 +5,7 @@ once. Selectors are read here; functions, aggregations and operators have their 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
@@ -15,6 +16,7 @@ from alwayson.metrics.promql.aggregations import aggregate
 from alwayson.metrics.promql.functions import call
 from alwayson.metrics.promql.operators import binary, negate
 from alwayson.metrics.promql.values import (
+    COMPARISON,
     MAX_STEPS,
     NAME,
     Floats,
@@ -35,6 +37,15 @@ from alwayson.metrics.promql.values import (
 )
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A comparison's vector operand and the series the comparison kept (see
+    :meth:`QueryEngine.compare`)."""
+
+    operand: list[Point]
+    kept: list[Point]
+
+
 class QueryEngine:
     """Instant and range PromQL queries over a ``SeriesStore``."""
 
@@ -53,6 +64,32 @@ class QueryEngine:
         vector = as_vector(value, "a query")
         points = [Point(dict(s.labels), float(s.values[0])) for s in vector if s.present[0]]
         return order_points(tree, points)
+
+    def compare(self, expr: str, at: float) -> Comparison:
+        """A comparison (``... < 0.5``, no ``bool``) at ``at``: its vector operand and the
+        series it kept. What a release check reads; an alert rule reads ``kept`` alone."""
+        tree = parse_expr(expr)
+        inner = tree
+        while isinstance(inner, pp.ParenExpr):
+            inner = inner.expr
+        modifier = inner.modifier if isinstance(inner, pp.BinaryExpr) else None
+        if (
+            not isinstance(inner, pp.BinaryExpr)
+            or str(inner.op) not in COMPARISON
+            or (modifier is not None and modifier.return_bool)
+        ):
+            raise QueryError(f"{expr!r} does not end in a comparison without bool")
+        at_ms = round(at * 1000.0)
+        evaluation = self._evaluation(np.array([at_ms], np.int64), at_ms, at_ms)
+        left = evaluation.eval(inner.lhs)
+        side = inner.rhs if isinstance(left, Scalar) else inner.lhs
+        operand = evaluation.vec(side, "the operand of a comparison")
+        kept = as_vector(evaluation.eval(inner), "a comparison")
+
+        def points(vector: list[Series]) -> list[Point]:
+            return [Point(dict(s.labels), float(s.values[0])) for s in vector if s.present[0]]
+
+        return Comparison(order_points(side, points(operand)), order_points(inner, points(kept)))
 
     def range(self, expr: str, start: float, end: float, step: float) -> list[Line]:
         """Evaluate ``expr`` at ``start``, ``start + step``, … up to ``end``."""
