@@ -128,11 +128,14 @@ class Observatory:
                 self._waiters.remove(waiter)
 
     async def run(self) -> None:
-        poked = False
         while True:
             spec = self.controller.spec_or_none()
             interval = spec.metrics.scrape_interval if spec else self.settings.scrape_interval
+            # What was asked before this round starts is served by it; a poke or a refresh
+            # during the round asks for the next one.
             waiters, self._waiters = self._waiters, []
+            poked, self._evaluate_asked = self._evaluate_asked, False
+            self._poke.clear()
             failure: Exception = PermanentError("no spec loaded: nothing is scraped")
             if spec is not None:
                 try:
@@ -146,8 +149,6 @@ class Observatory:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._poke.wait()
-            poked, self._evaluate_asked = self._evaluate_asked, False
-            self._poke.clear()
 
     async def close(self) -> None:
         await self.dispatcher.close()

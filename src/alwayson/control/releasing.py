@@ -21,7 +21,7 @@ from alwayson.control.desired import Variant
 from alwayson.control.routing import Split
 from alwayson.metrics.model import Sample
 from alwayson.metrics.promql import QueryEngine, QueryError, Scoped
-from alwayson.release.checks import judge
+from alwayson.release.checks import CheckResult, judge
 from alwayson.release.figures import (
     DURATION,
     LOCAL_RESPONSES,
@@ -410,7 +410,7 @@ class ReleaseDriver:
             for s in spec.workload_sites
         }
 
-    def _checks(self, release: Release, at: float | None) -> list[tuple[bool, str]]:
+    def _checks(self, release: Release, at: float | None) -> list[CheckResult | tuple[bool, str]]:
         """The spec's checks at ``at`` (the fresh round), over the candidate's own series
         and the gateways', evaluated as alert rules are (see :mod:`alwayson.release.checks`)."""
         checks = ReleasePolicy.model_validate(release.settings).analysis.checks
@@ -430,22 +430,21 @@ class ReleaseDriver:
 
         observatory = self.controller.observatory
         engine = QueryEngine(Scoped(observatory.series, in_view), observatory.engine.lookback)
-        results = []
+        results: list[CheckResult | tuple[bool, str]] = []
         for check in checks:
             try:
                 compared = engine.compare(check, at)
             except QueryError as exc:
                 results.append((False, f"{check}: cannot evaluate: {exc}"))
                 continue
-            result = judge(check, compared.operand, compared.kept)
-            results.append((result.ok, f"{check} (value {result.value:.4g})"))
+            results.append(judge(check, compared.operand, compared.kept))
         return results
 
     def _observe(
         self,
         release: Release,
         samples: dict[str, GatewaySample] | None,
-        checks: list[tuple[bool, str]],
+        checks: list[CheckResult | tuple[bool, str]],
     ) -> Observation:
         controller = self.controller
         sites: dict[str, dict[str, Any]] = {}
