@@ -1,24 +1,37 @@
 """How the store keeps samples on disk: compressed chunks of raw samples and rollup buckets.
 
-Integers (times in ms) are delta-encoded, floats XOR-ed with their predecessor (lossless,
-the idea of Gorilla without its bit packing), both byte-shuffled and zlib-compressed.
+Layout (``path`` is a directory; ``None`` keeps everything in memory):
+
+- ``series.db`` — SQLite (WAL mode, ``synchronous=FULL``) with the series catalogue and
+  *chunks*: the samples of one series over one *block* of time (30 minutes by default,
+  a whole number of ``rollup_step``), compressed. Timestamps are integer milliseconds,
+  delta-encoded; values are XOR-ed with their predecessor (lossless, like Gorilla) and both
+  are byte-shuffled before zlib, which is what makes regular scrapes small on disk.
+- ``head-<block>.wal`` — the *head*: samples of the open block live in memory (two
+  ``array('d')`` per series, 16 bytes a sample) and every ``append`` also writes them,
+  checksummed, to the block's log segment. A process crash loses nothing that ``append``
+  returned; a machine crash loses at most ``sync_interval`` seconds (the log is fsynced
+  that often). Reopening replays the segments that are still there.
+
 A rollup bucket keeps ``min, max, sum, count, last`` of its samples, the time of its last
 sample and of a trailing staleness marker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 import zlib
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from alwayson.metrics.model import Floats, Ints, stale_mask
+from alwayson.metrics.model import STALE, Field, Floats, Ints, stale_mask
 
 ZLIB_LEVEL = 1  # level 6 saves 2% and costs 60% more CPU
 WAL_HEADER = struct.Struct("<IId")  # samples, crc32 of the payload, time (s)
@@ -75,6 +88,26 @@ def read_log(data: bytes) -> tuple[list[tuple[float, array[int], array[float]]],
         )
         offset = end
     return records, offset
+
+
+class HeadSeries:
+    """One series in the store's index, with its samples of the open block (the head)."""
+
+    __slots__ = ("id", "labels", "last_t", "name", "scraped_stale", "times", "values")
+
+    def __init__(self, ident: int, name: str, labels: dict[str, str]) -> None:
+        self.id = ident
+        self.name = name
+        self.labels = labels
+        self.times = array("d")
+        self.values = array("d")
+        self.last_t = -math.inf  # newest sample time anywhere (head or chunks)
+        self.scraped_stale = False  # the newest sample is a stale marker
+
+    def add(self, t: float, value: float) -> None:
+        self.times.append(t)
+        self.values.append(value)
+        self.last_t = t
 
 
 @dataclass
@@ -208,3 +241,25 @@ def concat_buckets(old: Buckets, new: Buckets, step_ms: int) -> Buckets:
 
 def join_buckets(a: Buckets, b: Buckets) -> Buckets:
     return Buckets(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in BUCKET_FIELDS))
+
+
+def bucket_points(b: Buckets, field: Field) -> tuple[Ints, Floats]:
+    """A rollup chunk read as points: each bucket at the time of its last sample with the
+    value of ``field``, and a staleness marker where a bucket ended stale."""
+    real = b.cnt > 0
+    chosen = {"last": b.last, "min": b.mn, "max": b.mx, "sum": b.sm, "count": b.cnt}[field]
+    marked = b.stale > 0
+    t = np.concatenate([b.t[real], b.stale[marked]])
+    v = np.concatenate([chosen[real], np.full(int(marked.sum()), STALE)])
+    order = np.argsort(t, kind="stable")
+    return t[order], v[order]
+
+
+def disk_bytes(path: Path) -> int:
+    """What a store's files take on disk: the database, its WAL and the head log."""
+    files = [path / "series.db", path / "series.db-wal", *path.glob("head-*.wal")]
+    total = 0
+    for file in files:
+        with contextlib.suppress(OSError):
+            total += file.stat().st_size
+    return total

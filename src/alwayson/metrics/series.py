@@ -1,17 +1,8 @@
 """The embedded time-series store: raw samples for hours, rollups for weeks, on one disk.
 
-Layout (``path`` is a directory; ``None`` keeps everything in memory):
-
-- ``series.db`` — SQLite (WAL mode, ``synchronous=FULL``) with the series catalogue and
-  *chunks*: the samples of one series over one *block* of time (30 minutes by default,
-  a whole number of ``rollup_step``), compressed. Timestamps are integer milliseconds,
-  delta-encoded; values are XOR-ed with their predecessor (lossless, like Gorilla) and both
-  are byte-shuffled before zlib, which is what makes regular scrapes small on disk.
-- ``head-<block>.wal`` — the *head*: samples of the open block live in memory (two
-  ``array('d')`` per series, 16 bytes a sample) and every ``append`` also writes them,
-  checksummed, to the block's log segment. A process crash loses nothing that ``append``
-  returned; a machine crash loses at most ``sync_interval`` seconds (the log is fsynced
-  that often). Reopening replays the segments that are still there.
+``path`` is a directory (``None`` keeps everything in memory) holding ``series.db`` (SQLite:
+the series catalogue and compressed *chunks*) and the head log; :mod:`alwayson.metrics.chunks`
+describes both. Samples of the open block (the *head*) live in memory and in the log.
 
 When a sample arrives in a newer block the head is *frozen* and a new segment begins.
 Frozen heads are sealed into chunks a batch at a time by the following appends (so no
@@ -57,7 +48,10 @@ from alwayson.metrics.chunks import (
     SCHEMA,
     SEGMENT,
     Buckets,
+    HeadSeries,
+    bucket_points,
     concat_buckets,
+    disk_bytes,
     log_record,
     ms_of,
     pack_buckets,
@@ -87,24 +81,6 @@ _BLOCK_TARGET = 1800.0  # seconds of samples per chunk
 _WINDOW_BUCKETS = 360  # rollup buckets per rollup chunk (6 h at the default 60 s step)
 
 
-class _Series:
-    __slots__ = ("id", "labels", "last_t", "name", "scraped_stale", "times", "values")
-
-    def __init__(self, ident: int, name: str, labels: dict[str, str]) -> None:
-        self.id = ident
-        self.name = name
-        self.labels = labels
-        self.times = array("d")
-        self.values = array("d")
-        self.last_t = -math.inf  # newest sample time anywhere (head or chunks)
-        self.scraped_stale = False  # the newest sample is a stale marker
-
-    def add(self, t: float, value: float) -> None:
-        self.times.append(t)
-        self.values.append(value)
-        self.last_t = t
-
-
 class SeriesStore:
     """Embedded TSDB. See the module docstring for layout, retention and staleness."""
 
@@ -129,9 +105,9 @@ class SeriesStore:
         self.batch = batch
         self.path = path
         self._lock = threading.RLock()
-        self._series: dict[int, _Series] = {}
-        self._by_key: dict[tuple[str, tuple[tuple[str, str], ...]], _Series] = {}
-        self._by_name: dict[str, dict[int, _Series]] = {}
+        self._series: dict[int, HeadSeries] = {}
+        self._by_key: dict[tuple[str, tuple[tuple[str, str], ...]], HeadSeries] = {}
+        self._by_name: dict[str, dict[int, HeadSeries]] = {}
         self._targets: dict[tuple[str, str], set[int]] = {}
         self._frozen: dict[int, tuple[array[float], array[float]]] = {}
         self._next_id = 1
@@ -175,7 +151,7 @@ class SeriesStore:
                 self._rotate(block, t)
             ids = array("I")
             values = array("d")
-            created: list[_Series] = []
+            created: list[HeadSeries] = []
             seen: dict[tuple[str, str], set[int]] = {}
             complete: set[tuple[str, str]] = set()
             for sample in samples:
@@ -331,14 +307,7 @@ class SeriesStore:
             # A series' index entry (its object, labels, keys, empty arrays): 1.2 KB, as
             # tracemalloc measured for the sample bank's series.
             index_bytes = 1200 * len(self._series)
-            disk = 0
-            if self.path is not None:
-                for file in [self.path / "series.db", self.path / "series.db-wal"]:
-                    with contextlib.suppress(OSError):
-                        disk += file.stat().st_size
-                for file in self.path.glob("head-*.wal"):
-                    with contextlib.suppress(OSError):
-                        disk += file.stat().st_size
+            disk = disk_bytes(self.path) if self.path is not None else 0
             return {
                 "series": len(self._series),
                 "samples": int(raw_samples) + head,
@@ -356,7 +325,7 @@ class SeriesStore:
 
     # -- internals: series --------------------------------------------------------------
 
-    def _find_or_make(self, sample: Sample, created: list[_Series]) -> _Series:
+    def _find_or_make(self, sample: Sample, created: list[HeadSeries]) -> HeadSeries:
         key = (sample.name, label_key(sample.labels))
         series = self._by_key.get(key)
         if series is None:
@@ -364,18 +333,18 @@ class SeriesStore:
             key = (sample.name, tuple(labels.items()))
             series = self._by_key.get(key)
             if series is None:
-                series = _Series(self._next_id, sample.name, labels)
+                series = HeadSeries(self._next_id, sample.name, labels)
                 self._next_id += 1
                 self._index(series, key)
                 created.append(series)
         return series
 
-    def _index(self, series: _Series, key: tuple[str, tuple[tuple[str, str], ...]]) -> None:
+    def _index(self, series: HeadSeries, key: tuple[str, tuple[tuple[str, str], ...]]) -> None:
         self._series[series.id] = series
         self._by_key[key] = series
         self._by_name.setdefault(series.name, {})[series.id] = series
 
-    def _forget(self, series: _Series) -> None:
+    def _forget(self, series: HeadSeries) -> None:
         self._series.pop(series.id, None)
         self._by_key.pop((series.name, tuple(series.labels.items())), None)
         members = self._by_name.get(series.name)
@@ -386,9 +355,9 @@ class SeriesStore:
         for seen in self._targets.values():
             seen.discard(series.id)
 
-    def _matching(self, name: str | None, matchers: Sequence[Matcher]) -> Iterator[_Series]:
+    def _matching(self, name: str | None, matchers: Sequence[Matcher]) -> Iterator[HeadSeries]:
         if name is not None:
-            candidates: Iterable[_Series] = list(self._by_name.get(name, {}).values())
+            candidates: Iterable[HeadSeries] = list(self._by_name.get(name, {}).values())
         else:
             candidates = list(self._series.values())
         for series in candidates:
@@ -401,7 +370,7 @@ class SeriesStore:
     def _load(self) -> None:
         for ident, name, labels_json in self._db.execute("SELECT id, name, labels FROM series"):
             labels = {str(k): str(v) for k, v in json.loads(labels_json)}
-            series = _Series(int(ident), str(name), labels)
+            series = HeadSeries(int(ident), str(name), labels)
             self._index(series, (series.name, tuple(labels.items())))
             self._next_id = max(self._next_id, series.id + 1)
         for table in ("raw_chunks", "rollup_chunks"):
@@ -569,7 +538,7 @@ class SeriesStore:
 
     # -- internals: reading ----------------------------------------------------------------
 
-    def _read(self, series: _Series, lo: int, hi: int, field: Field) -> tuple[Ints, Floats]:
+    def _read(self, series: HeadSeries, lo: int, hi: int, field: Field) -> tuple[Ints, Floats]:
         memory = [self._frozen[series.id]] if series.id in self._frozen else []
         memory.append((series.times, series.values))
         mem_t = [ms_of(times) for times, _ in memory]
@@ -606,7 +575,9 @@ class SeriesStore:
             return raw_t, raw_v
         return np.concatenate([roll_t, raw_t]), np.concatenate([roll_v, raw_v])
 
-    def _read_rollups(self, series: _Series, lo: int, hi: int, field: Field) -> tuple[Ints, Floats]:
+    def _read_rollups(
+        self, series: HeadSeries, lo: int, hi: int, field: Field
+    ) -> tuple[Ints, Floats]:
         times: list[Ints] = []
         values: list[Floats] = []
         for count, blob in self._db.execute(
@@ -614,15 +585,9 @@ class SeriesStore:
             "ORDER BY window",
             (series.id, lo / 1000.0, hi / 1000.0),
         ):
-            b = unpack_buckets(blob, int(count))
-            real = b.cnt > 0
-            chosen = {"last": b.last, "min": b.mn, "max": b.mx, "sum": b.sm, "count": b.cnt}[field]
-            marked = b.stale > 0
-            t = np.concatenate([b.t[real], b.stale[marked]])
-            v = np.concatenate([chosen[real], np.full(int(marked.sum()), STALE)])
-            order = np.argsort(t, kind="stable")
-            times.append(t[order])
-            values.append(v[order])
+            t, v = bucket_points(unpack_buckets(blob, int(count)), field)
+            times.append(t)
+            values.append(v)
         if not times:
             return np.empty(0, np.int64), np.empty(0, np.float64)
         t = np.concatenate(times)

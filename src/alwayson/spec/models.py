@@ -246,8 +246,9 @@ class AnalysisSettings(Strict):
     )
     checks: list[str] = Field(
         default_factory=list,
-        description="Prometheus-style checks on the candidate's and gateways' metrics, e.g. "
-        "'rate(bank_requests_total{code=~\"5..\"}[1m]) < 0.5'.",
+        description="PromQL ending in a comparison, read as an alert rule reads it, over the "
+        "candidate's own metrics and the gateways'; a check holds when its comparison keeps "
+        "every series, e.g. 'sum(rate(bank_requests_total{code=~\"5..\"}[1m])) < 0.5'.",
     )
 
 
