@@ -41,10 +41,10 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-from alwayson.observe.model import Sample  # noqa: E402
-from alwayson.observe.promql import QueryEngine  # noqa: E402
-from alwayson.observe.scraping import parse_exposition  # noqa: E402
-from alwayson.observe.series import SeriesStore  # noqa: E402
+from alwayson.metrics.exposition import parse_exposition  # noqa: E402
+from alwayson.metrics.model import Sample  # noqa: E402
+from alwayson.metrics.promql import QueryEngine  # noqa: E402
+from alwayson.metrics.series import SeriesStore  # noqa: E402
 from alwayson.spec.observing import Retention  # noqa: E402
 
 INTERVAL = 5.0

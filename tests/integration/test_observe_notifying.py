@@ -23,8 +23,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from alwayson.metrics.model import Point
 from alwayson.observe.alerting import AlertBook, Notification, fingerprint
-from alwayson.observe.model import Point
 from alwayson.observe.notifying import Dispatcher
 from alwayson.spec.observing import AlertRule, Alerts, Receiver
 from alwayson.util.addresses import free_port

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from tests.support import free_port, wait_for
 
-from alwayson.observe.promql import QueryEngine
-from alwayson.observe.scraping import Scraper, Target
-from alwayson.observe.series import SeriesStore
+from alwayson.metrics.promql import QueryEngine
+from alwayson.metrics.scraping import Scraper, Target
+from alwayson.metrics.series import SeriesStore
 from alwayson.spec.observing import Retention
 
 METRICS = """\

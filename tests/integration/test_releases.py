@@ -245,6 +245,45 @@ def test_canary_of_a_slow_version_rolls_back(bank_fx: Platform, tmp_path: Path) 
     assert failed and "p99" in " ".join(failed[0]["reasons"]), release["decisions"]
 
 
+def test_canary_checks_are_promql_over_what_the_observe_loop_scrapes(
+    bank_fx: Platform, tmp_path: Path
+) -> None:
+    """A good version by the gateways' figures, but one of its checks (PromQL on the
+    candidate's own metrics, as the observe loop scraped them) cannot hold: it rolls back
+    on that check, while the check that holds is shown passing."""
+    checks = [
+        'sum(rate(bank_requests_total{code=~"5.."}[10s])) < 1',
+        "sum(rate(bank_requests_total[10s])) > 100000",
+    ]
+    settings = {"analysis": {**FAST, "checks": checks}}
+    release, _ = _deploy_under_load(
+        bank_fx,
+        tmp_path,
+        "--version",
+        "1.4.0",
+        "--strategy",
+        "canary",
+        "--steps",
+        "50,100",
+        "--pause",
+        "10s",
+        "--settings-json",
+        json.dumps(settings),
+        service="fx",
+        script=FX_RATES,
+    )
+    assert release["phase"] == "rolled-back", release["message"]
+    failed = [d for d in release["decisions"] if d["outcome"] == "fail"]
+    assert failed, release["decisions"]
+    reasons = " ".join(failed[0]["reasons"])
+    assert f"check failed: {checks[1]}" in reasons, reasons
+    assert "success rate" not in reasons and checks[0] not in reasons, reasons
+    judged = {c["check"]: c for c in failed[0]["figures"]["checks"]}
+    assert judged[checks[0]]["ok"] is True
+    assert judged[checks[1]]["ok"] is False and 0 < judged[checks[1]]["value"] < 100000
+    assert _versions(bank_fx, "fx") == {"1.0.0": 4}
+
+
 def test_canary_of_a_good_version_is_promoted_through_every_step(
     platform: Platform, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from alwayson.metrics.model import Point
 from alwayson.observe.alerting import (
     AlertBook,
     AlertState,
@@ -25,7 +26,6 @@ from alwayson.observe.alerting import (
     group_key,
     group_labels,
 )
-from alwayson.observe.model import Point
 from alwayson.observe.notifying import (
     Dispatcher,
     backoff_delay,

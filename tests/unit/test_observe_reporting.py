@@ -9,7 +9,7 @@ from typing import Any
 import promql_parser
 import pytest
 
-from alwayson.observe.model import Line
+from alwayson.metrics.model import Line
 from alwayson.observe.reporting import (
     Report,
     build_report,

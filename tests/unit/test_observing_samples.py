@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from alwayson.control.observing import Observatory
-from alwayson.observe.model import Sample
+from alwayson.metrics.model import Sample
 from alwayson.spec.loading import load_spec_text
 
 SPEC = """\

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from alwayson.release.analysis import AnalysisSettings, analyse, milliseconds, percent
+from alwayson.release.checks import CheckResult
 from alwayson.release.figures import VersionFigures
-from alwayson.release.queries import CheckResult
 
 BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DEFAULTS = AnalysisSettings()

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from alwayson.gateway.metrics import GatewayMetrics
-from alwayson.release.figures import GatewaySample, parse_gateway_metrics
+from alwayson.metrics.exposition import parse_exposition
+from alwayson.release.figures import GatewaySample, gateway_sample
 from alwayson.release.model import Phase, Release, Routing, Stage, Template
 from alwayson.release.stepping import (
     Observation,
@@ -27,6 +28,12 @@ from alwayson.spec.models import ReleasePolicy
 
 SITES = ["jakarta", "surabaya"]
 REPLICAS = {"jakarta": 2, "surabaya": 2}
+
+
+def parse_gateway_metrics(text: str) -> GatewaySample:
+    """A gateway's /metrics text as the release driver reads it: through the one
+    Prometheus text parser into samples, then its release counters."""
+    return gateway_sample(parse_exposition(text, {}))
 
 
 def policy(**data: Any) -> ReleasePolicy:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from alwayson.spec.loading import LoadedSpec, load_spec_text
-from alwayson.spec.observing import rule_expr_problem
+from alwayson.spec.observing import check_expr_problem, rule_expr_problem
 from alwayson.util.errors import SpecError
 
 FILE = "alwayson.yaml"
@@ -157,3 +157,58 @@ def test_the_spec_knows_every_builtin_rule_name() -> None:
 def test_a_misspelt_builtin_rule_is_refused() -> None:
     found = problems_of(BASE + "alerts:\n  disable: [DiskFull]\n")
     assert any("unknown built-in rule(s) DiskFull" in p for p in found), found
+
+
+# --------------------------------------------------------------------------- release checks
+
+CHECKS = """\
+    release:
+      analysis:
+        checks:
+          - 'rate(bank_requests_total{code=~"5.."}[1m]) < 0.5'
+          - {check}
+"""
+
+
+def test_a_bad_release_check_is_refused_at_its_line_and_column() -> None:
+    text = BASE + CHECKS.replace("{check}", "'rate(bank_requests_total[1m]'")
+    (problem,) = problems_of(text)
+    assert problem.startswith(
+        f"{FILE}:16:13: services[0:accounts].release.analysis.checks[1]: not valid PromQL"
+    ), problem
+
+
+@pytest.mark.parametrize(
+    ("check", "why"),
+    [
+        ("'sum(rate(errors_total[1m]))'", "must end in a comparison"),
+        ("'up and up'", "must end in a comparison"),
+        ("'rate(errors_total[1m]) < bool 1'", "could never fail"),
+        ("'increase(x[5m] < 1'", "not valid PromQL"),
+    ],
+)
+def test_release_checks_are_validated_like_alert_rules(check: str, why: str) -> None:
+    (problem,) = problems_of(BASE + CHECKS.replace("{check}", check))
+    assert "services[0:accounts].release.analysis.checks[1]: " in problem, problem
+    assert why in problem, problem
+
+
+@pytest.mark.parametrize(
+    ("expr", "ok"),
+    [
+        ('rate(bank_requests_total{code=~"5.."}[1m]) < 0.5', True),
+        ("sum(increase(x[5m])) <= 3", True),
+        ("histogram_quantile(0.99, sum by (le) (rate(h_bucket[1m]))) < 0.3", True),
+        ("bank_requests_in_flight > 0", True),
+        ("sum(x)", False),
+        ("x > bool 1", False),
+        ("x or y", False),
+    ],
+)
+def test_check_expressions(expr: str, ok: bool) -> None:
+    assert (check_expr_problem(expr) is None) is ok
+
+
+def test_good_release_checks_load() -> None:
+    spec = load(BASE + CHECKS.replace("{check}", "'sum(increase(x[5m])) <= 3'")).spec
+    assert spec.services[0].release.analysis.checks[1] == "sum(increase(x[5m])) <= 3"

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from alwayson.control.controller import Controller
-from alwayson.observe.promql import QueryError
+from alwayson.metrics.promql import QueryError
 from alwayson.observe.reporting import render_html
 from alwayson.util.durations import parse_duration
 from alwayson.util.errors import PermanentError

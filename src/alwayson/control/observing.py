@@ -18,24 +18,25 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from alwayson.data.settings import slot_name
+from alwayson.metrics.model import Point, Sample
+from alwayson.metrics.promql import QueryEngine, QueryError
+from alwayson.metrics.scraping import Scraper, Target
+from alwayson.metrics.series import SeriesStore
 from alwayson.observe.alerting import AlertBook, Notification
-from alwayson.observe.model import Point, Sample
 from alwayson.observe.notifying import Dispatcher
-from alwayson.observe.promql import QueryEngine, QueryError
 from alwayson.observe.reporting import Report, build_report
 from alwayson.observe.rules import all_rules
-from alwayson.observe.scraping import Scraper, Target
-from alwayson.observe.series import SeriesStore
 from alwayson.runtime.base import Kind
 from alwayson.scaling.hpa import Autoscaler, Decision
 from alwayson.scaling.queries import autoscale_queries, measurement
 from alwayson.spec.models import PlatformSpec
 from alwayson.spec.observing import Metrics
-from alwayson.util.errors import PermanentError
+from alwayson.util.errors import PermanentError, TemporaryError
 
 if TYPE_CHECKING:
     from alwayson.control.controller import Controller
@@ -76,6 +77,9 @@ class Observatory:
         self.scrapes = 0
         self.last_scrape: dict[str, Any] = {}
         self._poke = asyncio.Event()
+        self._evaluate_asked = False
+        # Callers of ``refresh``: served by the next round that starts after they asked.
+        self._waiters: list[asyncio.Future[float]] = []
         self._last_compact = 0.0
         self._last_alerts = 0.0
         self._traffic: list[dict[str, Any]] = []
@@ -97,37 +101,77 @@ class Observatory:
 
     def poke(self) -> None:
         """Scrape and evaluate now (an instance died)."""
+        self._evaluate_asked = True
         self._poke.set()
 
+    async def refresh(self) -> float:
+        """Scrape now and return the time of that round once it is in the store.
+
+        For readers that need fresher data than the scrape interval gives (a release
+        judged every second). The round is one that starts after this call; the wait is
+        bounded (a round never takes longer than its scrape timeout and the bookkeeping).
+        """
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._poke.set()
+        spec = self.controller.spec_or_none()
+        bound = (spec.metrics.scrape_timeout if spec else self.settings.scrape_timeout) + 10.0
+        try:
+            async with asyncio.timeout(bound):
+                return await waiter
+        except TimeoutError:
+            raise TemporaryError(f"no metrics round within {bound:g}s", 1.0) from None
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
     async def run(self) -> None:
-        poked = False
         while True:
             spec = self.controller.spec_or_none()
             interval = spec.metrics.scrape_interval if spec else self.settings.scrape_interval
+            # What was asked before this round starts is served by it; a poke or a refresh
+            # during the round asks for the next one.
+            waiters, self._waiters = self._waiters, []
+            poked, self._evaluate_asked = self._evaluate_asked, False
+            self._poke.clear()
+            failure: Exception = PermanentError("no spec loaded: nothing is scraped")
             if spec is not None:
                 try:
-                    await self.tick(spec, evaluate_now=poked)
+                    await self.tick(spec, evaluate_now=poked, waiters=waiters)
                 except (OSError, QueryError, PermanentError) as exc:
                     log.warning("monitoring cycle failed, will retry: %s", exc)
+                    failure = TemporaryError(f"monitoring cycle failed: {exc}", interval)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(failure)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._poke.wait()
-            poked = self._poke.is_set()
-            self._poke.clear()
 
     async def close(self) -> None:
         await self.dispatcher.close()
         await self.scraper.aclose()
         self.series.close()
 
-    async def tick(self, spec: PlatformSpec, evaluate_now: bool = False) -> None:
-        """One round; ``evaluate_now``: an instance died, evaluate the rules on this very
-        scrape rather than when the evaluation interval is next due."""
+    async def tick(
+        self,
+        spec: PlatformSpec,
+        evaluate_now: bool = False,
+        waiters: Sequence[asyncio.Future[float]] = (),
+    ) -> float:
+        """One round, stored at the time it returns; ``evaluate_now``: an instance died,
+        evaluate the rules on this very scrape rather than when the evaluation interval is
+        next due. ``waiters`` (callers of ``refresh``) learn that time as soon as the
+        samples are stored, before rules and autoscaling (which may wait for the
+        controller's lock that a waiter holds)."""
         now = time.time()
         self._apply_retention(spec)
         samples = await self.collect(spec, now)
         self.series.append(samples, now)
         self.scrapes += 1
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(now)
         if now - self._last_compact >= COMPACT_EVERY:
             self._last_compact = now
             self.series.compact(now)
@@ -136,6 +180,7 @@ class Observatory:
             await self.evaluate(spec, now)
         await self.autoscale(spec, now)
         self._traffic = self._measure_traffic(spec, now)
+        return now
 
     def _apply_retention(self, spec: PlatformSpec) -> None:
         """The spec's raw and rollup ages apply at once (compaction reads them); the rollup

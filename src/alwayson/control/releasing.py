@@ -2,26 +2,34 @@
 
 Each tick observes every service under release (its instances per site and version, the
 gateways' metrics, the tables pushed), calls the pure ``advance`` and stores the result
-with compare-and-set before anything acts on it. The desired instances and the traffic
-split of a service under release come from its stored record, so a controller restarted
-in the middle of a release continues from the stored stage.
+with compare-and-set before anything acts on it. Metrics come from the store the observe
+loop fills: the driver asks it for a fresh round (``refresh``) and reads the gateways'
+counters and evaluates the spec's checks with the one PromQL engine; it has no HTTP
+client. The desired instances and the traffic split of a service under release come from
+its stored record, so a controller restarted in the middle of a release continues from
+the stored stage.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from alwayson.control.desired import Variant
 from alwayson.control.routing import Split
-from alwayson.release.figures import GatewaySample, parse_gateway_metrics
+from alwayson.metrics.model import Sample
+from alwayson.metrics.promql import QueryEngine, QueryError, Scoped
+from alwayson.release.checks import CheckResult, judge
+from alwayson.release.figures import (
+    DURATION,
+    LOCAL_RESPONSES,
+    REQUESTS,
+    GatewaySample,
+    gateway_sample,
+)
 from alwayson.release.model import Color, Phase, Release, Template, other_color, version_label
-from alwayson.release.queries import QueryError, evaluate, parse_check
 from alwayson.release.stepping import (
     Observation,
     SiteView,
@@ -36,9 +44,10 @@ from alwayson.runtime.base import Kind
 from alwayson.runtime.base import Phase as RunPhase
 from alwayson.spec.commands import CommandNotFound, resolve_command
 from alwayson.spec.models import PlatformSpec, ReleasePolicy, Service
+from alwayson.spec.observing import check_expr_problem
 from alwayson.spec.planning import effective_replicas
 from alwayson.store.base import StateStore
-from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
+from alwayson.util.errors import AlwaysonError, ConflictError, NotFoundError, PermanentError
 
 if TYPE_CHECKING:
     from alwayson.control.controller import Controller
@@ -47,7 +56,9 @@ log = logging.getLogger("alwayson.releases")
 
 INDEX_KEY = "releases"
 HISTORY_KEEP = 20
-SCRAPE_TIMEOUT = 1.0
+GATEWAY_SERIES = (
+    f'{{job="gateways",__name__=~"{REQUESTS}|{LOCAL_RESPONSES}|{DURATION}_(bucket|sum)"}}'
+)
 STRATEGIES = ("rolling", "blue-green", "canary")
 
 
@@ -69,9 +80,6 @@ class ReleaseDriver:
         self.failures: dict[str, list[tuple[float, str]]] = {}
         self.versions: dict[str, tuple[str, str]] = {}  # (version label, run) set by releases
         self.colors: dict[str, Color] = {}
-        self._client = httpx.AsyncClient(timeout=SCRAPE_TIMEOUT, trust_env=False)
-        # Last metrics texts of each release's candidates and gateways, for its checks.
-        self._check_texts: dict[str, tuple[float, dict[str, str]]] = {}
 
     # ------------------------------------------------------------ state
 
@@ -213,12 +221,11 @@ class ReleaseDriver:
         check_command(run, folder or self.controller.spec_folder(), service)
         policy = policy or svc.release
         for index, check in enumerate(policy.analysis.checks):
-            try:
-                parse_check(check)
-            except QueryError as exc:
+            why = check_expr_problem(check)
+            if why:
                 raise PermanentError(
-                    f"services.{service}.release.analysis.checks[{index}]: {check!r}: {exc}"
-                ) from None
+                    f"services.{service}.release.analysis.checks[{index}]: {check!r}: {why}"
+                )
         color = self.colors.get(service, "a")
         current = Template(
             version=stable_version, run=stable_run, label=stable_version, color=color
@@ -250,7 +257,9 @@ class ReleaseDriver:
 
     async def begin(self, release: Release) -> Release:
         """Start a prepared release: from now on it shapes what runs."""
-        samples = await self.scrape()
+        # The baseline is the observe loop's last round, not a fresh one: this runs under the
+        # controller's lock, which that loop's autoscaler may be waiting for.
+        samples = self._last_samples()
         release = start(release, self.controller.clock.wall(), samples)
         self.next_id[release.service] = release.id
         self.stored_version.pop(release.service, None)
@@ -348,10 +357,10 @@ class ReleaseDriver:
         running = [r for r in self.active.values() if r.phase.active]
         if not running:
             return
-        samples = await self.scrape()
+        at, samples = await self.scrape()
         spec = self.controller.spec()
         for release in running:
-            checks = await self._checks(release)
+            checks = self._checks(release, at)
             outcome = advance(
                 release,
                 self._observe(release, samples, checks),
@@ -401,51 +410,41 @@ class ReleaseDriver:
             for s in spec.workload_sites
         }
 
-    async def _checks(self, release: Release) -> list[tuple[bool, str]]:
-        """The spec's checks over the window since the last tick (none on the first)."""
+    def _checks(self, release: Release, at: float | None) -> list[CheckResult | tuple[bool, str]]:
+        """The spec's checks at ``at`` (the fresh round), over the candidate's own series
+        and the gateways', evaluated as alert rules are (see :mod:`alwayson.release.checks`)."""
         checks = ReleasePolicy.model_validate(release.settings).analysis.checks
         if not checks or not release.current.analysis or release.settled_at is None:
-            self._check_texts.pop(release.service, None)
             return []
-        targets = {
-            s.spec.id: f"{s.spec.host}:{s.spec.port}"
-            for s in self.controller.runtime.statuses()
-            if s.ready
-            and (
-                s.spec.kind is Kind.GATEWAY
-                or (s.spec.service == release.service and s.spec.version == release.candidate.label)
+        if at is None:
+            return [(False, f"{check}: cannot evaluate: no fresh metrics") for check in checks]
+        service, candidate = release.service, release.candidate.label
+
+        def in_view(_: str, labels: Mapping[str, str]) -> bool:
+            job = labels.get("job")
+            return job == "gateways" or (
+                job == "instances"
+                and labels.get("service") == service
+                and labels.get("version") == candidate
             )
-        }
 
-        async def one(ident: str, address: str) -> tuple[str, str | None]:
-            try:
-                response = await self._client.get(f"http://{address}/metrics")
-            except httpx.HTTPError:
-                return ident, None
-            return ident, response.text if response.status_code == 200 else None
-
-        got = await asyncio.gather(*(one(i, a) for i, a in targets.items()))
-        texts = {ident: text for ident, text in got if text is not None}
-        now = self.controller.clock.monotonic()
-        previous = self._check_texts.get(release.service)
-        self._check_texts[release.service] = (now, texts)
-        if previous is None or now <= previous[0]:
-            return []
-        results = []
+        observatory = self.controller.observatory
+        engine = QueryEngine(Scoped(observatory.series, in_view), observatory.engine.lookback)
+        results: list[CheckResult | tuple[bool, str]] = []
         for check in checks:
             try:
-                result = evaluate(check, previous[1], texts, now - previous[0])
-            except ValueError as exc:
+                compared = engine.compare(check, at)
+            except QueryError as exc:
                 results.append((False, f"{check}: cannot evaluate: {exc}"))
                 continue
-            results.append((result.ok, f"{check} (value {result.value:.4g})"))
+            results.append(judge(check, compared.operand, compared.kept))
         return results
 
     def _observe(
         self,
         release: Release,
         samples: dict[str, GatewaySample] | None,
-        checks: list[tuple[bool, str]],
+        checks: list[CheckResult | tuple[bool, str]],
     ) -> Observation:
         controller = self.controller
         sites: dict[str, dict[str, Any]] = {}
@@ -498,32 +497,54 @@ class ReleaseDriver:
                         return True
         return False
 
-    async def scrape(self) -> dict[str, GatewaySample] | None:
-        """Every ready site gateway's metrics, or None when one cannot be read."""
-        gateways = [
-            s for s in self.controller.runtime.statuses() if s.spec.kind is Kind.GATEWAY and s.ready
-        ]
-
-        async def one(host: str, port: int) -> GatewaySample:
-            response = await self._client.get(f"http://{host}:{port}/metrics")
-            response.raise_for_status()
-            return parse_gateway_metrics(response.text)
-
+    async def scrape(self) -> tuple[float | None, dict[str, GatewaySample] | None]:
+        """A fresh round of the observe loop, and every ready site gateway's counters in it
+        (None when one was not read). The round's time comes first (None: no round)."""
         try:
-            results = await asyncio.gather(*(one(g.spec.host, g.spec.port) for g in gateways))
-        except (httpx.HTTPError, ValueError) as exc:
+            at = await self.controller.observatory.refresh()
+        except AlwaysonError as exc:
+            log.warning("gateway metrics not read: %s", exc)
+            return None, None
+        return at, self._gateway_samples(at)
+
+    def _gateway_samples(self, at: float) -> dict[str, GatewaySample] | None:
+        """The counters of every ready site gateway as the store holds them at ``at``."""
+        observatory = self.controller.observatory
+        gateways = [
+            s.spec.id
+            for s in self.controller.runtime.statuses()
+            if s.spec.kind is Kind.GATEWAY and s.ready
+        ]
+        try:
+            up = {p.labels.get("instance"): p.value for p in observatory.query(_UP, at)}
+            found = observatory.query(GATEWAY_SERIES, at)
+        except QueryError as exc:
             log.warning("gateway metrics not read: %s", exc)
             return None
-        return {g.spec.id: sample for g, sample in zip(gateways, results, strict=True)}
+        missing = [g for g in gateways if up.get(g) != 1.0]
+        if missing:
+            log.warning("gateway metrics not read: %s did not answer", ", ".join(missing))
+            return None
+        by_gateway: dict[str, list[Sample]] = {g: [] for g in gateways}
+        for point in found:
+            samples = by_gateway.get(point.labels.get("instance", ""))
+            if samples is not None:
+                samples.append(Sample(point.labels.get("__name__", ""), point.labels, point.value))
+        return {g: gateway_sample(samples) for g, samples in by_gateway.items()}
+
+    def _last_samples(self) -> dict[str, GatewaySample] | None:
+        at = self.controller.observatory.last_scrape.get("at")
+        return self._gateway_samples(float(at)) if at is not None else None
 
     async def live_totals(self, release: Release) -> dict[str, Any]:
-        samples = await self.scrape()
+        """The release's totals so far, from the observe loop's last round (no new one)."""
+        samples = self._last_samples()
         if samples is None or not release.release_baseline:
             return release.totals
         return totals_of(release, samples)
 
-    async def close(self) -> None:
-        await self._client.aclose()
+
+_UP = 'up{job="gateways"}'
 
 
 def _find(spec: PlatformSpec, service: str) -> Service:

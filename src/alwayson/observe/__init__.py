@@ -1,3 +1,4 @@
-"""Monitoring: scraping, the embedded time-series store, queries, alerts, notifications,
-reports. Sits beside release and data: it may import spec, store, util, never control.
+"""Monitoring: alert rules, alerts, notifications, silences, reports and exports, over the
+store and engine of :mod:`alwayson.metrics`. Sits beside release and data: it may import
+metrics, spec, store, util, never control.
 """

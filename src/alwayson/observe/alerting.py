@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from alwayson.observe.model import Point
+from alwayson.metrics.model import Point
 from alwayson.observe.rules import SITE_DOWN, go_float, render_summary
 from alwayson.spec.observing import LABEL_NAME, AlertRule, Alerts, Receiver
 from alwayson.util.errors import ConflictError, NotFoundError

@@ -56,7 +56,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
-from alwayson.observe.model import Line
+from alwayson.metrics.model import Line
 
 RangeQuery = Callable[[str, float, float, float], list[Line]]
 """A PromQL range query: ``(expr, start, end, step)`` → one :class:`Line` per series."""

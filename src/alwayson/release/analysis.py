@@ -13,7 +13,7 @@ The rules, in order:
    when it had ``min_requests`` itself; otherwise ``min_success_rate`` alone.
 3. The candidate's p99 must not exceed the stable's p99 + ``max_p99_increase`` (again
    only with ``min_requests`` stable requests), nor ``max_p99`` when that is set.
-4. Every failing check (see :mod:`alwayson.release.queries`) fails the analysis. Checks
+4. Every failing check (see :mod:`alwayson.release.checks`) fails the analysis. Checks
    are absolute statements about the candidate, so they fail it even when rule 1 leaves
    the comparison inconclusive.
 
@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from alwayson.release.checks import CheckResult
 from alwayson.release.figures import VersionFigures
-from alwayson.release.queries import CheckResult
 
 Outcome = Literal["pass", "fail", "inconclusive"]
 

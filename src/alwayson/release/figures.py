@@ -1,17 +1,19 @@
 """What the gateways saw of each version of a service: counts, success rate, latency.
 
-Every site gateway exposes cumulative counters on its admin ``/metrics``. A release keeps
-one scrape per gateway as its baseline (:class:`GatewaySample`, persisted with
-:meth:`GatewaySample.to_json` so a restarted controller carries on), scrapes again later
-and takes the :func:`delta`: the :class:`Totals` of what happened in between, summed over
-gateways and sites. :meth:`Totals.figures` gives the :class:`VersionFigures` of one
-version, from which analysis reads the success rate and the p99.
+Every site gateway exposes cumulative counters on its admin ``/metrics``, which the
+observe loop scrapes into the metrics store. A release keeps one reading per gateway as
+its baseline (:func:`gateway_sample` of the gateway's newest samples, a
+:class:`GatewaySample`, persisted with :meth:`GatewaySample.to_json` so a restarted
+controller carries on), reads again later and takes the :func:`delta`: the
+:class:`Totals` of what happened in between, summed over gateways and sites.
+:meth:`Totals.figures` gives the :class:`VersionFigures` of one version, from which
+analysis reads the success rate and the p99.
 
 A gateway restarts with its counters at zero. When any series of a gateway went down
 between the two scrapes, the whole gateway is taken as restarted and its new values count
 whole: what it served before the restart but after the baseline is lost, never negative.
 
-Everything here is pure: scraping is the caller's business.
+Everything here is pure: scraping and reading the store are the caller's business.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from prometheus_client.parser import text_string_to_metric_families
+from alwayson.metrics.model import Sample
 
 REQUESTS = "alwayson_gateway_requests_total"
 DURATION = "alwayson_gateway_request_duration_seconds"
@@ -245,32 +247,29 @@ Window = dict[str, GatewaySample]
 """One sample per gateway id: a baseline, or the scrape that ends a window."""
 
 
-def parse_gateway_metrics(text: str) -> GatewaySample:
-    """The release counters of one gateway's ``/metrics`` text; everything else is ignored.
-
-    Raises ValueError when ``text`` is not Prometheus text exposition.
-    """
+def gateway_sample(samples: Iterable[Sample]) -> GatewaySample:
+    """The release counters among one gateway's samples (sample names as exposed, e.g.
+    ``alwayson_gateway_requests_total``); every other sample is ignored."""
     by_class: dict[SeriesKey, dict[str, int]] = {}
     buckets: dict[SeriesKey, dict[float, int]] = {}
     sums: dict[SeriesKey, float] = {}
     local: dict[LocalKey, int] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = sample.labels
-            key = (labels.get("service", ""), labels.get("version", ""))
-            if sample.name == REQUESTS:
-                counts = by_class.setdefault(key, {})
-                code = labels.get("code", "")
-                counts[code] = counts.get(code, 0) + round(sample.value)
-            elif sample.name == DURATION + "_bucket":
-                counts_by_bound = buckets.setdefault(key, {})
-                bound = float(labels["le"])
-                counts_by_bound[bound] = counts_by_bound.get(bound, 0) + round(sample.value)
-            elif sample.name == DURATION + "_sum":
-                sums[key] = sums.get(key, 0.0) + sample.value
-            elif sample.name == LOCAL_RESPONSES:
-                local_key = (labels.get("service", ""), labels.get("code", ""))
-                local[local_key] = local.get(local_key, 0) + round(sample.value)
+    for sample in samples:
+        labels = sample.labels
+        key = (labels.get("service", ""), labels.get("version", ""))
+        if sample.name == REQUESTS:
+            counts = by_class.setdefault(key, {})
+            code = labels.get("code", "")
+            counts[code] = counts.get(code, 0) + round(sample.value)
+        elif sample.name == DURATION + "_bucket":
+            counts_by_bound = buckets.setdefault(key, {})
+            bound = float(labels["le"])
+            counts_by_bound[bound] = counts_by_bound.get(bound, 0) + round(sample.value)
+        elif sample.name == DURATION + "_sum":
+            sums[key] = sums.get(key, 0.0) + sample.value
+        elif sample.name == LOCAL_RESPONSES:
+            local_key = (labels.get("service", ""), labels.get("code", ""))
+            local[local_key] = local.get(local_key, 0) + round(sample.value)
     keys = set(by_class) | set(buckets) | set(sums)
     series = {
         key: VersionFigures(

@@ -15,6 +15,7 @@ from typing import Any
 
 from alwayson.release.analysis import AnalysisSettings as Judging
 from alwayson.release.analysis import analyse
+from alwayson.release.checks import CheckResult
 from alwayson.release.figures import GatewaySample, delta
 from alwayson.release.model import (
     Counts,
@@ -47,7 +48,7 @@ class Observation:
     candidate_failures: Sequence[str] = ()  # health failures of new instances this stage
     candidate_routed: bool = True  # some gateway still sends ordinary traffic to it
     samples: Mapping[str, GatewaySample] | None = None  # gateway id → its metrics now
-    check_results: Sequence[tuple[bool, str]] = ()  # (ok, text) of the spec's checks
+    check_results: Sequence[CheckResult | tuple[bool, str]] = ()  # the spec's checks, judged
 
 
 @dataclass

@@ -22,7 +22,14 @@ from pydantic import (
 )
 
 from alwayson.spec.drilling import Drills
-from alwayson.spec.observing import Alerts, Autoscale, Metrics, Receiver, rule_expr_problem
+from alwayson.spec.observing import (
+    Alerts,
+    Autoscale,
+    Metrics,
+    Receiver,
+    check_expr_problem,
+    rule_expr_problem,
+)
 from alwayson.spec.types import Duration, Name
 from alwayson.util.addresses import split_hostport
 
@@ -239,8 +246,9 @@ class AnalysisSettings(Strict):
     )
     checks: list[str] = Field(
         default_factory=list,
-        description="Prometheus-style checks on the candidate's and gateways' metrics, e.g. "
-        "'rate(bank_requests_total{code=~\"5..\"}[1m]) < 0.5'.",
+        description="PromQL ending in a comparison, read as an alert rule reads it, over the "
+        "candidate's own metrics and the gateways'; a check holds when its comparison keeps "
+        "every series, e.g. 'sum(rate(bank_requests_total{code=~\"5..\"}[1m])) < 0.5'.",
     )
 
 
@@ -644,6 +652,10 @@ def _observing_problems(spec: PlatformSpec) -> list[tuple[Location, str]]:
         if why:
             out.append((("alerts", "rules", index, "expr"), why))
     for index, svc in enumerate(spec.services):
+        for number, check in enumerate(svc.release.analysis.checks):
+            why = check_expr_problem(check)
+            if why:
+                out.append((("services", index, "release", "analysis", "checks", number), why))
         scale = svc.autoscale
         if scale is not None and scale.max > MAX_REPLICAS:
             out.append(

@@ -258,14 +258,40 @@ class Autoscale(_Strict):
         return self
 
 
-def rule_expr_problem(expr: str) -> str | None:
-    """Why ``expr`` is not PromQL ending in a comparison (None: it is)."""
+def _parsed(expr: str) -> tuple[promql_parser.Expr | None, str | None]:
     try:
-        tree = promql_parser.parse(expr)
+        return promql_parser.parse(expr), None
     except ValueError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "syntax error"
-        return f"not valid PromQL: {first}"
+        return None, f"not valid PromQL: {first}"
+
+
+def rule_expr_problem(expr: str) -> str | None:
+    """Why ``expr`` is not PromQL ending in a comparison (None: it is)."""
+    tree, why = _parsed(expr)
+    if tree is None:
+        return why
     op = str(getattr(tree, "op", ""))
     if not isinstance(tree, promql_parser.BinaryExpr) or op not in (*COMPARISONS, *SET_OPS):
         return "must end in a comparison, e.g. '... > 0.05' (an alert per series it keeps)"
+    return None
+
+
+def check_expr_problem(expr: str) -> str | None:
+    """Why ``expr`` is not a release check (None: it is).
+
+    A check is PromQL ending in a comparison without ``bool``, read as an alert rule reads
+    it; the check holds when the comparison keeps every series of its left-hand side.
+    """
+    tree, why = _parsed(expr)
+    if tree is None:
+        return why
+    op = str(getattr(tree, "op", ""))
+    if not isinstance(tree, promql_parser.BinaryExpr) or op not in COMPARISONS:
+        return (
+            "must end in a comparison, e.g. 'rate(errors_total[1m]) < 0.5' (it holds when "
+            "every series compares true)"
+        )
+    if tree.modifier is not None and tree.modifier.return_bool:
+        return "a comparison with bool keeps every series, so the check could never fail"
     return None

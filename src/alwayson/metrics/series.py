@@ -1,17 +1,8 @@
 """The embedded time-series store: raw samples for hours, rollups for weeks, on one disk.
 
-Layout (``path`` is a directory; ``None`` keeps everything in memory):
-
-- ``series.db`` — SQLite (WAL mode, ``synchronous=FULL``) with the series catalogue and
-  *chunks*: the samples of one series over one *block* of time (30 minutes by default,
-  a whole number of ``rollup_step``), compressed. Timestamps are integer milliseconds,
-  delta-encoded; values are XOR-ed with their predecessor (lossless, like Gorilla) and both
-  are byte-shuffled before zlib, which is what makes regular scrapes small on disk.
-- ``head-<block>.wal`` — the *head*: samples of the open block live in memory (two
-  ``array('d')`` per series, 16 bytes a sample) and every ``append`` also writes them,
-  checksummed, to the block's log segment. A process crash loses nothing that ``append``
-  returned; a machine crash loses at most ``sync_interval`` seconds (the log is fsynced
-  that often). Reopening replays the segments that are still there.
+``path`` is a directory (``None`` keeps everything in memory) holding ``series.db`` (SQLite:
+the series catalogue and compressed *chunks*) and the head log; :mod:`alwayson.metrics.chunks`
+describes both. Samples of the open block (the *head*) live in memory and in the log.
 
 When a sample arrives in a newer block the head is *frozen* and a new segment begins.
 Frozen heads are sealed into chunks a batch at a time by the following appends (so no
@@ -43,162 +34,51 @@ import contextlib
 import json
 import math
 import os
-import re
 import sqlite3
-import struct
 import threading
 import time
-import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from alwayson.observe.model import Line, Sample, label_key
+from alwayson.metrics.chunks import (
+    SCHEMA,
+    SEGMENT,
+    Buckets,
+    HeadSeries,
+    bucket_points,
+    concat_buckets,
+    disk_bytes,
+    log_record,
+    ms_of,
+    pack_buckets,
+    pack_raw,
+    read_log,
+    roll_up,
+    unpack_buckets,
+    unpack_raw,
+)
+from alwayson.metrics.model import (
+    STALE,
+    Field,
+    Floats,
+    Ints,
+    Line,
+    Matcher,
+    Sample,
+    SeriesData,
+    is_stale,
+    label_key,
+    stale_mask,
+)
 from alwayson.spec.observing import Retention
 from alwayson.util.errors import PermanentError, TemporaryError
 
-Floats = npt.NDArray[np.float64]
-Ints = npt.NDArray[np.int64]
-Field = Literal["last", "min", "max", "sum", "count"]
-MatchOp = Literal["=", "!=", "=~", "!~"]
-
-STALE_BITS = 0x7FF0000000000002  # Prometheus's staleness marker (value.StaleNaN)
-STALE: float = struct.unpack("<d", struct.pack("<Q", STALE_BITS))[0]
-_STALE_BYTES = struct.pack("<d", STALE)
-_WAL_HEADER = struct.Struct("<IId")  # samples, crc32 of the payload, time (s)
-_SEGMENT = "head-{:015d}.wal"  # by the block's start in ms: names sort by time
 _BLOCK_TARGET = 1800.0  # seconds of samples per chunk
 _WINDOW_BUCKETS = 360  # rollup buckets per rollup chunk (6 h at the default 60 s step)
-_ZLIB_LEVEL = 1  # level 6 saves 2% and costs 60% more CPU
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS series (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    UNIQUE (name, labels)
-);
-CREATE TABLE IF NOT EXISTS raw_chunks (
-    series_id INTEGER NOT NULL,
-    first REAL NOT NULL,
-    last REAL NOT NULL,
-    n INTEGER NOT NULL,
-    data BLOB NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS raw_by_series ON raw_chunks (series_id, first);
-CREATE INDEX IF NOT EXISTS raw_by_age ON raw_chunks (last);
-CREATE TABLE IF NOT EXISTS rollup_chunks (
-    series_id INTEGER NOT NULL,
-    window REAL NOT NULL,
-    first REAL NOT NULL,
-    last REAL NOT NULL,
-    n INTEGER NOT NULL,
-    data BLOB NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS rollup_by_series ON rollup_chunks (series_id, window);
-CREATE INDEX IF NOT EXISTS rollup_by_age ON rollup_chunks (window);
-"""
-
-
-def is_stale(value: float) -> bool:
-    """True for the staleness marker (and no other NaN)."""
-    return value != value and struct.pack("<d", value) == _STALE_BYTES
-
-
-def stale_mask(values: Floats) -> npt.NDArray[np.bool_]:
-    """Which of ``values`` are staleness markers."""
-    marks: npt.NDArray[np.bool_] = values.view(np.uint64) == np.uint64(STALE_BITS)
-    return marks
-
-
-@dataclass(frozen=True, slots=True)
-class Matcher:
-    """A label matcher as in PromQL: ``=``, ``!=``, ``=~``, ``!~``. Regular expressions are
-    anchored at both ends; a missing label matches as ``""``; ``__name__`` is the metric
-    name. A bad regular expression raises ValueError."""
-
-    label: str
-    op: MatchOp
-    value: str
-    _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.op not in ("=", "!=", "=~", "!~"):
-            raise ValueError(f"unknown matcher operator {self.op!r}")
-        if self.op in ("=~", "!~"):
-            try:
-                compiled = re.compile(f"(?s:{self.value})")
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {self.value!r}: {exc}") from exc
-            object.__setattr__(self, "_regex", compiled)
-
-    def matches(self, value: str) -> bool:
-        if self.op == "=":
-            return value == self.value
-        if self.op == "!=":
-            return value != self.value
-        assert self._regex is not None
-        found = self._regex.fullmatch(value) is not None
-        return found if self.op == "=~" else not found
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesData:
-    """The samples of one series in a range, as arrays (times in seconds, ascending)."""
-
-    name: str
-    labels: dict[str, str]
-    times: Floats
-    values: Floats
-
-
-class _Series:
-    __slots__ = ("id", "labels", "last_t", "name", "scraped_stale", "times", "values")
-
-    def __init__(self, ident: int, name: str, labels: dict[str, str]) -> None:
-        self.id = ident
-        self.name = name
-        self.labels = labels
-        self.times = array("d")
-        self.values = array("d")
-        self.last_t = -math.inf  # newest sample time anywhere (head or chunks)
-        self.scraped_stale = False  # the newest sample is a stale marker
-
-    def add(self, t: float, value: float) -> None:
-        self.times.append(t)
-        self.values.append(value)
-        self.last_t = t
-
-
-@dataclass
-class _Buckets:
-    """Rollup buckets of one series, time ascending. ``t``: time (ms) of the bucket's last
-    non-stale sample (0 when it has none); ``stale``: time (ms) of a trailing stale
-    marker (0 when the bucket does not end stale)."""
-
-    t: Ints
-    stale: Ints
-    mn: Floats
-    mx: Floats
-    sm: Floats
-    cnt: Floats
-    last: Floats
-
-    def __len__(self) -> int:
-        return len(self.t)
-
-    def ends(self) -> Ints:
-        return np.maximum(self.t, self.stale)
-
-    def take(self, index: Any) -> _Buckets:
-        return _Buckets(*(getattr(self, f)[index] for f in _BUCKET_FIELDS))
-
-
-_BUCKET_FIELDS = ("t", "stale", "mn", "mx", "sm", "cnt", "last")
 
 
 class SeriesStore:
@@ -225,9 +105,9 @@ class SeriesStore:
         self.batch = batch
         self.path = path
         self._lock = threading.RLock()
-        self._series: dict[int, _Series] = {}
-        self._by_key: dict[tuple[str, tuple[tuple[str, str], ...]], _Series] = {}
-        self._by_name: dict[str, dict[int, _Series]] = {}
+        self._series: dict[int, HeadSeries] = {}
+        self._by_key: dict[tuple[str, tuple[tuple[str, str], ...]], HeadSeries] = {}
+        self._by_name: dict[str, dict[int, HeadSeries]] = {}
         self._targets: dict[tuple[str, str], set[int]] = {}
         self._frozen: dict[int, tuple[array[float], array[float]]] = {}
         self._next_id = 1
@@ -247,7 +127,7 @@ class SeriesStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.execute("PRAGMA journal_size_limit=8388608")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(SCHEMA)
             self._load()
             if path is not None:
                 self._replay(sorted(path.glob("head-*.wal")))
@@ -271,7 +151,7 @@ class SeriesStore:
                 self._rotate(block, t)
             ids = array("I")
             values = array("d")
-            created: list[_Series] = []
+            created: list[HeadSeries] = []
             seen: dict[tuple[str, str], set[int]] = {}
             complete: set[tuple[str, str]] = set()
             for sample in samples:
@@ -427,14 +307,7 @@ class SeriesStore:
             # A series' index entry (its object, labels, keys, empty arrays): 1.2 KB, as
             # tracemalloc measured for the sample bank's series.
             index_bytes = 1200 * len(self._series)
-            disk = 0
-            if self.path is not None:
-                for file in [self.path / "series.db", self.path / "series.db-wal"]:
-                    with contextlib.suppress(OSError):
-                        disk += file.stat().st_size
-                for file in self.path.glob("head-*.wal"):
-                    with contextlib.suppress(OSError):
-                        disk += file.stat().st_size
+            disk = disk_bytes(self.path) if self.path is not None else 0
             return {
                 "series": len(self._series),
                 "samples": int(raw_samples) + head,
@@ -452,7 +325,7 @@ class SeriesStore:
 
     # -- internals: series --------------------------------------------------------------
 
-    def _find_or_make(self, sample: Sample, created: list[_Series]) -> _Series:
+    def _find_or_make(self, sample: Sample, created: list[HeadSeries]) -> HeadSeries:
         key = (sample.name, label_key(sample.labels))
         series = self._by_key.get(key)
         if series is None:
@@ -460,18 +333,18 @@ class SeriesStore:
             key = (sample.name, tuple(labels.items()))
             series = self._by_key.get(key)
             if series is None:
-                series = _Series(self._next_id, sample.name, labels)
+                series = HeadSeries(self._next_id, sample.name, labels)
                 self._next_id += 1
                 self._index(series, key)
                 created.append(series)
         return series
 
-    def _index(self, series: _Series, key: tuple[str, tuple[tuple[str, str], ...]]) -> None:
+    def _index(self, series: HeadSeries, key: tuple[str, tuple[tuple[str, str], ...]]) -> None:
         self._series[series.id] = series
         self._by_key[key] = series
         self._by_name.setdefault(series.name, {})[series.id] = series
 
-    def _forget(self, series: _Series) -> None:
+    def _forget(self, series: HeadSeries) -> None:
         self._series.pop(series.id, None)
         self._by_key.pop((series.name, tuple(series.labels.items())), None)
         members = self._by_name.get(series.name)
@@ -482,9 +355,9 @@ class SeriesStore:
         for seen in self._targets.values():
             seen.discard(series.id)
 
-    def _matching(self, name: str | None, matchers: Sequence[Matcher]) -> Iterator[_Series]:
+    def _matching(self, name: str | None, matchers: Sequence[Matcher]) -> Iterator[HeadSeries]:
         if name is not None:
-            candidates: Iterable[_Series] = list(self._by_name.get(name, {}).values())
+            candidates: Iterable[HeadSeries] = list(self._by_name.get(name, {}).values())
         else:
             candidates = list(self._series.values())
         for series in candidates:
@@ -497,7 +370,7 @@ class SeriesStore:
     def _load(self) -> None:
         for ident, name, labels_json in self._db.execute("SELECT id, name, labels FROM series"):
             labels = {str(k): str(v) for k, v in json.loads(labels_json)}
-            series = _Series(int(ident), str(name), labels)
+            series = HeadSeries(int(ident), str(name), labels)
             self._index(series, (series.name, tuple(labels.items())))
             self._next_id = max(self._next_id, series.id + 1)
         for table in ("raw_chunks", "rollup_chunks"):
@@ -517,14 +390,12 @@ class SeriesStore:
             return
         if self._wal_fd is None:
             assert self._open_block is not None
-            segment = self.path / _SEGMENT.format(round(self._open_block * 1000.0))
+            segment = self.path / SEGMENT.format(round(self._open_block * 1000.0))
             self._wal_fd = os.open(segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             if segment not in self._segments:
                 self._segments.append(segment)
-        payload = ids.tobytes() + values.tobytes()
-        record = _WAL_HEADER.pack(len(ids), zlib.crc32(payload), t) + payload
         try:
-            os.write(self._wal_fd, record)
+            os.write(self._wal_fd, log_record(t, ids, values))
         except OSError as exc:
             raise TemporaryError(f"cannot write the metrics head log: {exc}", 5.0) from exc
         if time.monotonic() - self._synced_at >= self.sync_interval:
@@ -533,15 +404,8 @@ class SeriesStore:
     def _replay(self, segments: list[Path]) -> None:
         for segment in segments:
             data = segment.read_bytes()
-            offset = good = 0
-            while offset + _WAL_HEADER.size <= len(data):
-                count, crc, t = _WAL_HEADER.unpack_from(data, offset)
-                body = offset + _WAL_HEADER.size
-                end = body + count * 12
-                if end > len(data) or zlib.crc32(data[body:end]) != crc:
-                    break  # a torn tail: the crash interrupted this write
-                ids = array("I", data[body : body + count * 4])
-                values = array("d", data[body + count * 4 : end])
+            records, good = read_log(data)
+            for t, ids, values in records:
                 for ident, value in zip(ids, values, strict=True):
                     series = self._series.get(ident)
                     if series is not None and t > series.last_t:  # not yet in a chunk
@@ -550,7 +414,6 @@ class SeriesStore:
                 block = math.floor(t / self.block) * self.block
                 if self._open_block is None or block > self._open_block:
                     self._open_block = block
-                offset = good = end
             if good < len(data):
                 with open(segment, "r+b") as handle:
                     handle.truncate(good)
@@ -593,7 +456,7 @@ class SeriesStore:
             times, values = self._frozen.pop(ident)
             ms = np.round(np.frombuffer(times, dtype=np.float64) * 1000.0).astype(np.int64)
             floats = np.frombuffer(values, dtype=np.float64)
-            blob = _pack_raw(ms, floats)
+            blob = pack_raw(ms, floats)
             rows.append((ident, times[0], times[-1], len(ms), blob))
         # A series' sample times only grow, so (series, first) never repeats.
         self._db.executemany(
@@ -622,8 +485,8 @@ class SeriesStore:
         step_ms = round(self.step * 1000.0)
         window_ms = round(self.window * 1000.0)
         for rowid, ident, n, blob in sorted(aged, key=lambda row: (row[1], row[0])):
-            ms, values = _unpack_raw(blob, int(n))
-            buckets = _roll_up(ms, values, step_ms)
+            ms, values = unpack_raw(blob, int(n))
+            buckets = roll_up(ms, values, step_ms)
             windows = (buckets.ends() // step_ms * step_ms) // window_ms * window_ms
             for window in np.unique(windows):
                 part = buckets.take(windows == window)
@@ -650,14 +513,14 @@ class SeriesStore:
                 self._forget(series)
         self._db.commit()
 
-    def _merge_rollup(self, ident: int, window: float, new: _Buckets, step_ms: int) -> None:
+    def _merge_rollup(self, ident: int, window: float, new: Buckets, step_ms: int) -> None:
         row = self._db.execute(
             "SELECT n, data FROM rollup_chunks WHERE series_id = ? AND window = ?",
             (ident, window),
         ).fetchone()
         if row is not None:
-            old = _unpack_buckets(row[1], int(row[0]))
-            new = _concat_buckets(old, new, step_ms)
+            old = unpack_buckets(row[1], int(row[0]))
+            new = concat_buckets(old, new, step_ms)
         ends = new.ends()
         starts = np.where(new.cnt > 0, new.t, new.stale)
         self._db.execute(
@@ -669,16 +532,16 @@ class SeriesStore:
                 int(starts.min()) / 1000.0,
                 int(ends.max()) / 1000.0,
                 len(new),
-                _pack_buckets(new),
+                pack_buckets(new),
             ),
         )
 
     # -- internals: reading ----------------------------------------------------------------
 
-    def _read(self, series: _Series, lo: int, hi: int, field: Field) -> tuple[Ints, Floats]:
+    def _read(self, series: HeadSeries, lo: int, hi: int, field: Field) -> tuple[Ints, Floats]:
         memory = [self._frozen[series.id]] if series.id in self._frozen else []
         memory.append((series.times, series.values))
-        mem_t = [_ms_of(times) for times, _ in memory]
+        mem_t = [ms_of(times) for times, _ in memory]
         mem_v = [np.frombuffer(values, dtype=np.float64).copy() for _, values in memory]
         parts_t: list[Ints] = []
         parts_v: list[Floats] = []
@@ -690,7 +553,7 @@ class SeriesStore:
                 "ORDER BY first",
                 (series.id, lo / 1000.0, hi / 1000.0),
             ):
-                ms, values = _unpack_raw(blob, int(count))
+                ms, values = unpack_raw(blob, int(count))
                 parts_t.append(ms)
                 parts_v.append(values)
         parts_t += mem_t
@@ -712,7 +575,9 @@ class SeriesStore:
             return raw_t, raw_v
         return np.concatenate([roll_t, raw_t]), np.concatenate([roll_v, raw_v])
 
-    def _read_rollups(self, series: _Series, lo: int, hi: int, field: Field) -> tuple[Ints, Floats]:
+    def _read_rollups(
+        self, series: HeadSeries, lo: int, hi: int, field: Field
+    ) -> tuple[Ints, Floats]:
         times: list[Ints] = []
         values: list[Floats] = []
         for count, blob in self._db.execute(
@@ -720,127 +585,12 @@ class SeriesStore:
             "ORDER BY window",
             (series.id, lo / 1000.0, hi / 1000.0),
         ):
-            b = _unpack_buckets(blob, int(count))
-            real = b.cnt > 0
-            chosen = {"last": b.last, "min": b.mn, "max": b.mx, "sum": b.sm, "count": b.cnt}[field]
-            marked = b.stale > 0
-            t = np.concatenate([b.t[real], b.stale[marked]])
-            v = np.concatenate([chosen[real], np.full(int(marked.sum()), STALE)])
-            order = np.argsort(t, kind="stable")
-            times.append(t[order])
-            values.append(v[order])
+            t, v = bucket_points(unpack_buckets(blob, int(count)), field)
+            times.append(t)
+            values.append(v)
         if not times:
             return np.empty(0, np.int64), np.empty(0, np.float64)
         t = np.concatenate(times)
         v = np.concatenate(values)
         keep = (t >= lo) & (t <= hi)
         return t[keep], v[keep]
-
-
-# -- encoding ------------------------------------------------------------------------------
-
-
-def _ms_of(times: array[float]) -> Ints:
-    return np.round(np.frombuffer(times, dtype=np.float64) * 1000.0).astype(np.int64)
-
-
-def _pack(ints: Sequence[Ints], floats: Sequence[Floats]) -> bytes:
-    """Integers as deltas, floats XOR-ed with their predecessor, then byte-shuffled (the
-    1st bytes of every word, then the 2nd…) so that zlib sees long runs, then zlib."""
-    rows = [np.diff(i, prepend=np.int64(0)).astype("<i8").view("<u8") for i in ints]
-    for f in floats:
-        bits = f.astype("<f8").view("<u8")
-        xored = bits.copy()
-        xored[1:] ^= bits[:-1]
-        rows.append(xored)
-    words = np.vstack(rows) if rows[0].size else np.empty((len(rows), 0), "<u8")
-    k, n = words.shape
-    return zlib.compress(
-        words.view(np.uint8).reshape(k, n, 8).transpose(0, 2, 1).tobytes(), _ZLIB_LEVEL
-    )
-
-
-def _unpack(blob: bytes, n_ints: int, n_floats: int, n: int) -> tuple[Ints, Floats]:
-    """The inverse of ``_pack``: (n_ints, n) integers and (n_floats, n) floats."""
-    k = n_ints + n_floats
-    cube = np.frombuffer(zlib.decompress(blob), dtype=np.uint8, count=k * 8 * n)
-    words = np.ascontiguousarray(cube.reshape(k, 8, n).transpose(0, 2, 1)).view("<u8")
-    words = words.reshape(k, n)
-    ints = np.cumsum(words[:n_ints].view("<i8"), axis=1).astype(np.int64)
-    floats = np.bitwise_xor.accumulate(words[n_ints:], axis=1).view("<f8").astype(np.float64)
-    return ints, floats
-
-
-def _pack_raw(ms: Ints, values: Floats) -> bytes:
-    return _pack([ms], [values])
-
-
-def _unpack_raw(blob: bytes, n: int) -> tuple[Ints, Floats]:
-    ints, floats = _unpack(blob, 1, 1, n)
-    return ints[0], floats[0]
-
-
-def _pack_buckets(b: _Buckets) -> bytes:
-    return _pack([b.t, b.stale], [b.mn, b.mx, b.sm, b.cnt, b.last])
-
-
-def _unpack_buckets(blob: bytes, n: int) -> _Buckets:
-    ints, floats = _unpack(blob, 2, 5, n)
-    return _Buckets(ints[0], ints[1], *floats)
-
-
-def _roll_up(ms: Ints, values: Floats, step_ms: int) -> _Buckets:
-    """Aggregate raw samples (time ascending) into ``step_ms`` buckets."""
-    bucket = ms // step_ms
-    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
-    ends = np.r_[starts[1:], len(ms)]
-    ids = bucket[starts]
-    stale = stale_mask(values)
-    n = len(ids)
-    out = _Buckets(
-        t=np.zeros(n, np.int64),
-        stale=np.where(stale[ends - 1], ms[ends - 1], 0).astype(np.int64),
-        mn=np.full(n, np.nan),
-        mx=np.full(n, np.nan),
-        sm=np.full(n, np.nan),
-        cnt=np.zeros(n),
-        last=np.full(n, np.nan),
-    )
-    fresh = ~stale
-    if fresh.any():
-        f_ms, f_v, f_bucket = ms[fresh], values[fresh], bucket[fresh]
-        f_starts = np.flatnonzero(np.r_[True, f_bucket[1:] != f_bucket[:-1]])
-        f_ends = np.r_[f_starts[1:], len(f_ms)]
-        at = np.searchsorted(ids, f_bucket[f_starts])
-        out.t[at] = f_ms[f_ends - 1]
-        out.mn[at] = np.fmin.reduceat(f_v, f_starts)
-        out.mx[at] = np.fmax.reduceat(f_v, f_starts)
-        out.sm[at] = np.add.reduceat(f_v, f_starts)
-        out.cnt[at] = f_ends - f_starts
-        out.last[at] = f_v[f_ends - 1]
-    return out
-
-
-def _concat_buckets(old: _Buckets, new: _Buckets, step_ms: int) -> _Buckets:
-    """``old`` then ``new`` (whose samples are all later); a bucket both hold is merged."""
-    if len(old) and len(new) and old.ends()[-1] // step_ms == new.ends()[0] // step_ms:
-        a, b = old.take(-1), new.take(0)
-        a_sum = 0.0 if a.cnt == 0 else float(a.sm)
-        b_sum = 0.0 if b.cnt == 0 else float(b.sm)
-        both = a.cnt + b.cnt
-        merged = _Buckets(
-            t=np.array([b.t if b.cnt > 0 else a.t], np.int64),
-            stale=np.array([b.stale], np.int64),
-            mn=np.array([np.fmin(a.mn, b.mn)]),
-            mx=np.array([np.fmax(a.mx, b.mx)]),
-            sm=np.array([a_sum + b_sum if both > 0 else math.nan]),
-            cnt=np.array([both], np.float64),
-            last=np.array([b.last if b.cnt > 0 else a.last]),
-        )
-        old = _join(old.take(slice(0, -1)), merged)
-        new = new.take(slice(1, None))
-    return _join(old, new)
-
-
-def _join(a: _Buckets, b: _Buckets) -> _Buckets:
-    return _Buckets(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in _BUCKET_FIELDS))

@@ -1,4 +1,4 @@
-"""Scraping: Prometheus text exposition over HTTP, and process CPU and memory via psutil.
+"""Scraping: Prometheus text exposition over HTTP, parsed by :mod:`alwayson.metrics.exposition`.
 
 Every scrape yields, besides the target's own samples, ``up`` (1, or 0 on any failure),
 ``scrape_duration_seconds`` and ``scrape_samples_scraped``, all with the target's labels,
@@ -12,26 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import httpx
-import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
-from alwayson.observe.model import Sample
+from alwayson.metrics.exposition import ExpositionError, parse_exposition
+from alwayson.metrics.model import Sample
 from alwayson.util.clocks import Clock, SystemClock
-from alwayson.util.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
 ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
 MAX_BODY_BYTES = 16 * 1024 * 1024
-
-
-class ExpositionError(PermanentError):
-    """Text that is not in the Prometheus exposition format."""
 
 
 @dataclass
@@ -53,37 +46,6 @@ class TargetHealth:
     duration: float
     samples: int
     error: str | None
-
-
-def parse_exposition(text: str, extra: Mapping[str, str]) -> list[Sample]:
-    """Samples of a Prometheus text exposition, with the ``extra`` (target) labels added.
-
-    Sample names are kept whole (``x_total``, ``h_bucket``, ``h_sum``, ``s_count``…):
-    the parser's family names drop suffixes, the stored series must not.
-    """
-    try:
-        families = list(text_string_to_metric_families(text))
-    except (ValueError, TypeError, IndexError) as exc:
-        raise ExpositionError(f"not in the Prometheus text format: {exc}") from exc
-    out = []
-    for family in families:
-        for sample in family.samples:
-            labels = _with_target_labels(sample.labels, extra)
-            out.append(Sample(sample.name, labels, float(sample.value)))
-    return out
-
-
-def _with_target_labels(scraped: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
-    labels = {k: v for k, v in extra.items() if v != ""}
-    for name, value in scraped.items():
-        if value == "" or name == "__name__":
-            continue
-        if name in extra:
-            name = f"exported_{name}"
-            while name in extra or name in scraped:
-                name = f"exported_{name}"
-        labels[name] = value
-    return labels
 
 
 def _status_samples(target: Target, up: bool, duration: float, scraped: int) -> list[Sample]:
@@ -209,27 +171,3 @@ class Scraper:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-def process_samples(procs: Sequence[tuple[int, dict[str, str]]]) -> list[Sample]:
-    """CPU seconds (user + system) and resident memory of each pid, with its labels.
-
-    A pid that is gone (or not ours to read) yields nothing.
-    """
-    out = []
-    for pid, labels in procs:
-        try:
-            proc = psutil.Process(pid)
-            with proc.oneshot():
-                cpu = proc.cpu_times()
-                rss = proc.memory_info().rss
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    continue
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-        seconds = cpu.user + cpu.system
-        if not math.isfinite(seconds):
-            continue
-        out.append(Sample("alwayson_process_cpu_seconds_total", dict(labels), seconds))
-        out.append(Sample("alwayson_process_resident_memory_bytes", dict(labels), float(rss)))
-    return out

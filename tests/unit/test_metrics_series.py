@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alwayson.observe.model import Sample
-from alwayson.observe.series import STALE, Matcher, SeriesStore, is_stale
+from alwayson.metrics.model import STALE, Matcher, Sample, is_stale
+from alwayson.metrics.series import SeriesStore
 from alwayson.spec.observing import Retention
 
 T0 = 1_800_000_000.0  # a multiple of 60 s and of the 30-minute block

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alwayson.observe.model import Point, Sample
-from alwayson.observe.promql import QueryEngine, QueryError, _bucket_quantile, _bucket_quantiles
-from alwayson.observe.series import STALE, SeriesStore
+from alwayson.metrics.model import STALE, Point, Sample
+from alwayson.metrics.promql import QueryEngine, QueryError
+from alwayson.metrics.promql.quantiles import bucket_quantile, bucket_quantiles
+from alwayson.metrics.series import SeriesStore
 from alwayson.spec.observing import Retention
 
 T0 = 1_800_000_000.0
@@ -633,7 +634,7 @@ def test_the_vectorised_bucket_quantile_equals_prometheus_scalar_one(
     if not les:
         return
     cumulative = counts[: len(les)]  # not always monotonic: both must force it the same way
-    scalar = _bucket_quantile(phi, list(zip(les, cumulative, strict=True)))
+    scalar = bucket_quantile(phi, list(zip(les, cumulative, strict=True)))
     column = np.array(cumulative, dtype=np.float64).reshape(-1, 1)
-    vector = _bucket_quantiles(np.array([phi]), np.array(les), column)[0]
+    vector = bucket_quantiles(np.array([phi]), np.array(les), column)[0]
     assert (math.isnan(scalar) and math.isnan(vector)) or scalar == pytest.approx(vector)

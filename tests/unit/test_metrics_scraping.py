@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 
 import httpx
-import psutil
 import pytest
 
-from alwayson.observe.model import Sample
-from alwayson.observe.scraping import (
-    ExpositionError,
-    Scraper,
-    Target,
-    parse_exposition,
-    process_samples,
-    scrape,
-)
+from alwayson.metrics.exposition import ExpositionError, parse_exposition
+from alwayson.metrics.model import Sample
+from alwayson.metrics.scraping import Scraper, Target, scrape
 from alwayson.util.clocks import ManualClock
 
 TEXT = """\
@@ -187,22 +179,3 @@ async def test_the_scraper_owns_and_closes_its_client() -> None:
     async with Scraper() as scraper:
         client = scraper.client
     assert client.is_closed
-
-
-def a_pid_not_running() -> int:
-    for pid in range(4_000_000, 4_194_304):
-        if not psutil.pid_exists(pid):
-            return pid
-    raise AssertionError("no free pid")
-
-
-def test_process_samples_read_cpu_and_memory_and_skip_the_gone() -> None:
-    labels = {"instance": "controller", "kind": "keeper"}
-    samples = process_samples([(os.getpid(), labels), (a_pid_not_running(), {"instance": "x"})])
-    assert [s.name for s in samples] == [
-        "alwayson_process_cpu_seconds_total",
-        "alwayson_process_resident_memory_bytes",
-    ]
-    cpu, rss = samples
-    assert cpu.labels == labels and cpu.value > 0
-    assert rss.value > 1_000_000
