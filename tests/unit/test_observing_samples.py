@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
+
+from tests.unit.controlparts import Parts
+from tests.unit.controlparts import observatory as observatory_on
 
 from alwayson.control.observing import Observatory
 from alwayson.metrics.model import Sample
@@ -71,8 +73,7 @@ class FakeDatabases:
 
 def observatory(tmp_path: Path, backups: list[dict[str, Any]]) -> tuple[Observatory, Any]:
     spec = load_spec_text(SPEC, tmp_path / "alwayson.yaml", check_commands=False).spec
-    controller = SimpleNamespace(databases=FakeDatabases(backups))
-    return Observatory(controller, tmp_path), spec  # type: ignore[arg-type]
+    return observatory_on(Parts(spec), tmp_path, FakeDatabases(backups)), spec
 
 
 def by_name(samples: list[Sample]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -114,7 +115,7 @@ def test_without_a_verified_backup_the_clock_starts_when_first_seen(tmp_path: Pa
 def test_the_specs_retention_reaches_the_store_but_not_its_rollup_step(tmp_path: Path) -> None:
     text = SPEC + "metrics:\n  retention: {raw: 2h, rollup: 3d, rollup_step: 5m}\n"
     spec = load_spec_text(text, tmp_path / "alwayson.yaml", check_commands=False).spec
-    obs = Observatory(SimpleNamespace(databases=FakeDatabases([])), tmp_path)  # type: ignore[arg-type]
+    obs = observatory_on(Parts(spec), tmp_path)
     step = obs.series.retention.rollup_step
     obs._apply_retention(spec)
     assert (obs.series.retention.raw, obs.series.retention.rollup) == (7200.0, 3 * 86400.0)

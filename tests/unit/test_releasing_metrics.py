@@ -10,6 +10,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from tests.unit.controlparts import Parts
+from tests.unit.controlparts import observatory as observatory_on
 
 from alwayson.control.observing import Observatory
 from alwayson.control.releasing import ReleaseDriver
@@ -20,6 +22,8 @@ from alwayson.release.model import Release, Routing, Stage, Template
 from alwayson.runtime.base import Kind
 from alwayson.spec.loading import load_spec_text
 from alwayson.spec.models import ReleasePolicy
+from alwayson.store.memory import MemoryStore
+from alwayson.util.clocks import ManualClock
 from alwayson.util.errors import TemporaryError
 
 SPEC = """\
@@ -58,8 +62,8 @@ def instance_text(errors: int) -> str:
 class Rounds(Observatory):
     """The observe loop with a scripted round: each tick appends ``next_round`` at T0 + n."""
 
-    def __init__(self, controller: Any, state_dir: Path) -> None:
-        super().__init__(controller, state_dir)
+    def __init__(self, *ports: Any) -> None:
+        super().__init__(*ports)
         self.ticks: list[bool] = []
         self.next_round: list[Sample] = []
         self.fail: Exception | None = None
@@ -85,16 +89,12 @@ def status(ident: str, kind: Kind, ready: bool = True) -> Any:
     return SimpleNamespace(spec=SimpleNamespace(id=ident, kind=kind), ready=ready)
 
 
-def setup(tmp_path: Path) -> tuple[ReleaseDriver, Rounds, SimpleNamespace]:
+def setup(tmp_path: Path) -> tuple[ReleaseDriver, Rounds, Parts]:
     spec = load_spec_text(SPEC, tmp_path / "alwayson.yaml", check_commands=False).spec
-    controller = SimpleNamespace(
-        spec_or_none=lambda: spec,
-        runtime=SimpleNamespace(statuses=lambda: []),
-    )
-    observatory = Rounds(controller, tmp_path)
-    controller.observatory = observatory
-    driver = ReleaseDriver(controller, store=None)  # type: ignore[arg-type]
-    return driver, observatory, controller
+    parts = Parts(spec)
+    observatory = observatory_on(parts, tmp_path, cls=Rounds)
+    driver = ReleaseDriver(MemoryStore(), ManualClock(), parts, parts, parts, parts, observatory)
+    return driver, observatory, parts
 
 
 def release_with_checks(checks: list[str]) -> Release:
@@ -138,7 +138,7 @@ def test_refresh_waits_for_a_round_that_starts_after_it_asked(tmp_path: Path) ->
 
 def test_gateway_counters_come_from_the_store_per_ready_gateway(tmp_path: Path) -> None:
     driver, observatory, controller = setup(tmp_path)
-    controller.runtime.statuses = lambda: [
+    controller.statuses = [
         status("gw-jakarta", Kind.GATEWAY),
         status("gw-surabaya", Kind.GATEWAY),
         status("front", Kind.FRONTDOOR),

@@ -100,12 +100,24 @@ class Controller:
             before_start=self.applied.write_agent_config,
             address_free=address_free,
         )
-        self.releases = ReleaseDriver(self, store)
         self.databases = DatabaseOps(store, self.applied, clock)
         self.drills = DrillOps(
             store, self, self, self.applied, runtime, processes, state_dir, clock
         )
-        self.observatory = Observatory(self, state_dir)
+        self.observatory = Observatory(
+            store,
+            clock,
+            self,
+            runtime,
+            self,
+            self.tasks,
+            self,
+            self,
+            self.databases,
+            self.drills,
+            state_dir,
+        )
+        self.releases = ReleaseDriver(store, clock, self, self, self, self, self.observatory)
         self.observed_view = self.observatory.observed_view
         (state_dir / "run" / "handover").mkdir(parents=True, exist_ok=True)
 
@@ -118,11 +130,6 @@ class Controller:
         self, kind: str, subject: str, message: str, data: dict[str, Any] | None = None
     ) -> None:
         await self.store.append_event(Event(self.clock.wall(), kind, subject, message, data or {}))
-
-    def spawn(self, coro: Any) -> None:
-        self.tasks.spawn(coro)
-
-    spawn_background = spawn
 
     def spec_or_none(self) -> PlatformSpec | None:
         return self.applied.spec_or_none()
@@ -141,14 +148,6 @@ class Controller:
 
     def forget(self, instance_id: str) -> None:
         self.routes.forget(instance_id)
-
-    @property
-    def stopping(self) -> set[str]:
-        return self.instances.stopping
-
-    @property
-    def pushed(self) -> dict[str, Any]:
-        return self.routes.pushed
 
     # ------------------------------------------------------------ the snapshot
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
 from alwayson.control.ports import EventSink
 from alwayson.runtime.base import RuntimeEvent
+from alwayson.util.clocks import Clock
 from alwayson.util.errors import AlwaysonError
 
 log = logging.getLogger("alwayson.controller")
+T = TypeVar("T")
 
 
 class TaskOwner:
@@ -62,3 +64,23 @@ async def wait_for_work(
     if event.done() and not event.cancelled() and event.exception() is None:
         return event.result()
     return None
+
+
+async def wait_event(event: asyncio.Event, clock: Clock, seconds: float) -> bool:
+    """Wait for ``event`` at most ``seconds`` of ``clock``; whether it was set."""
+    return await first_of(event.wait(), clock, seconds) is not None
+
+
+async def first_of(awaitable: Awaitable[T], clock: Clock, seconds: float) -> T | None:
+    """``awaitable``'s result, or None when ``seconds`` of ``clock`` pass first (it is
+    then cancelled)."""
+    task = asyncio.ensure_future(awaitable)
+    timer = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        timer.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(timer, task, return_exceptions=True)
+    return task.result() if task.done() and not task.cancelled() else None

@@ -17,14 +17,14 @@ import functools
 import logging
 import math
 import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from alwayson.control.looping import first_of, wait_event
 from alwayson.data.settings import slot_name
 from alwayson.metrics.model import Point, Sample
-from alwayson.metrics.promql import QueryEngine, QueryError
+from alwayson.metrics.promql import QueryEngine, QueryError, Scoped
 from alwayson.metrics.scraping import Scraper, Target
 from alwayson.metrics.series import SeriesStore
 from alwayson.observe.alerting import AlertBook, Notification
@@ -39,7 +39,19 @@ from alwayson.spec.observing import Metrics
 from alwayson.util.errors import PermanentError, TemporaryError
 
 if TYPE_CHECKING:
-    from alwayson.control.controller import Controller
+    from alwayson.control.ports import (
+        DatabaseReports,
+        DrillHistory,
+        EventSink,
+        LabelFilter,
+        Scaler,
+        Spawner,
+        StateReader,
+        StatusView,
+    )
+    from alwayson.runtime.base import Runtime
+    from alwayson.store.base import StateStore
+    from alwayson.util.clocks import Clock
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +74,30 @@ PROCESS_KINDS = {
 class Observatory:
     """Owned by the controller; ``run`` is one of its background tasks."""
 
-    def __init__(self, controller: Controller, state_dir: Path) -> None:
-        self.controller = controller
+    def __init__(
+        self,
+        store: StateStore,
+        clock: Clock,
+        view: StateReader,
+        runtime: Runtime,
+        events: EventSink,
+        spawner: Spawner,
+        scaler: Scaler,
+        statuses: StatusView,
+        databases: DatabaseReports,
+        drills: DrillHistory,
+        state_dir: Path,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.view = view
+        self.runtime = runtime
+        self.events = events
+        self.spawner = spawner
+        self.scaler = scaler
+        self.statuses = statuses
+        self.databases = databases
+        self.drills = drills
         self.state_dir = state_dir
         self.settings = Metrics()
         self.series = SeriesStore(state_dir / "metrics", self.settings.retention)
@@ -90,13 +124,13 @@ class Observatory:
     # ------------------------------------------------------------ lifecycle
 
     async def load(self) -> None:
-        found = await self.controller.store.get(ALERTS_KEY)
+        found = await self.store.get(ALERTS_KEY)
         if found is not None:
             self.book = AlertBook.from_json(found.value)
-        found = await self.controller.store.get(DELIVERIES_KEY)
+        found = await self.store.get(DELIVERIES_KEY)
         if found is not None:
             self.deliveries = list(found.value.get("attempts", []))
-        found = await self.controller.store.get(SCALING_KEY)
+        found = await self.store.get(SCALING_KEY)
         self._scaling_state: dict[str, Any] = dict(found.value) if found else {}
 
     def poke(self) -> None:
@@ -114,20 +148,20 @@ class Observatory:
         waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._poke.set()
-        spec = self.controller.spec_or_none()
+        spec = self.view.spec_or_none()
         bound = (spec.metrics.scrape_timeout if spec else self.settings.scrape_timeout) + 10.0
         try:
-            async with asyncio.timeout(bound):
-                return await waiter
-        except TimeoutError:
-            raise TemporaryError(f"no metrics round within {bound:g}s", 1.0) from None
+            at = await first_of(asyncio.shield(waiter), self.clock, bound)
+            if at is None:
+                raise TemporaryError(f"no metrics round within {bound:g}s", 1.0)
+            return at
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
     async def run(self) -> None:
         while True:
-            spec = self.controller.spec_or_none()
+            spec = self.view.spec_or_none()
             interval = spec.metrics.scrape_interval if spec else self.settings.scrape_interval
             # What was asked before this round starts is served by it; a poke or a refresh
             # during the round asks for the next one.
@@ -144,9 +178,7 @@ class Observatory:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(failure)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._poke.wait()
+            await wait_event(self._poke, self.clock, interval)
 
     async def close(self) -> None:
         await self.dispatcher.close()
@@ -164,7 +196,7 @@ class Observatory:
         next due. ``waiters`` (callers of ``refresh``) learn that time as soon as the
         samples are stored, before rules and autoscaling (which may wait for the
         controller's lock that a waiter holds)."""
-        now = time.time()
+        now = self.clock.wall()
         self._apply_retention(spec)
         samples = await self.collect(spec, now)
         self.series.append(samples, now)
@@ -205,8 +237,8 @@ class Observatory:
     def targets(self, spec: PlatformSpec) -> list[Target]:
         """Everything that should run (so a dead instance scrapes as ``up 0``), and what
         runs without being desired (still draining)."""
-        specs = {i.id: i for i in self.controller.desired().values()}
-        for status in self.controller.runtime.statuses():
+        specs = dict(self.view.state().desired)
+        for status in self.runtime.statuses():
             specs.setdefault(status.spec.id, status.spec)
         out = []
         for inst in specs.values():
@@ -241,9 +273,9 @@ class Observatory:
 
     def _process_samples(self) -> list[Sample]:
         """CPU seconds and resident memory of every platform process, from the runtime."""
-        usage = self.controller.runtime.usage()
+        usage = self.runtime.usage()
         out = []
-        for status in self.controller.runtime.statuses():
+        for status in self.runtime.statuses():
             inst = status.spec
             used = usage.get(inst.id)
             if used is None or inst.kind not in PROCESS_KINDS:
@@ -264,7 +296,7 @@ class Observatory:
         return out
 
     def _platform_samples(self, spec: PlatformSpec, scraped: list[Sample]) -> list[Sample]:
-        view = self.controller.status()
+        view = self.statuses.status()
         out: list[Sample] = []
         counts: dict[tuple[str, str], int] = {}
         for row in view["instances"]:
@@ -310,7 +342,7 @@ class Observatory:
         if not spec.databases:
             return []
         out: list[Sample] = []
-        for db in await self.controller.databases.status():
+        for db in await self.databases.status():
             name = db["name"]
             for report in db["sites"]:
                 site = str(report.get("site"))
@@ -338,7 +370,7 @@ class Observatory:
                             "alwayson_db_replication_lag_seconds", lag, float(row["lag_seconds"])
                         )
                     )
-            backups = await self.controller.databases.backups(name)
+            backups = await self.databases.backups(name)
             labels = {"db": name}
             finished = [float(b["finished_at"]) for b in backups if b.get("finished_at")]
             verified = [
@@ -352,7 +384,7 @@ class Observatory:
                 )
             # Until a first verified backup, count from when this controller first saw the
             # database, so BackupTooOld fires backup_max_age after that, not at once.
-            first_seen = self._first_seen.setdefault(name, time.time())
+            first_seen = self._first_seen.setdefault(name, self.clock.wall())
             out.append(
                 Sample(
                     "alwayson_db_last_verified_backup_timestamp_seconds",
@@ -366,6 +398,13 @@ class Observatory:
 
     # ------------------------------------------------------------ alerts
 
+    def last_round(self) -> float | None:
+        at = self.last_scrape.get("at")
+        return float(at) if at is not None else None
+
+    def engine_for(self, keep: LabelFilter) -> QueryEngine:
+        return QueryEngine(Scoped(self.series, keep), self.engine.lookback)
+
     def query(self, expr: str, at: float) -> list[Point]:
         got = self.engine.instant(expr, at)
         if isinstance(got, float):
@@ -376,7 +415,7 @@ class Observatory:
         return all_rules(spec.alerts, bool(spec.databases))
 
     async def save(self) -> None:
-        await self.controller.store.put(ALERTS_KEY, self.book.to_json())
+        await self.store.put(ALERTS_KEY, self.book.to_json())
 
     async def evaluate(self, spec: PlatformSpec, now: float) -> None:
         changes = self.book.evaluate(self.rules(spec), self.query, now)
@@ -384,7 +423,7 @@ class Observatory:
             log.info("alert %s", change)
             if change.state in ("pending", "inactive"):
                 continue
-            await self.controller.record_event(
+            await self.events.record_event(
                 f"alert-{change.state}",
                 change.name,
                 change.summary or str(change),
@@ -405,9 +444,7 @@ class Observatory:
     def _attempted(self, attempt: dict[str, Any]) -> None:
         self.deliveries.append(attempt)
         del self.deliveries[:-KEEP_DELIVERIES]
-        self.controller.spawn_background(
-            self.controller.store.put(DELIVERIES_KEY, {"attempts": self.deliveries})
-        )
+        self.spawner.spawn(self.store.put(DELIVERIES_KEY, {"attempts": self.deliveries}))
 
     # ------------------------------------------------------------ autoscaling
 
@@ -424,10 +461,10 @@ class Observatory:
         return {name: self._metric(expr, at) for name, expr in queries.items()}
 
     async def autoscale(self, spec: PlatformSpec, now: float) -> None:
-        view = self.controller.status()
+        view = self.statuses.status()
         for svc in spec.services:
             settings = svc.autoscale
-            if settings is None or self.controller.releases.running(svc.name) is not None:
+            if settings is None or self.view.state().running_release(svc.name) is not None:
                 continue
             for site in spec.workload_sites:
                 key = (svc.name, site.name)
@@ -455,8 +492,8 @@ class Observatory:
                 decision = scaler.decide(current, ready, metrics, now)
                 await self._record(svc.name, site.name, decision, now)
                 if decision.desired != current:
-                    await self.controller.autoscale(svc.name, site.name, decision.desired)
-        await self.controller.store.put(
+                    await self.scaler.autoscale(svc.name, site.name, decision.desired)
+        await self.store.put(
             SCALING_KEY, {f"{s}@{site}": a.to_json() for (s, site), a in self.autoscalers.items()}
         )
 
@@ -468,20 +505,20 @@ class Observatory:
             return
         self._recorded[key] = now
         entry = {**decision.to_json(), "service": service, "site": site, "at": now}
-        await self.controller.store.put(f"{DECISION_PREFIX}{now:017.3f}-{service}-{site}", entry)
+        await self.store.put(f"{DECISION_PREFIX}{now:017.3f}-{service}-{site}", entry)
 
     async def history(self, service: str | None, limit: int) -> list[dict[str, Any]]:
-        found = await self.controller.store.list_prefix(DECISION_PREFIX, limit=100_000)
+        found = await self.store.list_prefix(DECISION_PREFIX, limit=100_000)
         rows = [v.value for _, v in found if service in (None, v.value.get("service"))]
         return rows[-limit:]
 
     # ------------------------------------------------------------ reports
 
     async def report(self, kind: Literal["utilisation", "health"], since: float) -> Report:
-        spec = self.controller.spec()
-        end = time.time()
+        spec = self.view.spec()
+        end = self.clock.wall()
         start = end - since
-        events = await self.controller.store.list_events(10_000, None)
+        events = await self.store.list_events(10_000, None)
         fired = [e.__dict__ for e in events if e.kind == "alert-firing" and start <= e.at <= end]
         return await asyncio.to_thread(
             build_report,
@@ -501,13 +538,13 @@ class Observatory:
     # ------------------------------------------------------------ views
 
     def alerts(self, now: float | None = None) -> list[dict[str, Any]]:
-        return self.book.alerts(now if now is not None else time.time())
+        return self.book.alerts(now if now is not None else self.clock.wall())
 
     def silence(self, matchers: dict[str, str], ends_at: float, comment: str, who: str) -> Any:
-        return self.book.add_silence(matchers, ends_at, comment, who, time.time())
+        return self.book.add_silence(matchers, ends_at, comment, who, self.clock.wall())
 
     def expire(self, ident: str) -> Any:
-        return self.book.expire_silence(ident, time.time())
+        return self.book.expire_silence(ident, self.clock.wall())
 
     def exposition(self, now: float) -> str:
         """The newest value of every series, in Prometheus text format (for federation)."""
@@ -530,11 +567,11 @@ class Observatory:
     def observed_view(self) -> dict[str, Any]:
         """What the dashboard shows from monitoring: traffic (measured at the last scrape),
         alerts, drills."""
-        now = time.time()
+        now = self.clock.wall()
         return {
             "traffic": self._traffic,
             "alerts": [a for a in self.alerts(now) if a.get("state") in ("firing", "pending")],
-            "drills": self.controller.drills.recent(),
+            "drills": self.drills.recent(),
             "scrape": self.last_scrape,
         }
 

@@ -7,13 +7,17 @@ wants changed in the shared state it returns as an intent that the controller ap
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from alwayson.control.state import PlatformState
+    from alwayson.metrics.model import Point
+    from alwayson.metrics.promql import QueryEngine
     from alwayson.spec.models import PlatformSpec
+
+LabelFilter = Callable[[str, Mapping[str, str]], bool]
 
 
 class EventSink(Protocol):
@@ -64,3 +68,51 @@ class Publisher(Protocol):
     def forget(self, instance_id: str) -> None:
         """``instance_id``'s process changed: push its next table whatever it held."""
         ...
+
+
+class Saver(Protocol):
+    """Persists the desired state (spec, drift, release versions) in one write."""
+
+    async def save_state(self) -> None: ...
+
+
+class Figures(Protocol):
+    """What the observe loop scraped into the metrics store, and a fresh round on demand."""
+
+    async def refresh(self) -> float:
+        """Scrape now; the time of that round once it is in the store."""
+        ...
+
+    def last_round(self) -> float | None:
+        """When the last round was stored (None: none yet)."""
+        ...
+
+    def query(self, expr: str, at: float) -> list[Point]: ...
+
+    def engine_for(self, keep: LabelFilter) -> QueryEngine:
+        """A PromQL engine over only the series ``keep`` accepts (name, labels)."""
+        ...
+
+
+class StatusView(Protocol):
+    """What ``alwayson status`` shows (``statuses.status_view`` of the latest snapshot)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class Scaler(Protocol):
+    """Takes the autoscaler's decision for one service in one site."""
+
+    async def autoscale(self, service: str, site: str, replicas: int) -> None: ...
+
+
+class DatabaseReports(Protocol):
+    """What the site agents last reported of each database, and its backups."""
+
+    async def status(self) -> list[dict[str, Any]]: ...
+
+    async def backups(self, db: str) -> list[dict[str, Any]]: ...
+
+
+class DrillHistory(Protocol):
+    def recent(self) -> list[dict[str, Any]]: ...

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from alwayson.control.desired import Variant
 from alwayson.control.routing import Split
 from alwayson.metrics.model import Sample
-from alwayson.metrics.promql import QueryEngine, QueryError, Scoped
+from alwayson.metrics.promql import QueryError
 from alwayson.release.checks import CheckResult, judge
 from alwayson.release.figures import (
     DURATION,
@@ -50,7 +50,9 @@ from alwayson.store.base import StateStore
 from alwayson.util.errors import AlwaysonError, ConflictError, NotFoundError, PermanentError
 
 if TYPE_CHECKING:
-    from alwayson.control.controller import Controller
+    from alwayson.control.ports import EventSink, Figures, Saver, StateReader, Waker
+    from alwayson.control.state import PlatformState
+    from alwayson.util.clocks import Clock
 
 log = logging.getLogger("alwayson.releases")
 
@@ -71,9 +73,23 @@ def history_key(service: str) -> str:
 
 
 class ReleaseDriver:
-    def __init__(self, controller: Controller, store: StateStore) -> None:
-        self.controller = controller
+    def __init__(
+        self,
+        store: StateStore,
+        clock: Clock,
+        view: StateReader,
+        events: EventSink,
+        waker: Waker,
+        saver: Saver,
+        figures: Figures,
+    ) -> None:
         self.store = store
+        self.clock = clock
+        self.view = view
+        self.events = events
+        self.waker = waker
+        self.saver = saver
+        self.figures = figures
         self.active: dict[str, Release] = {}
         self.stored_version: dict[str, int] = {}
         self.next_id: dict[str, int] = {}
@@ -218,7 +234,7 @@ class ReleaseDriver:
             raise PermanentError(
                 f"{service} already runs version {version} with `{run}`; nothing to release"
             )
-        check_command(run, folder or self.controller.spec_folder(), service)
+        check_command(run, folder or self.view.spec_folder(), service)
         policy = policy or svc.release
         for index, check in enumerate(policy.analysis.checks):
             why = check_expr_problem(check)
@@ -260,7 +276,7 @@ class ReleaseDriver:
         # The baseline is the observe loop's last round, not a fresh one: this runs under the
         # controller's lock, which that loop's autoscaler may be waiting for.
         samples = self._last_samples()
-        release = start(release, self.controller.clock.wall(), samples)
+        release = start(release, self.clock.wall(), samples)
         self.next_id[release.service] = release.id
         self.stored_version.pop(release.service, None)
         existing = await self.store.get(record_key(release.service))
@@ -270,8 +286,8 @@ class ReleaseDriver:
         self.failures.pop(release.service, None)
         await self._store(release)
         await self._save_index()
-        await self.controller.record_event("release-started", release.service, release.summary())
-        self.controller.wake()
+        await self.events.record_event("release-started", release.service, release.summary())
+        self.waker.wake()
         return release
 
     # ------------------------------------------------------------ commands
@@ -294,13 +310,13 @@ class ReleaseDriver:
         release = self._must_run(service)
         if release.phase is Phase.ROLLING_BACK:
             raise PermanentError(f"already rolling back: {release.summary()}")
-        spec = self.controller.spec()
-        updated = abort(release, self.controller.clock.wall(), self._replicas(spec, service), actor)
+        spec = self.view.spec()
+        updated = abort(release, self.clock.wall(), self._replicas(spec, service), actor)
         await self._commit(updated)
         return updated
 
     def _must_run(self, service: str) -> Release:
-        spec = self.controller.spec()
+        spec = self.view.spec()
         _find(spec, service)
         release = self.running(service)
         if release is None:
@@ -310,10 +326,10 @@ class ReleaseDriver:
     async def _commit(self, release: Release) -> None:
         await self._store(release)
         self.active[release.service] = release
-        self.controller.wake()
+        self.waker.wake()
 
     async def history(self, service: str | None) -> list[dict[str, Any]]:
-        spec = self.controller.spec()
+        spec = self.view.spec()
         names = [service] if service else [s.name for s in spec.services]
         if service:
             _find(spec, service)
@@ -331,7 +347,7 @@ class ReleaseDriver:
     async def rollback_target(self, service: str, to: str | None) -> tuple[str, str]:
         """The (version, run) a `release rollback` goes back to, from the history."""
         items = [r for r in await self.history(service) if r["service"] == service]
-        svc = _find(self.controller.spec(), service)
+        svc = _find(self.view.spec(), service)
         current = self.effective(svc)
         for item in reversed(items):
             for side in ("stable", "candidate"):
@@ -358,7 +374,7 @@ class ReleaseDriver:
         if not running:
             return
         at, samples = await self.scrape()
-        spec = self.controller.spec()
+        spec = self.view.spec()
         for release in running:
             checks = self._checks(release, at)
             outcome = advance(
@@ -374,9 +390,9 @@ class ReleaseDriver:
             self.active[release.service] = updated
             for note in outcome.notes:
                 log.info("%s: %s", release.service, note)
-                await self.controller.record_event("release", release.service, note)
+                await self.events.record_event("release", release.service, note)
             if (updated.stage, updated.phase) != (release.stage, release.phase):
-                self.controller.wake()
+                self.waker.wake()
             if not updated.phase.active:
                 await self._finish(updated)
 
@@ -385,14 +401,14 @@ class ReleaseDriver:
         service = release.service
         if release.phase is Phase.SUCCEEDED:
             self.colors[service] = release.candidate.color
-            spec = self.controller.spec_or_none()
+            spec = self.view.spec_or_none()
             svc = next((s for s in spec.services if s.name == service), None) if spec else None
             pair = (release.candidate.label, release.candidate.run)
             if svc is not None and pair == (svc.version, svc.run):
                 self.versions.pop(service, None)
             else:
                 self.versions[service] = pair
-        await self.controller.save_state()
+        await self.saver.save_state()
         record = await self.store.get(history_key(service))
         items = list(record.value.get("items", [])) if record else []
         if not any(i.get("id") == release.id for i in items):
@@ -400,11 +416,11 @@ class ReleaseDriver:
         await self.store.put(history_key(service), {"items": items[-HISTORY_KEEP:]})
         self.active.pop(service, None)
         await self._save_index()
-        await self.controller.record_event("release-ended", service, release.summary())
-        self.controller.wake()
+        await self.events.record_event("release-ended", service, release.summary())
+        self.waker.wake()
 
     def _replicas(self, spec: PlatformSpec, service: str) -> dict[str, int]:
-        overrides = self.controller.counts()
+        overrides = dict(self.view.state().counts)
         return {
             s.name: effective_replicas(spec, overrides, service, s.name)
             for s in spec.workload_sites
@@ -428,8 +444,7 @@ class ReleaseDriver:
                 and labels.get("version") == candidate
             )
 
-        observatory = self.controller.observatory
-        engine = QueryEngine(Scoped(observatory.series, in_view), observatory.engine.lookback)
+        engine = self.figures.engine_for(in_view)
         results: list[CheckResult | tuple[bool, str]] = []
         for check in checks:
             try:
@@ -446,16 +461,16 @@ class ReleaseDriver:
         samples: dict[str, GatewaySample] | None,
         checks: list[CheckResult | tuple[bool, str]],
     ) -> Observation:
-        controller = self.controller
+        state = self.view.state()
         sites: dict[str, dict[str, Any]] = {}
-        for status in controller.runtime.statuses():
+        for status in state.statuses:
             spec = status.spec
             if spec.kind is not Kind.WORKLOAD or spec.service != release.service:
                 continue
             if status.phase is RunPhase.EXITED:
                 continue
             view = sites.setdefault(spec.site, {"sr": 0, "s": 0, "c": 0, "since": []})
-            routed = status.ready and spec.id not in controller.stopping
+            routed = status.ready and spec.id not in state.stopping
             if spec.version == release.candidate.label:
                 view["c"] += 1
                 if routed and status.ready_since is not None:
@@ -470,21 +485,20 @@ class ReleaseDriver:
             if at >= release.stage_started_at
         ]
         return Observation(
-            now=controller.clock.wall(),
+            now=self.clock.wall(),
             sites={
                 site: SiteView(v["sr"], v["s"], v["c"], tuple(v["since"]))
                 for site, v in sites.items()
             },
             candidate_failures=failures,
-            candidate_routed=self._candidate_routed(release),
+            candidate_routed=self._candidate_routed(release, state),
             samples=samples,
             check_results=checks,
         )
 
-    def _candidate_routed(self, release: Release) -> bool:
-        desired = self.controller.desired()
-        for ident, table in self.controller.pushed.items():
-            inst = desired.get(ident)
+    def _candidate_routed(self, release: Release, state: PlatformState) -> bool:
+        for ident, table in state.pushed.items():
+            inst = state.desired.get(ident)
             if inst is None or inst.kind is not Kind.GATEWAY:
                 continue
             for route in table.get("routes", []):
@@ -501,7 +515,7 @@ class ReleaseDriver:
         """A fresh round of the observe loop, and every ready site gateway's counters in it
         (None when one was not read). The round's time comes first (None: no round)."""
         try:
-            at = await self.controller.observatory.refresh()
+            at = await self.figures.refresh()
         except AlwaysonError as exc:
             log.warning("gateway metrics not read: %s", exc)
             return None, None
@@ -509,15 +523,12 @@ class ReleaseDriver:
 
     def _gateway_samples(self, at: float) -> dict[str, GatewaySample] | None:
         """The counters of every ready site gateway as the store holds them at ``at``."""
-        observatory = self.controller.observatory
         gateways = [
-            s.spec.id
-            for s in self.controller.runtime.statuses()
-            if s.spec.kind is Kind.GATEWAY and s.ready
+            s.spec.id for s in self.view.state().statuses if s.spec.kind is Kind.GATEWAY and s.ready
         ]
         try:
-            up = {p.labels.get("instance"): p.value for p in observatory.query(_UP, at)}
-            found = observatory.query(GATEWAY_SERIES, at)
+            up = {p.labels.get("instance"): p.value for p in self.figures.query(_UP, at)}
+            found = self.figures.query(GATEWAY_SERIES, at)
         except QueryError as exc:
             log.warning("gateway metrics not read: %s", exc)
             return None
@@ -533,8 +544,8 @@ class ReleaseDriver:
         return {g: gateway_sample(samples) for g, samples in by_gateway.items()}
 
     def _last_samples(self) -> dict[str, GatewaySample] | None:
-        at = self.controller.observatory.last_scrape.get("at")
-        return self._gateway_samples(float(at)) if at is not None else None
+        at = self.figures.last_round()
+        return self._gateway_samples(at) if at is not None else None
 
     async def live_totals(self, release: Release) -> dict[str, Any]:
         """The release's totals so far, from the observe loop's last round (no new one)."""
