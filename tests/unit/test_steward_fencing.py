@@ -72,6 +72,8 @@ class FakeKeeper:
             self.current = leases.renew(self.current, site, epoch, ttl, now, synchronous, sync)
         elif op == "acquire":
             self.current = leases.acquire(self.current, site, ttl, now, synchronous)
+        elif op == "handover":
+            self.current = leases.hand_over(self.current, site, epoch, to or "", ttl, now, fault_at)
         elif op == "release":
             self.current = leases.release(self.current, site, epoch, now, why, fault_at)
         else:
