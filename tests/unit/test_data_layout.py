@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from alwayson.data import backups
+from alwayson.data import archives
 from alwayson.data.engines import Identity
 from alwayson.data.layout import (
     AgentConfig,
@@ -420,10 +420,10 @@ def test_retention_keeps_the_newest_by_count_and_age_and_always_the_newest(
     cfg = repo_config(spec, state_dir, "west", retention_count=2, retention_age=100.0)
     found = [{"id": f"b{i}", "finished_at": at} for i, at in enumerate([10.0, 500.0, 520.0])]
 
-    assert [b["id"] for b in backups.kept(cfg, found, now=550.0)] == ["b1", "b2"]
-    assert [b["id"] for b in backups.kept(cfg, found, now=610.0)] == ["b2"]
-    assert [b["id"] for b in backups.kept(cfg, found, now=9999.0)] == ["b2"]
-    assert backups.kept(cfg, [], now=1.0) == []
+    assert [b["id"] for b in archives.kept(cfg, found, now=550.0)] == ["b1", "b2"]
+    assert [b["id"] for b in archives.kept(cfg, found, now=610.0)] == ["b2"]
+    assert [b["id"] for b in archives.kept(cfg, found, now=9999.0)] == ["b2"]
+    assert archives.kept(cfg, [], now=1.0) == []
 
 
 def test_retain_removes_old_backups_and_the_wal_only_they_needed(
@@ -435,7 +435,7 @@ def test_retain_removes_old_backups_and_the_wal_only_they_needed(
     put_backup(cfg, "b3", 3.0, segment(8))
     put_wal(cfg, segment(2), segment(4), segment(5), segment(9), "00000002.history")
 
-    removed = backups.retain(cfg, now=4.0)
+    removed = archives.retain(cfg, now=4.0)
 
     assert [b["id"] for b in removed] == ["b1"]
     assert listing(cfg, "base") == ["b2", "b3"]
@@ -454,19 +454,19 @@ def test_mirroring_copies_what_the_other_site_lacks_only_while_the_link_is_up(
     partitions = Partitions(cuts)
     partitions.refresh()
 
-    assert backups.mirror(west, partitions, NOBODY) == 0
+    assert archives.mirror(west, partitions, NOBODY, time.time()) == 0
     assert listing(east, "base") == [] and listing(east, "wal") == []
 
     write_partitions(cuts, [])
     partitions.refresh()
-    assert backups.mirror(west, partitions, NOBODY) == 3
+    assert archives.mirror(west, partitions, NOBODY, time.time()) == 3
     assert listing(east, "base") == ["b1"]
     assert listing(east, "wal") == [segment(3), segment(4)]
-    assert backups.mirror(west, partitions, NOBODY) == 0
+    assert archives.mirror(west, partitions, NOBODY, time.time()) == 0
     # A copy that lost the race to another copier leaves nothing behind.
     taken = Path(east.repo_dir) / "wal" / segment(9)
     taken.write_text("already here")
-    assert not backups._copy_in(lambda tmp: tmp.write_text("late"), taken, NOBODY)
+    assert not archives.copy_in(lambda tmp: tmp.write_text("late"), taken, NOBODY)
     assert taken.read_text() == "already here"
     assert listing(east, "wal") == [segment(3), segment(4), segment(9)]
 
@@ -484,7 +484,7 @@ def test_mirroring_never_brings_back_a_backup_the_other_site_dropped(
     put_wal(west, segment(2), segment(8))
     partitions = Partitions(state_dir / "partitions.json")
 
-    backups.mirror(west, partitions, NOBODY)
+    archives.mirror(west, partitions, NOBODY, time.time())
 
     assert listing(east, "base") == ["b2", "b3"]
     assert listing(east, "wal") == [segment(8)]
@@ -497,13 +497,14 @@ def test_a_backups_record_follows_from_the_site_that_made_it(
     east = repo_config(spec, state_dir, "east")
     put_backup(west, "b1", time.time(), segment(3))
     partitions = Partitions(state_dir / "partitions.json")
-    backups.mirror(west, partitions, NOBODY)
+    archives.mirror(west, partitions, NOBODY, time.time())
     record_path = Path(west.repo_dir) / "base" / "b1" / "alwayson-backup.json"
     verified = {**json.loads(record_path.read_text()), "verified": True}
     record_path.write_text(json.dumps(verified))
 
-    backups.mirror(west, partitions, NOBODY)
-    backups.mirror(east, partitions, NOBODY)  # east did not make it: it never writes back
+    archives.mirror(west, partitions, NOBODY, time.time())
+    # east did not make it: it never writes back
+    archives.mirror(east, partitions, NOBODY, time.time())
 
     mirrored = Path(east.repo_dir) / "base" / "b1" / "alwayson-backup.json"
     assert json.loads(mirrored.read_text())["verified"] is True

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from alwayson.data.failovers import fault_of, lease_free_at
 from alwayson.data.leases import (
     Lease,
     LeaseRefused,
@@ -25,7 +26,6 @@ from alwayson.data.leases import (
     renew,
     revoke,
 )
-from alwayson.data.stewarding import fault_of, lease_free_at
 from alwayson.spec.models import LeaseSettings
 
 TTL = 6.0

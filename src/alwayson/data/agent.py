@@ -31,13 +31,14 @@ import uvicorn
 from croniter import croniter
 from fastapi import FastAPI
 
-from alwayson.data import backups
+from alwayson.data import archives, backups
 from alwayson.data.client import KeeperClient
 from alwayson.data.engines import Engine, Identity, find_binaries
 from alwayson.data.layout import AgentConfig
 from alwayson.data.links import Relay, Target, sweep_forever
 from alwayson.data.stewarding import Role, Steward
 from alwayson.util.addresses import split_hostport
+from alwayson.util.clocks import Clock, SystemClock
 from alwayson.util.errors import AlwaysonError
 from alwayson.util.sitelinks import Partitions
 
@@ -45,6 +46,7 @@ log = logging.getLogger("alwayson.agent")
 
 ENDPOINT_HOLD = 10.0
 MIRROR_INTERVAL = 1.0
+SCHEDULE_POLL = 1.0
 
 
 def fixed(target: Target) -> Callable[[], Target]:
@@ -66,8 +68,9 @@ def build_app(agent: Agent) -> FastAPI:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, clock: Clock) -> None:
         self.cfg = cfg
+        self.clock = clock
         token = Path(cfg.token_file).read_text().strip()
         self.keeper = KeeperClient(cfg.keeper, token)
         self.partitions = Partitions(Path(cfg.partitions_file))
@@ -85,6 +88,7 @@ class Agent:
                     link.listen,
                     fixed(Target(link.target, link.peer)),
                     self.partitions,
+                    clock=clock,
                 )
             )
         for db in cfg.databases:
@@ -93,8 +97,9 @@ class Agent:
                 ident,
                 db.superuser_password,
                 self.log_dir / f"{db.name}@{db.site}.tools.log",
+                clock,
             )
-            steward = Steward(db, self.keeper, engine, self.partitions, self.log_dir)
+            steward = Steward(db, self.keeper, engine, self.partitions, self.log_dir, clock)
             self.stewards.append(steward)
             self.relays.append(
                 Relay(
@@ -104,9 +109,10 @@ class Agent:
                     steward.endpoint_target,
                     self.partitions,
                     hold=ENDPOINT_HOLD,
+                    clock=clock,
                 )
             )
-        self.started = time.time()
+        self.started = clock.wall()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -139,7 +145,7 @@ class Agent:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
         tasks = [
-            asyncio.create_task(sweep_forever(self.relays, self.partitions)),
+            asyncio.create_task(sweep_forever(self.relays, self.partitions, self.clock)),
             asyncio.create_task(self._mirroring()),
             asyncio.create_task(self._scheduling()),
             *[asyncio.create_task(s.run()) for s in self.stewards],
@@ -167,32 +173,38 @@ class Agent:
         while True:
             for steward in self.stewards:
                 try:
-                    removed = await asyncio.to_thread(backups.retain, steward.cfg)
+                    removed = await asyncio.to_thread(
+                        archives.retain, steward.cfg, self.clock.wall()
+                    )
                     await backups.forget(steward, removed)
                     await asyncio.to_thread(
-                        backups.mirror, steward.cfg, self.partitions, steward.engine.ident
+                        archives.mirror,
+                        steward.cfg,
+                        self.partitions,
+                        steward.engine.ident,
+                        self.clock.wall(),
                     )
                 except OSError as exc:
                     log.warning("%s: mirroring backups: %s", steward.name, exc)
-            await asyncio.sleep(MIRROR_INTERVAL)
+            await self.clock.sleep(MIRROR_INTERVAL)
+
+    def _next_backup(self, schedule: str) -> float:
+        return float(croniter(schedule, self.clock.wall()).get_next(float))
 
     async def _scheduling(self) -> None:
         """Scheduled base backups (then verified) by whichever site is primary."""
         due: dict[str, float] = {}
         for steward in self.stewards:
             if steward.cfg.backup_schedule:
-                due[steward.name] = croniter(steward.cfg.backup_schedule, time.time()).get_next(
-                    float
-                )
+                due[steward.name] = self._next_backup(steward.cfg.backup_schedule)
         while True:
-            await asyncio.sleep(1.0)
+            await self.clock.sleep(SCHEDULE_POLL)
             for steward in self.stewards:
                 when = due.get(steward.name)
-                if when is None or time.time() < when or steward.cfg.backup_schedule is None:
+                schedule = steward.cfg.backup_schedule
+                if when is None or self.clock.wall() < when or schedule is None:
                     continue
-                due[steward.name] = croniter(steward.cfg.backup_schedule, time.time()).get_next(
-                    float
-                )
+                due[steward.name] = self._next_backup(schedule)
                 if steward.role is not Role.PRIMARY:
                     continue
                 try:
@@ -234,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         cfg = AgentConfig.model_validate_json(args.config.read_text())
-        agent = Agent(cfg)
+        agent = Agent(cfg, SystemClock())
     except (OSError, ValueError, AlwaysonError) as exc:
         print(f"alwayson agent: {args.config}: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

@@ -17,7 +17,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import psycopg
 from psycopg.sql import SQL, Composed
 
 from alwayson.util.addresses import split_hostport
+from alwayson.util.clocks import Clock, SystemClock
 from alwayson.util.errors import PermanentError, TemporaryError
 
 TOOLS = (
@@ -41,6 +41,8 @@ TOOLS = (
     "psql",
     "pgbench",
 )
+EXIT_POLL = 0.02
+BACKENDS_POLL = 0.05
 PR_SET_PDEATHSIG = 1
 
 
@@ -123,8 +125,16 @@ class Identity:
 class Engine:
     """Runs PostgreSQL's tools for one database in one site."""
 
-    def __init__(self, bin_dir: Path, ident: Identity, password: str, log_file: Path) -> None:
+    def __init__(
+        self,
+        bin_dir: Path,
+        ident: Identity,
+        password: str,
+        log_file: Path,
+        clock: Clock | None = None,
+    ) -> None:
         self.bin = bin_dir
+        self.clock: Clock = clock or SystemClock()
         self.ident = ident
         self.password = password
         self.log_file = log_file
@@ -231,14 +241,14 @@ class Engine:
                 preexec_fn=die_with_parent,
                 start_new_session=True,
             )
-        return Postmaster(popen, data_dir)
+        return Postmaster(popen, data_dir, self.clock)
 
 
 class Postmaster:
-    def __init__(self, popen: subprocess.Popen[bytes], data_dir: Path) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], data_dir: Path, clock: Clock) -> None:
         self.popen = popen
         self.data_dir = data_dir
-        self.started = time.monotonic()
+        self.clock = clock
 
     @property
     def pid(self) -> int:
@@ -252,9 +262,9 @@ class Postmaster:
             self.popen.send_signal(signum)
 
     async def wait(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        deadline = self.clock.monotonic() + timeout
+        while self.alive() and self.clock.monotonic() < deadline:
+            await self.clock.sleep(EXIT_POLL)
         return not self.alive()
 
     async def stop(self, mode: str, timeout: float = 30.0) -> None:
@@ -264,13 +274,13 @@ class Postmaster:
         if not await self.wait(timeout):
             self.signal(signal.SIGKILL)
             await self.wait(5.0)
-        await wait_backends_gone(self.data_dir, 10.0)
+        await wait_backends_gone(self.data_dir, 10.0, self.clock)
 
 
-async def wait_backends_gone(data_dir: Path, timeout: float) -> None:
+async def wait_backends_gone(data_dir: Path, timeout: float, clock: Clock) -> None:
     """After the postmaster died, make sure none of its backends can still commit: every
     PostgreSQL process works in its data directory, so look for those and kill them."""
-    deadline = time.monotonic() + timeout
+    deadline = clock.monotonic() + timeout
     target = str(data_dir)
     while True:
         left: list[psutil.Process] = []
@@ -282,12 +292,12 @@ async def wait_backends_gone(data_dir: Path, timeout: float) -> None:
                 continue
         if not left:
             return
-        if time.monotonic() >= deadline:
+        if clock.monotonic() >= deadline:
             for proc in left:
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
-            deadline = time.monotonic() + 5.0
-        await asyncio.sleep(0.05)
+            deadline = clock.monotonic() + 5.0
+        await clock.sleep(BACKENDS_POLL)
 
 
 def conninfo(address: str, user: str, password: str, dbname: str = "postgres", **extra: Any) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from alwayson.util.addresses import split_hostport
+from alwayson.util.clocks import Clock, SystemClock
 from alwayson.util.sitelinks import Partitions, Slowness, read_partitions, write_partitions
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 0.1
+HOLD_POLL = 0.05
 CONNECT_TIMEOUT = 2.0
 PENDING_LIMIT = 1 << 20  # bytes read before the target answers, then reading pauses
 DELAYED_LIMIT = 4 << 20  # bytes held back on a slowed link without a rate, per direction
@@ -275,8 +277,10 @@ class Relay:
         partitions: Partitions,
         hold: float = 0.0,
         rand: Callable[[], float] = random.random,
+        clock: Clock | None = None,
     ) -> None:
         self.name = name
+        self.clock: Clock = clock or SystemClock()
         self.site = site
         self.listen = listen
         self.choose = choose
@@ -323,11 +327,12 @@ class Relay:
 
     async def _connect(self, pipe: Pipe) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.hold
+        clock = self.clock
+        deadline = clock.monotonic() + self.hold
         while True:
             target = self._usable()
-            while target is None and loop.time() < deadline and not pipe.closed:
-                await asyncio.sleep(0.05)
+            while target is None and clock.monotonic() < deadline and not pipe.closed:
+                await clock.sleep(HOLD_POLL)
                 target = self._usable()
             if target is None or pipe.closed:
                 self.refused += 1
@@ -343,11 +348,11 @@ class Relay:
             except (OSError, TimeoutError):
                 # A primary that just died: hold the client for the rest of the hold time
                 # (the agent will name a new target) instead of closing it at once.
-                if loop.time() >= deadline or pipe.closed:
+                if clock.monotonic() >= deadline or pipe.closed:
                     self.refused += 1
                     pipe.close()
                     return
-                await asyncio.sleep(0.05)
+                await clock.sleep(HOLD_POLL)
         if pipe.closed:
             backend.transport and backend.transport.close()
             return
@@ -392,7 +397,10 @@ class Relay:
                 await task
 
 
-async def sweep_forever(relays: list[Relay], partitions: Partitions) -> None:
+async def sweep_forever(
+    relays: list[Relay], partitions: Partitions, clock: Clock | None = None
+) -> None:
+    clock = clock or SystemClock()
     addresses = frozenset(relay.listen for relay in relays)
     for relay in relays:
         relay.chained = addresses - {relay.listen}
@@ -400,4 +408,4 @@ async def sweep_forever(relays: list[Relay], partitions: Partitions) -> None:
         partitions.refresh()
         for relay in relays:
             relay.sweep()
-        await asyncio.sleep(SWEEP_INTERVAL)
+        await clock.sleep(SWEEP_INTERVAL)

@@ -1,0 +1,380 @@
+"""What a site agent does with one database next: pure decisions on an immutable view.
+
+Patroni's ``Ha.run_cycle()`` shape: the steward observes once (:class:`StewardView`: the
+lease as last read with its epoch, holder and expiry, this site's PostgreSQL, the peers it
+reaches, the clocks), :func:`decide` returns a :class:`Decision` with the sentence that
+explains it, and small act functions carry it out. Nothing here reads a clock, a file or
+the network, so every branch is a unit test on numbers.
+
+The fencing side comes first, because it is what keeps two writers apart:
+
+- :func:`renewal_budget`: every renewal has a deadline shorter than what is left of the
+  lease it protects; when nothing is left, there is no renewal to try (the watchdog
+  fences instead).
+- :func:`watchdog_must_stop`: a primary whose own view of the lease ran out is stopped,
+  whatever the keeper or the other site are doing.
+- :func:`decide`, primary role: a postmaster gone or a revoked lease ends the primary
+  before anything else is looked at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from alwayson.data.leases import Lease, Tenure
+
+RENEWAL_DEADLINE = 1.5
+"""The longest a renewal may take (seconds), when the lease leaves more than that."""
+RENEWAL_SLACK = 0.05
+"""A renewal must be answered this long before the agent's own view of the lease ends."""
+CATCH_UP_BYTES = 1 << 20
+"""A standby this close (flushed bytes) may be named synchronous."""
+
+
+class Role(StrEnum):
+    STARTING = "starting"
+    PRIMARY = "primary"
+    STANDBY = "standby"
+    FENCED = "fenced"
+    """Was primary, stopped without the lease; its data may be ahead of the new primary."""
+    SWITCHING = "switching"
+    REJOINING = "rejoining"
+
+
+# -- the fencing side ------------------------------------------------------------------
+
+
+def renewal_budget(tenure: Tenure, sent: float) -> float | None:
+    """How long a renewal sent at ``sent`` may wait for the keeper: never past the
+    moment this agent would fence (so an answer that comes too late is never used);
+    None when no time is left to renew at all."""
+    budget = min(RENEWAL_DEADLINE, tenure.fence_at() - sent - RENEWAL_SLACK)
+    return budget if budget > 0 else None
+
+
+def renewal_due(role: Role, tenure: Tenure | None, now: float) -> bool:
+    return role is Role.PRIMARY and tenure is not None and tenure.renew_due(now)
+
+
+def watchdog_must_stop(
+    role: Role, tenure: Tenure | None, postmaster_alive: bool, now: float
+) -> bool:
+    """The watchdog's rule: a running primary whose lease view ran out gets SIGQUIT."""
+    return (
+        role is Role.PRIMARY and tenure is not None and postmaster_alive and tenure.must_fence(now)
+    )
+
+
+def endpoint_open(writable: bool, tenure: Tenure | None, now: float) -> bool:
+    """A primary's endpoint sends clients to it only while its lease view holds."""
+    return writable and tenure is not None and not tenure.must_fence(now)
+
+
+# -- the cycle -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StewardView:
+    """Everything one cycle decides on, read once at its start."""
+
+    site: str
+    primary_site: str
+    sites: tuple[str, ...]
+    role: Role
+    keeper_seen: bool
+    """Whether the keeper's view was ever read (bootstrap waits for it)."""
+    lease: Lease | None
+    """The lease as this agent holds it (a primary keeps its own renewed copy)."""
+    seen_lease: Lease | None
+    """The lease in the keeper's last view (a revocation shows here first)."""
+    tenure_epoch: int | None
+    postmaster_alive: bool
+    keeper_now: float
+    monotonic: float
+    wall: float
+    fence_reason: str = ""
+    retake_after: float = 0.0
+    detected_at: float | None = None
+    watchdog_fired: bool = False
+    has_data: bool = False
+    standby_signal: bool = False
+    saved_epoch: int = 0
+    reachable: frozenset[str] = field(default_factory=frozenset)
+    """The sites the links let this one reach now (itself included)."""
+
+    @property
+    def other_site(self) -> str | None:
+        others = [s for s in self.sites if s != self.site]
+        return others[0] if others else None
+
+
+class Action(StrEnum):
+    WAIT = "wait"
+    """Nothing to change; the verdict says why."""
+    FOLLOW_FOUND_STANDBY = "follow-found-standby"
+    RETAKE_LEASE = "retake-lease"
+    """Acquire the lease again and start this site's data directory as primary."""
+    STAY_FENCED = "stay-fenced"
+    INITIALISE = "initialise"
+    CLONE = "clone"
+    PRIMARY_EXITED = "primary-exited"
+    FENCE = "fence"
+    KEEP_PRIMARY = "keep-primary"
+    START_STANDBY = "start-standby"
+    PROMOTE = "promote"
+    """The lease was handed over: renew it, then promote."""
+    ACQUIRE_AND_PROMOTE = "acquire-and-promote"
+    FOLLOW = "follow"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    verdict: str
+    """The sentence logged for this cycle when the act adds nothing to it."""
+    target: str | None = None
+    """The site to clone from, follow, or that held the lease before."""
+    why: str = ""
+    detected_at: float | None = None
+    """When this site first saw the lease free to take (None: not a takeover)."""
+
+
+def decide(view: StewardView) -> Decision:
+    if view.role is Role.STARTING:
+        return _bootstrap(view)
+    if view.role is Role.PRIMARY:
+        return _as_primary(view)
+    if view.role is Role.STANDBY:
+        return _as_standby(view)
+    if view.role is Role.FENCED:
+        return _as_fenced(view)
+    return Decision(Action.WAIT, view.role.value, detected_at=view.detected_at)
+
+
+def _bootstrap(view: StewardView) -> Decision:
+    keep = view.detected_at
+    if not view.keeper_seen:
+        return Decision(Action.WAIT, "waiting for the lease keeper", detected_at=keep)
+    lease = view.lease
+    if view.has_data:
+        if view.standby_signal:
+            return Decision(
+                Action.FOLLOW_FOUND_STANDBY,
+                "found a standby; following the primary",
+                detected_at=keep,
+            )
+        if (
+            lease is None
+            or lease.holder in (None, view.site)
+            or (lease.previous_holder == view.site and lease.epoch == view.saved_epoch)
+        ):
+            return Decision(
+                Action.RETAKE_LEASE,
+                "restarted: taking the lease back",
+                why="restarted",
+                detected_at=keep,
+            )
+        why = f"{lease.holder} became primary while this site was down"
+        return Decision(
+            Action.STAY_FENCED,
+            f"fenced: {why}; `alwayson db failback` rejoins it",
+            why=why,
+            detected_at=keep,
+        )
+    if lease is None and view.site == view.primary_site:
+        return Decision(Action.INITIALISE, "initialising a new primary", detected_at=keep)
+    if lease is not None and lease.holder and lease.holder != view.site:
+        if lease.holder not in view.reachable:
+            return Decision(
+                Action.WAIT, f"cannot reach {lease.holder} to clone the standby", detected_at=keep
+            )
+        return Decision(
+            Action.CLONE,
+            f"cloned a standby from {lease.holder} with pg_basebackup",
+            target=lease.holder,
+            detected_at=keep,
+        )
+    return Decision(Action.WAIT, "waiting for a primary to clone from", detected_at=keep)
+
+
+def _as_primary(view: StewardView) -> Decision:
+    keep = view.detected_at
+    if not view.postmaster_alive:
+        why = (
+            "lease not renewed in time: the watchdog stopped PostgreSQL"
+            if view.watchdog_fired
+            else "the PostgreSQL process exited"
+        )
+        return Decision(Action.PRIMARY_EXITED, "primary exited", why=why, detected_at=keep)
+    seen = view.seen_lease
+    if (
+        seen is not None
+        and seen.revoked_for
+        and seen.holder == view.site
+        and view.tenure_epoch is not None
+        and seen.epoch == view.tenure_epoch
+    ):
+        # `db failover`: the next renewal would be refused anyway; stop taking writes now.
+        why = f"the operator revoked the lease for a failover to {seen.revoked_for}"
+        return Decision(Action.FENCE, f"fenced: {why}", why=why, detected_at=keep)
+    epoch = view.tenure_epoch if view.tenure_epoch is not None else "?"
+    return Decision(Action.KEEP_PRIMARY, f"primary at epoch {epoch}", detected_at=keep)
+
+
+def _as_fenced(view: StewardView) -> Decision:
+    keep = view.detected_at
+    lease = view.lease
+    if lease is None:
+        return Decision(
+            Action.WAIT,
+            f"fenced ({view.fence_reason}); the lease keeper is unreachable",
+            detected_at=keep,
+        )
+    untouched = lease.epoch == view.saved_epoch and lease.previous_holder in (None, view.site)
+    if (
+        untouched
+        and lease.expired(view.keeper_now)
+        and view.monotonic >= view.retake_after
+        and view.has_data
+    ):
+        return Decision(
+            Action.RETAKE_LEASE,
+            "nobody took over: taking the lease back",
+            why="nobody took over",
+            detected_at=keep,
+        )
+    return Decision(
+        Action.WAIT,
+        f"fenced ({view.fence_reason}); `alwayson db failback` rejoins it as a standby",
+        detected_at=keep,
+    )
+
+
+def may_take(lease: Lease, site: str, keeper_now: float) -> bool:
+    """A standby may try to acquire: the lease is free (expired or released) and not
+    reserved by the operator for another site. The keeper still judges the attempt."""
+    return lease.revoked_for in (None, site) and lease.expired(keeper_now)
+
+
+def _as_standby(view: StewardView) -> Decision:
+    keep = view.detected_at
+    lease = view.lease
+    holder = lease.holder if lease else None
+    if not view.postmaster_alive:
+        target = holder if holder and holder != view.site else view.other_site
+        if target is None:
+            return Decision(Action.WAIT, "standby stopped; no primary known", detected_at=keep)
+        return Decision(
+            Action.START_STANDBY,
+            f"started the standby following {target}",
+            target=target,
+            detected_at=keep,
+        )
+    if lease is not None and holder == view.site:
+        return Decision(
+            Action.PROMOTE,
+            "promoted: the lease was handed over",
+            why="the lease was handed over",
+            detected_at=keep,
+        )
+    if lease is not None and may_take(lease, view.site, view.keeper_now):
+        before = lease.holder or lease.previous_holder
+        how = "was released" if lease.holder is None else "expired"
+        return Decision(
+            Action.ACQUIRE_AND_PROMOTE,
+            f"taking the lease after {before}'s {how}",
+            target=before,
+            why=f"after {before}'s {how}",
+            detected_at=keep if keep is not None else view.wall,
+        )
+    # A lease seen and not free: no takeover is under way (none was dated).
+    return Decision(
+        Action.FOLLOW,
+        f"standby following {holder}",
+        target=holder,
+        detected_at=None if lease is not None else keep,
+    )
+
+
+# -- synchronous replication (a primary's cycle, once its standbys are read) -----------
+
+
+class SyncStep(StrEnum):
+    NONE = "none"
+    NAME_STANDBY = "name-standby"
+    """A streaming standby caught up: make it synchronous (reload the configuration)."""
+    RECORD_SYNC_STANDBY = "record-sync-standby"
+    """It is ``sync`` now: name it in the lease (renewal first), so it may take over."""
+    CLEAR_ALERT = "clear-alert"
+    ALERT_BLOCKED = "alert-blocked"
+    WITHDRAW_STANDBY = "withdraw-standby"
+    """Lost: the lease stops naming it (renewal) before commits may go without it."""
+    DEGRADE = "degrade"
+    """Lost for ``standby_timeout``: commits go on alone, and the RPO alert is raised."""
+
+
+@dataclass(frozen=True)
+class StandbyRow:
+    slot: str
+    state: str
+    sync_state: str
+    flush_lag_bytes: int
+
+
+@dataclass(frozen=True)
+class SyncView:
+    standby_slots: tuple[tuple[str, str], ...]
+    """(site, slot) of every site that may stream from this primary, in spec order."""
+    rows: tuple[StandbyRow, ...]
+    sync_names: tuple[str, ...]
+    sync_standby: str | None
+    alerted: bool
+    missing_since: float | None
+    now: float
+    block_on_loss: bool
+    standby_timeout: float
+
+
+@dataclass(frozen=True)
+class SyncDecision:
+    step: SyncStep
+    site: str | None = None
+    slot: str | None = None
+    missing_since: float | None = None
+    """What the primary records as the moment its standby went missing."""
+    missing_for: float = 0.0
+    then: SyncStep = SyncStep.NONE
+    """The step that follows in the same cycle once this one succeeded (a renewal)."""
+
+
+def decide_sync(view: SyncView) -> SyncDecision:
+    """One step of keeping synchronous replication honest (Patroni's synchronous_mode)."""
+    streaming = {r.slot: r for r in view.rows if r.state == "streaming"}
+    present = [(site, slot) for site, slot in view.standby_slots if slot in streaming]
+    if present:
+        site, slot = present[0]
+        row = streaming[slot]
+        if not view.sync_names and row.flush_lag_bytes <= CATCH_UP_BYTES:
+            return SyncDecision(SyncStep.NAME_STANDBY, site, slot)
+        if view.sync_names and row.sync_state == "sync":
+            if view.sync_standby != site:
+                then = SyncStep.CLEAR_ALERT if view.alerted else SyncStep.NONE
+                return SyncDecision(SyncStep.RECORD_SYNC_STANDBY, site, slot, then=then)
+            if view.alerted:
+                return SyncDecision(SyncStep.CLEAR_ALERT, site, slot)
+        return SyncDecision(SyncStep.NONE, site, slot)
+    since = view.missing_since if view.missing_since is not None else view.now
+    missing_for = view.now - since
+    timed_out = bool(view.sync_names) and missing_for >= view.standby_timeout
+    if view.block_on_loss:
+        # Commits wait for the standby, so it still has every acknowledged one: it stays
+        # named in the lease and may take over if this primary is lost meanwhile.
+        step = SyncStep.ALERT_BLOCKED if timed_out and not view.alerted else SyncStep.NONE
+        return SyncDecision(step, missing_since=since, missing_for=missing_for)
+    degrade = SyncStep.DEGRADE if timed_out else SyncStep.NONE
+    if view.sync_standby is not None:
+        return SyncDecision(
+            SyncStep.WITHDRAW_STANDBY, missing_since=since, missing_for=missing_for, then=degrade
+        )
+    return SyncDecision(degrade, missing_since=since, missing_for=missing_for)

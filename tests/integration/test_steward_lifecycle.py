@@ -1,0 +1,134 @@
+"""Two stewards in one process, real PostgreSQL, an in-memory keeper: every act of the
+steward's cycle once (initialise, clone, synchronous naming, a killed primary's release
+and the standby's promotion, failback with pg_rewind, switchover back).
+
+PostgreSQL listens on free ports of two addresses of this run's own loopback subnet, so
+the test needs no agent, no controller and no link relay; the stewards' ``shutdown``
+stops every postmaster they started, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import cast
+
+import pytest
+from tests.support import open_to_workloads, reserve_subnet
+from tests.unit.stewardfakes import HERE, THERE, FakeKeeper, config
+
+from alwayson.data import switching
+from alwayson.data.client import KeeperClient
+from alwayson.data.deciding import Role
+from alwayson.data.engines import Engine, Identity, find_binaries
+from alwayson.data.stewarding import CYCLE, Steward
+from alwayson.util.clocks import SystemClock
+from alwayson.util.sitelinks import Partitions
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def stewards(tmp_path: Path) -> AsyncIterator[tuple[Steward, Steward, FakeKeeper]]:
+    clock = SystemClock()
+    keeper = FakeKeeper(clock)
+    open_to_workloads(tmp_path)  # PostgreSQL's unprivileged user must get through
+    net = f"127.{reserve_subnet()}.0"
+    hosts = {HERE: f"{net}.10", THERE: f"{net}.20"}
+    addresses = {site: f"{host}:{free_port(host)}" for site, host in hosts.items()}
+    made: list[Steward] = []
+    for site, other in ((HERE, THERE), (THERE, HERE)):
+        root = tmp_path / site
+        root.mkdir(mode=0o755)
+        cfg = config(root).model_copy(
+            update={
+                "site": site,
+                "replication": "synchronous",
+                "listen": addresses[site],
+                "peers": {other: addresses[other]},
+                "endpoint": f"{hosts[site]}:{free_port(hosts[site])}",  # nothing listens
+            }
+        )
+        engine = Engine(
+            find_binaries(None),
+            Identity.of(None),
+            cfg.superuser_password,
+            root / "tools.log",
+            clock,
+        )
+        partitions = Partitions(tmp_path / "partitions.json")
+        made.append(Steward(cfg, cast(KeeperClient, keeper), engine, partitions, root, clock))
+    renewing = [asyncio.create_task(s._renewing()) for s in made]
+    try:
+        yield made[0], made[1], keeper
+    finally:
+        for task in renewing:
+            task.cancel()
+        for steward in made:
+            await steward.shutdown()
+
+
+async def cycle_until(
+    what: str, stewards: tuple[Steward, ...], done: Callable[[], bool]
+) -> list[str]:
+    """Cycle both stewards (as their loops would) until ``done()`` holds; the verdicts."""
+    verdicts: list[str] = []
+    for _ in range(240):
+        for steward in stewards:
+            verdicts.append(f"{steward.cfg.site}: {await steward.cycle()}")
+        if done():
+            return verdicts
+        await asyncio.sleep(CYCLE)
+    raise AssertionError(f"never reached {what}: {verdicts[-6:]}")
+
+
+async def test_a_steward_pair_goes_through_every_act_of_the_cycle(
+    stewards: tuple[Steward, Steward, FakeKeeper],
+) -> None:
+    first, second, keeper = stewards
+
+    verdicts = await cycle_until(
+        "a primary with a synchronous standby",
+        (first, second),
+        lambda: second.facts.get("receiver") == "streaming" and first.sync_standby == THERE,
+    )
+    assert verdicts[:2] == [
+        f"{HERE}: initialised a new primary (lease epoch 1)",
+        f"{THERE}: cloned a standby from {HERE} with pg_basebackup",
+    ]
+    assert keeper.current is not None and keeper.current.sync_standby == THERE
+
+    assert first.postmaster is not None
+    first.postmaster.signal(signal.SIGKILL)
+    await cycle_until("the kill seen", (first,), lambda: first.role is Role.FENCED)
+    assert keeper.current is not None and keeper.current.holder is None  # released at once
+    assert await second.cycle() == f"promoted: lease epoch 2 acquired after {HERE}'s was released"
+    assert second.role is Role.PRIMARY and second.writable
+    assert await first.cycle() == (
+        "fenced (the PostgreSQL process exited); `alwayson db failback` rejoins it as a standby"
+    )
+
+    rejoined = await switching.failback(first)
+    assert rejoined["follows"] == THERE and rejoined["method"] == "rewind"
+    await cycle_until(
+        "the old primary streaming as a synchronous standby",
+        (second, first),
+        lambda: first.facts.get("receiver") == "streaming" and second.sync_standby == HERE,
+    )
+
+    switched = await switching.switchover(second, HERE, second._report, CYCLE)
+    assert switched["lost_writes"] == 0 and switched["epoch"] == 3
+    verdicts = await cycle_until(
+        "the primary back where it started",
+        (first, second),
+        lambda: second.facts.get("receiver") == "streaming" and first.sync_standby == THERE,
+    )
+    assert verdicts[0] == f"{HERE}: promoted: the lease was handed over"
+    assert keeper.current is not None and keeper.current.holder == HERE
