@@ -151,7 +151,7 @@ def test_gateway_counters_come_from_the_store_per_ready_gateway(tmp_path: Path) 
 
     async def scenario() -> Any:
         loop = asyncio.create_task(observatory.run())
-        got = await driver.scrape()
+        got = await driver.reading.scrape()
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
         return got
@@ -167,7 +167,7 @@ def test_gateway_counters_come_from_the_store_per_ready_gateway(tmp_path: Path) 
     observatory.series.append(
         [Sample("up", {"job": "gateways", "instance": "gw-surabaya"}, 0.0)], at + 1
     )
-    assert driver._gateway_samples(at + 1) is None
+    assert driver.reading.gateway_samples(at + 1) is None
     observatory.series.close()
 
 
@@ -201,7 +201,7 @@ def test_checks_see_the_candidate_and_the_gateways_only(tmp_path: Path) -> None:
             "sum(rate(bank_requests_total[1m])) >",
         ]
     )
-    results = driver._checks(release, T0 + 30)
+    results = driver.reading.checks(release, T0 + 30)
     candidate, gateways, broken = results
     # The stable's 60 errors (1/s over the minute, which would fail) are out of view;
     # the candidate's 2 are in it: from its first sample (the counter's zero) to the
@@ -211,5 +211,5 @@ def test_checks_see_the_candidate_and_the_gateways_only(tmp_path: Path) -> None:
     assert isinstance(gateways, CheckResult) and not gateways.ok
     assert isinstance(broken, tuple) and broken[0] is False
     assert broken[1].startswith("sum(rate(bank_requests_total[1m])) >: cannot evaluate: ")
-    assert driver._checks(release, None)[0][0] is False  # type: ignore[index]
+    assert driver.reading.checks(release, None)[0][0] is False  # type: ignore[index]
     observatory.series.close()

@@ -33,8 +33,8 @@ from alwayson.control.statuses import status_view
 from alwayson.release.model import Release
 from alwayson.runtime.base import InstanceSpec, Phase, Runtime, RuntimeEvent
 from alwayson.runtime.processes import Processes
-from alwayson.spec.loading import LoadedSpec, load_spec_text
-from alwayson.spec.models import MAX_REPLICAS, PlatformSpec, ReleasePolicy
+from alwayson.spec.loading import load_spec_text
+from alwayson.spec.models import MAX_REPLICAS, PlatformSpec
 from alwayson.spec.planning import Change, Overrides, plan
 from alwayson.store.base import AuditEntry, Event, StateStore
 from alwayson.util.addresses import port_is_free
@@ -46,7 +46,6 @@ from alwayson.util.errors import (
     PermanentError,
     TemporaryError,
 )
-from alwayson.util.merging import deep_merge
 
 log = logging.getLogger("alwayson.controller")
 
@@ -210,7 +209,7 @@ class Controller:
             changes = plan(loaded.spec, current, applied.overrides, self.releases.versions)
             slots = allocate_slots(loaded.spec, applied.slots)
             counts = replica_counts(loaded.spec, {}, applied.autoscaled)  # the file ends drift
-            releases = self._releases_for(loaded, actor, counts)
+            releases = self.releases.for_apply(current, loaded, counts, actor)
             new = desired_instances(loaded.spec, counts, applied.context(loaded, slots))
             running = [s for s in self.runtime.statuses() if s.phase is not Phase.EXITED]
             user = applied.user_of(loaded)
@@ -229,32 +228,6 @@ class Controller:
             await self._audit(actor, "apply", {"spec": str(loaded.path), "changes": changes})
         self._wake.set()
         return ApplyResult(changes, loaded.digest)
-
-    def _releases_for(self, loaded: LoadedSpec, actor: str, counts: Overrides) -> list[Release]:
-        """Releases an apply starts: services whose version or run command changed."""
-        new, current = loaded.spec, self.spec_or_none()
-        if current is None or new.platform != current.platform:
-            return []
-        out: list[Release] = []
-        for svc in new.services:
-            old = next((s for s in current.services if s.name == svc.name), None)
-            if old is None or self.releases.effective(old) == (svc.version, svc.run):
-                continue
-            out.append(
-                self.releases.prepare(
-                    new,
-                    counts,
-                    svc.name,
-                    svc.version,
-                    svc.run,
-                    svc.release.strategy,
-                    actor,
-                    "apply: the spec's version or run command changed",
-                    folder=loaded.folder,
-                    stable=self.releases.effective(old),
-                )
-            )
-        return out
 
     async def autoscale(self, service: str, site: str, replicas: int) -> None:
         """The autoscaler's decision; unlike ``scale`` it is not drift from the spec."""
@@ -308,29 +281,10 @@ class Controller:
         """Start a release of ``service`` at ``version`` (drift from the spec until apply)."""
         spec = self.spec()
         async with self._lock:
-            if service not in {s.name for s in spec.services}:
-                known = ", ".join(s.name for s in spec.services) or "none"
-                raise NotFoundError(f"unknown service {service!r} (services: {known})")
-            svc = spec.service(service)
-            policy = svc.release
-            if settings:
-                merged = deep_merge(policy.model_dump(mode="json"), settings)
-                try:
-                    policy = ReleasePolicy.model_validate(merged)
-                except ValueError as exc:
-                    raise PermanentError(f"release settings: {exc}") from None
-            chosen = strategy or policy.strategy
-            release = self.releases.prepare(
-                spec,
-                self.counts(),
-                service,
-                version,
-                run if run is not None else self.releases.effective(svc)[1],
-                chosen,
-                actor,
-                f"alwayson deploy by {actor}",
-                policy,
+            release = self.releases.for_deploy(
+                spec, self.counts(), service, version, run, strategy, settings, actor
             )
+            chosen = release.strategy
             detail = {"service": service, "version": version, "run": run, "strategy": chosen}
             await self._audit(actor, "deploy", detail)
             return await self.releases.begin(release)

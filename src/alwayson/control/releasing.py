@@ -18,49 +18,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alwayson.control.desired import Variant
+from alwayson.control.release_figures import ReleaseReading
 from alwayson.control.routing import Split
-from alwayson.metrics.model import Sample
-from alwayson.metrics.promql import QueryError
-from alwayson.release.checks import CheckResult, judge
-from alwayson.release.figures import (
-    DURATION,
-    LOCAL_RESPONSES,
-    REQUESTS,
-    GatewaySample,
-    gateway_sample,
-)
 from alwayson.release.model import Color, Phase, Release, Template, other_color, version_label
 from alwayson.release.stepping import (
-    Observation,
-    SiteView,
     abort,
     advance,
     plan_stages,
     promote,
     start,
-    totals_of,
 )
-from alwayson.runtime.base import Kind
-from alwayson.runtime.base import Phase as RunPhase
 from alwayson.spec.commands import CommandNotFound, resolve_command
+from alwayson.spec.loading import LoadedSpec
 from alwayson.spec.models import PlatformSpec, ReleasePolicy, Service
 from alwayson.spec.observing import check_expr_problem
 from alwayson.spec.planning import effective_replicas
 from alwayson.store.base import StateStore
-from alwayson.util.errors import AlwaysonError, ConflictError, NotFoundError, PermanentError
+from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
+from alwayson.util.merging import deep_merge
 
 if TYPE_CHECKING:
     from alwayson.control.ports import EventSink, Figures, Saver, StateReader, Waker
-    from alwayson.control.state import PlatformState
     from alwayson.util.clocks import Clock
 
 log = logging.getLogger("alwayson.releases")
 
 INDEX_KEY = "releases"
 HISTORY_KEEP = 20
-GATEWAY_SERIES = (
-    f'{{job="gateways",__name__=~"{REQUESTS}|{LOCAL_RESPONSES}|{DURATION}_(bucket|sum)"}}'
-)
 STRATEGIES = ("rolling", "blue-green", "canary")
 
 
@@ -90,6 +74,7 @@ class ReleaseDriver:
         self.waker = waker
         self.saver = saver
         self.figures = figures
+        self.reading = ReleaseReading(view, figures, clock)
         self.active: dict[str, Release] = {}
         self.stored_version: dict[str, int] = {}
         self.next_id: dict[str, int] = {}
@@ -271,11 +256,75 @@ class ReleaseDriver:
             stage_started_at=0.0,
         )
 
+    def for_deploy(
+        self,
+        spec: PlatformSpec,
+        counts: Mapping[tuple[str, str], int],
+        service: str,
+        version: str,
+        run: str | None,
+        strategy: str | None,
+        settings: dict[str, Any] | None,
+        actor: str,
+    ) -> Release:
+        """The release ``alwayson deploy`` asks for, its policy with ``settings`` on top."""
+        svc = _find(spec, service)
+        policy = svc.release
+        if settings:
+            merged = deep_merge(policy.model_dump(mode="json"), settings)
+            try:
+                policy = ReleasePolicy.model_validate(merged)
+            except ValueError as exc:
+                raise PermanentError(f"release settings: {exc}") from None
+        return self.prepare(
+            spec,
+            counts,
+            service,
+            version,
+            run if run is not None else self.effective(svc)[1],
+            strategy or policy.strategy,
+            actor,
+            f"alwayson deploy by {actor}",
+            policy,
+        )
+
+    def for_apply(
+        self,
+        current: PlatformSpec | None,
+        loaded: LoadedSpec,
+        counts: Mapping[tuple[str, str], int],
+        actor: str,
+    ) -> list[Release]:
+        """Releases an apply starts: services whose version or run command changed."""
+        new = loaded.spec
+        if current is None or new.platform != current.platform:
+            return []
+        out: list[Release] = []
+        for svc in new.services:
+            old = next((s for s in current.services if s.name == svc.name), None)
+            if old is None or self.effective(old) == (svc.version, svc.run):
+                continue
+            out.append(
+                self.prepare(
+                    new,
+                    counts,
+                    svc.name,
+                    svc.version,
+                    svc.run,
+                    svc.release.strategy,
+                    actor,
+                    "apply: the spec's version or run command changed",
+                    folder=loaded.folder,
+                    stable=self.effective(old),
+                )
+            )
+        return out
+
     async def begin(self, release: Release) -> Release:
         """Start a prepared release: from now on it shapes what runs."""
         # The baseline is the observe loop's last round, not a fresh one: this runs under the
         # controller's lock, which that loop's autoscaler may be waiting for.
-        samples = self._last_samples()
+        samples = self.reading.last_samples()
         release = start(release, self.clock.wall(), samples)
         self.next_id[release.service] = release.id
         self.stored_version.pop(release.service, None)
@@ -373,13 +422,15 @@ class ReleaseDriver:
         running = [r for r in self.active.values() if r.phase.active]
         if not running:
             return
-        at, samples = await self.scrape()
+        at, samples = await self.reading.scrape()
         spec = self.view.spec()
         for release in running:
-            checks = self._checks(release, at)
+            checks = self.reading.checks(release, at)
             outcome = advance(
                 release,
-                self._observe(release, samples, checks),
+                self.reading.observe(
+                    release, samples, checks, self.failures.get(release.service, [])
+                ),
                 ReleasePolicy.model_validate(release.settings),
                 self._replicas(spec, release.service),
             )
@@ -426,136 +477,9 @@ class ReleaseDriver:
             for s in spec.workload_sites
         }
 
-    def _checks(self, release: Release, at: float | None) -> list[CheckResult | tuple[bool, str]]:
-        """The spec's checks at ``at`` (the fresh round), over the candidate's own series
-        and the gateways', evaluated as alert rules are (see :mod:`alwayson.release.checks`)."""
-        checks = ReleasePolicy.model_validate(release.settings).analysis.checks
-        if not checks or not release.current.analysis or release.settled_at is None:
-            return []
-        if at is None:
-            return [(False, f"{check}: cannot evaluate: no fresh metrics") for check in checks]
-        service, candidate = release.service, release.candidate.label
-
-        def in_view(_: str, labels: Mapping[str, str]) -> bool:
-            job = labels.get("job")
-            return job == "gateways" or (
-                job == "instances"
-                and labels.get("service") == service
-                and labels.get("version") == candidate
-            )
-
-        engine = self.figures.engine_for(in_view)
-        results: list[CheckResult | tuple[bool, str]] = []
-        for check in checks:
-            try:
-                compared = engine.compare(check, at)
-            except QueryError as exc:
-                results.append((False, f"{check}: cannot evaluate: {exc}"))
-                continue
-            results.append(judge(check, compared.operand, compared.kept))
-        return results
-
-    def _observe(
-        self,
-        release: Release,
-        samples: dict[str, GatewaySample] | None,
-        checks: list[CheckResult | tuple[bool, str]],
-    ) -> Observation:
-        state = self.view.state()
-        sites: dict[str, dict[str, Any]] = {}
-        for status in state.statuses:
-            spec = status.spec
-            if spec.kind is not Kind.WORKLOAD or spec.service != release.service:
-                continue
-            if status.phase is RunPhase.EXITED:
-                continue
-            view = sites.setdefault(spec.site, {"sr": 0, "s": 0, "c": 0, "since": []})
-            routed = status.ready and spec.id not in state.stopping
-            if spec.version == release.candidate.label:
-                view["c"] += 1
-                if routed and status.ready_since is not None:
-                    view["since"].append(status.ready_since)
-            else:
-                view["s"] += 1
-                if routed:
-                    view["sr"] += 1
-        failures = [
-            text
-            for at, text in self.failures.get(release.service, [])
-            if at >= release.stage_started_at
-        ]
-        return Observation(
-            now=self.clock.wall(),
-            sites={
-                site: SiteView(v["sr"], v["s"], v["c"], tuple(v["since"]))
-                for site, v in sites.items()
-            },
-            candidate_failures=failures,
-            candidate_routed=self._candidate_routed(release, state),
-            samples=samples,
-            check_results=checks,
-        )
-
-    def _candidate_routed(self, release: Release, state: PlatformState) -> bool:
-        for ident, table in state.pushed.items():
-            inst = state.desired.get(ident)
-            if inst is None or inst.kind is not Kind.GATEWAY:
-                continue
-            for route in table.get("routes", []):
-                if route.get("service") != release.service:
-                    continue
-                for backend in route.get("backends", []):
-                    if backend.get("version") == release.candidate.label and backend.get(
-                        "weight", 0
-                    ):
-                        return True
-        return False
-
-    async def scrape(self) -> tuple[float | None, dict[str, GatewaySample] | None]:
-        """A fresh round of the observe loop, and every ready site gateway's counters in it
-        (None when one was not read). The round's time comes first (None: no round)."""
-        try:
-            at = await self.figures.refresh()
-        except AlwaysonError as exc:
-            log.warning("gateway metrics not read: %s", exc)
-            return None, None
-        return at, self._gateway_samples(at)
-
-    def _gateway_samples(self, at: float) -> dict[str, GatewaySample] | None:
-        """The counters of every ready site gateway as the store holds them at ``at``."""
-        gateways = [
-            s.spec.id for s in self.view.state().statuses if s.spec.kind is Kind.GATEWAY and s.ready
-        ]
-        try:
-            up = {p.labels.get("instance"): p.value for p in self.figures.query(_UP, at)}
-            found = self.figures.query(GATEWAY_SERIES, at)
-        except QueryError as exc:
-            log.warning("gateway metrics not read: %s", exc)
-            return None
-        missing = [g for g in gateways if up.get(g) != 1.0]
-        if missing:
-            log.warning("gateway metrics not read: %s did not answer", ", ".join(missing))
-            return None
-        by_gateway: dict[str, list[Sample]] = {g: [] for g in gateways}
-        for point in found:
-            samples = by_gateway.get(point.labels.get("instance", ""))
-            if samples is not None:
-                samples.append(Sample(point.labels.get("__name__", ""), point.labels, point.value))
-        return {g: gateway_sample(samples) for g, samples in by_gateway.items()}
-
-    def _last_samples(self) -> dict[str, GatewaySample] | None:
-        at = self.figures.last_round()
-        return self._gateway_samples(at) if at is not None else None
-
     async def live_totals(self, release: Release) -> dict[str, Any]:
         """The release's totals so far, from the observe loop's last round (no new one)."""
-        samples = self._last_samples()
-        if samples is None or not release.release_baseline:
-            return release.totals
-        return totals_of(release, samples)
-
-
-_UP = 'up{job="gateways"}'
+        return self.reading.live_totals(release)
 
 
 def _find(spec: PlatformSpec, service: str) -> Service:
