@@ -32,6 +32,7 @@ from typing import Any
 
 from alwayson.drills import checks, measuring
 from alwayson.drills.faults import Fault, FaultError, Journal, inject, process_fault, undo_all
+from alwayson.drills.loading import Load, LoadGenerator, Writes, journey_for
 from alwayson.drills.model import (
     PROGRESS_FILE,
     REPORT_FILE,
@@ -47,9 +48,6 @@ from alwayson.drills.model import (
 )
 from alwayson.drills.remote import ControllerApi
 from alwayson.drills.scenarios import Scenario, scenario
-from alwayson.loadgen.journeys import Applicants, BankRegistration, load_journey
-from alwayson.loadgen.running import LoadTest, OpenModel, run_load
-from alwayson.loadgen.scenarios import Journey, Session, StepFailed
 from alwayson.util.errors import AlwaysonError, TemporaryError
 
 log = logging.getLogger(__name__)
@@ -65,23 +63,11 @@ class Interrupted(Exception):
     """Ctrl-C: stop where we are, undo, report."""
 
 
-class _Applicants(Applicants):
-    """The bank's applicants, remembering every id number sent (for the set check)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: set[str] = set()
-
-    def next(self) -> dict[str, str]:
-        applicant = super().next()
-        self.sent.add(applicant["id_number"])
-        return applicant
-
-
 class Drill:
-    def __init__(self, ctx: DrillContext, run_dir: Path) -> None:
+    def __init__(self, ctx: DrillContext, run_dir: Path, generator: LoadGenerator) -> None:
         self.ctx = ctx
         self.run_dir = run_dir
+        self.generator = generator
         self.scenario: Scenario = scenario(ctx.scenario)
         self.api = ControllerApi(ctx.api, ctx.token)
         self.journal = Journal(run_dir)
@@ -96,13 +82,11 @@ class Drill:
         self.healed_at: float | None = None
         self.load_stopped_at: float | None = None
         self.fault: Fault | None = None
-        self.acked: dict[str, str] = {}  # customer id -> id number
-        self.applicants: _Applicants | None = None
+        self.writes = Writes()  # filled by the bank's registration journey
         self.primaries: list[dict[str, Any]] = []  # samples: {at, writable: [sites]}
         self.controller_down: list[float] = []
         self.notes: list[str] = []
         self.original_primary: dict[str, str] = {}
-        self._offset = time.time() - time.monotonic()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -156,53 +140,17 @@ class Drill:
 
     # ------------------------------------------------------------------ load
 
-    def journey(self) -> Journey:
-        if self.ctx.journey == "bank-registration":
-            self.applicants = _Applicants()
-
-            def acknowledged(body: dict[str, Any]) -> None:
-                customer = str(body.get("customer_id"))
-                self.acked[customer] = str(body.get("id_number", ""))
-
-            return BankRegistration(applicants=self.applicants, on_acknowledged=acknowledged)
-        if self.ctx.journey.startswith("/"):
-            path = self.ctx.journey
-
-            async def get(session: Session) -> None:
-                await session.get(path, expect=(200,))
-
-            return get
-        return load_journey(self.ctx.journey)
-
-    def measured(self, journey: Journey) -> Journey:
-        async def run(session: Session) -> None:
-            # From the moment it was meant to start: a generator running late must not
-            # hide a stall (no coordinated omission).
-            start = min(time.time(), self._offset + session.intended)
-            ok, error = False, ""
-            try:
-                await journey(session)
-                ok = True
-            except StepFailed as exc:
-                error = exc.kind
-                raise
-            except Exception as exc:
-                error = type(exc).__name__
-                raise
-            finally:
-                self.log.add(start, time.time(), ok, error)
-
-        return run
-
     async def load(self) -> None:
-        test = LoadTest(
+        load = Load(
             base_url=self.ctx.front_door,
-            scenario=self.measured(self.journey()),
-            model=OpenModel.constant(self.ctx.rate, MAX_LOAD_SECONDS, max_lag=5.0),
+            journey=journey_for(self.ctx.journey, self.writes),
+            rate=self.ctx.rate,
+            duration=MAX_LOAD_SECONDS,
             timeout=10.0,
             drain=10.0,
+            max_lag=5.0,
         )
-        await run_load(test, stop=self.stop_load)
+        await self.generator.run(load, self.log.record, self.stop_load)
 
     # ------------------------------------------------------------------ the drill
 
@@ -543,7 +491,7 @@ class Drill:
         for site, url in db.endpoints.items():
             try:
                 return await checks.check_registrations(
-                    url, self.acked, self.applicants.sent if self.applicants else set()
+                    url, self.writes.acknowledged, self.writes.sent
                 )
             except Exception as exc:
                 errors.append(f"{site}: {exc}")
@@ -713,9 +661,10 @@ class TargetDown(AlwaysonError):
     """The drill's load target or platform is not healthy before the fault."""
 
 
-async def run_drill(run_dir: Path) -> dict[str, Any]:
+async def run_drill(run_dir: Path, generator: LoadGenerator) -> dict[str, Any]:
+    """Run the drill ``run_dir/context.json`` describes, its load sent by ``generator``."""
     ctx = DrillContext.read(run_dir)
-    drill = Drill(ctx, run_dir)
+    drill = Drill(ctx, run_dir, generator)
     loop = asyncio.get_running_loop()
     import signal
 
