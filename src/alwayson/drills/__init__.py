@@ -17,6 +17,8 @@ Modules, from the bottom up:
                  kill), and the journal of faults in force, written before each is injected
 - ``checks``     acknowledged writes lost (a set check), ledger invariants, writable primaries
 - ``scenarios``  the shipped scenarios and what each is judged on
+- ``healing``    after the undo: the platform whole again, the primary failed back
+- ``concluding`` detection, the write check, the objectives
 - ``running``    one drill from preflight to report
 - ``reporting``  the self-contained HTML report
 - ``schedules``  when scheduled drills are due (cron)
