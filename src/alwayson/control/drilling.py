@@ -2,7 +2,7 @@
 
 ``start`` checks the request (scenario, site, database), refuses a second drill while one
 runs, writes the run's context (0600: it holds the API token and database passwords) and
-starts ``python -m alwayson.drills RUN_DIR`` in its own session, tracked by pid and start
+starts ``python -m alwayson.entrypoints.drill RUN_DIR`` in its own session, tracked by pid and start
 time like every other process. A watcher notices when it ends and keeps its result
 (``drill/<id>`` in the store). A drill outlives a controller restart (the controller-kill
 scenario depends on it); when a restarted controller finds a drill whose process is gone
@@ -191,7 +191,7 @@ class DrillOps:
         write_atomic(run_dir / CONTEXT_FILE, ctx.to_json())
         os.chmod(run_dir / CONTEXT_FILE, 0o600)
         runner = self.processes.start_detached(
-            [sys.executable, "-m", "alwayson.drills", str(run_dir)],
+            [sys.executable, "-m", "alwayson.entrypoints.drill", str(run_dir)],
             run_dir / "drill.log",
             run_dir / "runner.json",
         )

@@ -39,7 +39,10 @@ class OutcomeLog:
         self.attempted: set[str] = set()  # every write key a client sent
 
     def add(self, start: float, done: float, ok: bool, error: str = "") -> None:
-        outcome = Outcome(start, done, ok, error)
+        self.record(Outcome(start, done, ok, error))
+
+    def record(self, outcome: Outcome) -> None:
+        done = outcome.done
         if self._done and done < self._done[-1]:
             index = bisect.bisect(self._done, done)
             self._done.insert(index, done)

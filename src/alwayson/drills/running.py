@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -30,33 +29,27 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from alwayson.drills import checks, measuring
+from alwayson.drills import checks, concluding, healing, measuring
 from alwayson.drills.faults import Fault, FaultError, Journal, inject, process_fault, undo_all
+from alwayson.drills.loading import Load, LoadGenerator, Writes, journey_for
 from alwayson.drills.model import (
     PROGRESS_FILE,
     REPORT_FILE,
     RESULT_FILE,
     RESULT_SCHEMA,
-    DatabaseTarget,
     DrillContext,
     Mark,
-    Objective,
     Status,
-    judge,
     write_atomic,
 )
 from alwayson.drills.remote import ControllerApi
 from alwayson.drills.scenarios import Scenario, scenario
-from alwayson.loadgen.journeys import Applicants, BankRegistration, load_journey
-from alwayson.loadgen.running import LoadTest, OpenModel, run_load
-from alwayson.loadgen.scenarios import Journey, Session, StepFailed
 from alwayson.util.errors import AlwaysonError, TemporaryError
 
 log = logging.getLogger(__name__)
 
 BASELINE = 3.0
 BASELINE_MIN_SUCCESS = 0.9
-HEAL_TIMEOUT = 120.0
 POLL = 0.2
 MAX_LOAD_SECONDS = 6 * 3600
 
@@ -65,23 +58,11 @@ class Interrupted(Exception):
     """Ctrl-C: stop where we are, undo, report."""
 
 
-class _Applicants(Applicants):
-    """The bank's applicants, remembering every id number sent (for the set check)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: set[str] = set()
-
-    def next(self) -> dict[str, str]:
-        applicant = super().next()
-        self.sent.add(applicant["id_number"])
-        return applicant
-
-
 class Drill:
-    def __init__(self, ctx: DrillContext, run_dir: Path) -> None:
+    def __init__(self, ctx: DrillContext, run_dir: Path, generator: LoadGenerator) -> None:
         self.ctx = ctx
         self.run_dir = run_dir
+        self.generator = generator
         self.scenario: Scenario = scenario(ctx.scenario)
         self.api = ControllerApi(ctx.api, ctx.token)
         self.journal = Journal(run_dir)
@@ -96,13 +77,11 @@ class Drill:
         self.healed_at: float | None = None
         self.load_stopped_at: float | None = None
         self.fault: Fault | None = None
-        self.acked: dict[str, str] = {}  # customer id -> id number
-        self.applicants: _Applicants | None = None
+        self.writes = Writes()  # filled by the bank's registration journey
         self.primaries: list[dict[str, Any]] = []  # samples: {at, writable: [sites]}
         self.controller_down: list[float] = []
         self.notes: list[str] = []
         self.original_primary: dict[str, str] = {}
-        self._offset = time.time() - time.monotonic()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -156,53 +135,17 @@ class Drill:
 
     # ------------------------------------------------------------------ load
 
-    def journey(self) -> Journey:
-        if self.ctx.journey == "bank-registration":
-            self.applicants = _Applicants()
-
-            def acknowledged(body: dict[str, Any]) -> None:
-                customer = str(body.get("customer_id"))
-                self.acked[customer] = str(body.get("id_number", ""))
-
-            return BankRegistration(applicants=self.applicants, on_acknowledged=acknowledged)
-        if self.ctx.journey.startswith("/"):
-            path = self.ctx.journey
-
-            async def get(session: Session) -> None:
-                await session.get(path, expect=(200,))
-
-            return get
-        return load_journey(self.ctx.journey)
-
-    def measured(self, journey: Journey) -> Journey:
-        async def run(session: Session) -> None:
-            # From the moment it was meant to start: a generator running late must not
-            # hide a stall (no coordinated omission).
-            start = min(time.time(), self._offset + session.intended)
-            ok, error = False, ""
-            try:
-                await journey(session)
-                ok = True
-            except StepFailed as exc:
-                error = exc.kind
-                raise
-            except Exception as exc:
-                error = type(exc).__name__
-                raise
-            finally:
-                self.log.add(start, time.time(), ok, error)
-
-        return run
-
     async def load(self) -> None:
-        test = LoadTest(
+        load = Load(
             base_url=self.ctx.front_door,
-            scenario=self.measured(self.journey()),
-            model=OpenModel.constant(self.ctx.rate, MAX_LOAD_SECONDS, max_lag=5.0),
+            journey=journey_for(self.ctx.journey, self.writes),
+            rate=self.ctx.rate,
+            duration=MAX_LOAD_SECONDS,
             timeout=10.0,
             drain=10.0,
+            max_lag=5.0,
         )
-        await run_load(test, stop=self.stop_load)
+        await self.generator.run(load, self.log.record, self.stop_load)
 
     # ------------------------------------------------------------------ the drill
 
@@ -404,156 +347,28 @@ class Drill:
 
     async def heal(self) -> None:
         """Wait until the platform is whole again (and, for a site loss, fail back)."""
-        self.enter("heal", "waiting for every instance to be ready again")
-
-        async def converged() -> bool:
-            status = await self.api.status()
-            return bool(status.get("converged"))
-
-        whole = True
-        at = await self.until(converged, HEAL_TIMEOUT, "the platform whole again after the undo")
-        if at is not None:
-            self.mark("restored", "every instance ready again", at)
-        whole = whole and at is not None
-        for db in self.ctx.databases:
-            asked: list[str] = []
-            at = await self.until(
-                functools.partial(self._rejoined, db, asked),
-                HEAL_TIMEOUT,
-                f"{db.name} replicating again",
-            )
-            if at is not None:
-                self.mark("replicating", f"{db.name}: standby streaming again", at)
-            whole = whole and at is not None
-        if self.scenario.failback:
-            whole = await self.failback() and whole
-        if whole:
+        if await healing.heal(self.api, self.ctx, self.scenario, self.original_primary, self):
             self.healed_at = time.time()
 
-    async def _rejoined(self, db: DatabaseTarget, asked: list[str]) -> bool:
-        """Replicating again; a site fenced by the fault (the old primary) is asked to
-        rejoin as a standby once (``db failback``: pg_rewind or a fresh base backup)."""
-        if await self._replicating(db):
-            return True
-        found = next((d for d in await self.api.databases() if d.get("name") == db.name), {})
-        fenced = [
-            r["site"]
-            for r in found.get("sites", [])
-            if r.get("role") == "fenced" and not r.get("stale")
-        ]
-        if fenced and not asked:
-            request = await self.api.db_request(db.name, "failback")
-            asked.append(str(request.get("id", "")))
-            self.mark(
-                "rejoin", f"{db.name}: {', '.join(fenced)} fenced; asked to rejoin as standby"
-            )
-        return False
-
-    async def _replicating(self, db: DatabaseTarget) -> bool:
-        found = next((d for d in await self.api.databases() if d.get("name") == db.name), {})
-        lease = found.get("lease") or {}
-        roles = {r["site"]: r.get("role") for r in found.get("sites", []) if not r.get("stale")}
-        standby = [s for s, r in roles.items() if r == "standby"]
-        if db.replication == "synchronous":
-            return bool(lease.get("holder") and lease.get("sync_standby") in standby)
-        return bool(lease.get("holder") and standby)
-
-    async def failback(self) -> bool:
-        done = True
-        for db in self.ctx.databases:
-            home = self.original_primary.get(db.name, db.primary_site)
-            found = next((d for d in await self.api.databases() if d.get("name") == db.name), {})
-            holder = (found.get("lease") or {}).get("holder")
-            if holder == home:
-                continue
-            self.enter("failback", f"moving {db.name}'s primary back to {home}")
-            request = await self.api.db_request(db.name, "switchover", to=home)
-            self.mark(
-                "failback-start", f"{db.name}: switchover to {home} ({request.get('id', '')})"
-            )
-
-            async def back_home(db: DatabaseTarget = db, home: str = home) -> bool:
-                found = next(
-                    (d for d in await self.api.databases() if d.get("name") == db.name), {}
-                )
-                return (found.get("lease") or {}).get("holder") == home and await self._replicating(
-                    db
-                )
-
-            at = await self.until(back_home, HEAL_TIMEOUT, f"{db.name} failed back to {home}")
-            if at is not None:
-                self.mark("failback", f"{db.name}: primary back in {home}", at)
-            done = done and at is not None
-        return done
-
     # ------------------------------------------------------------------ result
-
-    async def detection(self) -> tuple[float | None, list[dict[str, Any]]]:
-        """The first sign the platform noticed, and the databases' records of the fault."""
-        if self.fault_at is None:
-            return None, []
-        moments: list[float | None] = []
-        records: list[dict[str, Any]] = []
-        target = self.fault.target if self.fault else ""
-        with contextlib.suppress(AlwaysonError):
-            seen = []
-            for event in await self.api.events(limit=1000):
-                at = float(event.get("at") or 0)
-                kind, subject = str(event.get("kind")), str(event.get("subject"))
-                relevant = kind.startswith("alert-firing") or (
-                    kind in ("crashed", "unhealthy", "start-timeout")
-                    and (subject == target or target in subject)
-                )
-                if at >= self.fault_at and relevant:
-                    seen.append((at, f"{kind} {subject}"))
-            if seen:
-                at, what = min(seen)
-                moments.append(at)
-                self.mark("detected", what, at)
-        for db in self.ctx.databases:
-            with contextlib.suppress(AlwaysonError):
-                for record in await self.api.records(db.name):
-                    detected = record.get("detected_at")
-                    if detected is not None and float(detected) >= self.fault_at - 1.0:
-                        records.append(record)
-        for record in records:
-            if record.get("kind") == "failover":
-                moments.append(float(record["detected_at"]))
-                self.mark(
-                    "detected",
-                    f"{record['database']}: {record['to']} saw the primary gone",
-                    float(record["detected_at"]),
-                )
-                if record.get("promoted_at"):
-                    self.mark(
-                        "promoted",
-                        f"{record['database']}: {record['to']} promoted",
-                        float(record["promoted_at"]),
-                    )
-        if self.scenario.target == "controller" and self.controller_down:
-            moments.append(self.controller_down[0])
-            self.mark("detected", "the controller's API stopped answering", self.controller_down[0])
-        return measuring.first_after(moments, self.fault_at), records
-
-    async def write_check(self) -> checks.WriteCheck:
-        if self.ctx.journey != "bank-registration" or not self.ctx.databases:
-            return checks.WriteCheck(note="no write check: the journey writes nothing to check")
-        db = self.ctx.databases[0]
-        errors = []
-        for site, url in db.endpoints.items():
-            try:
-                return await checks.check_registrations(
-                    url, self.acked, self.applicants.sent if self.applicants else set()
-                )
-            except Exception as exc:
-                errors.append(f"{site}: {exc}")
-        return checks.WriteCheck(note="write check failed: " + "; ".join(errors))
 
     async def result(self, status: Status, reason: str) -> dict[str, Any]:
         now = time.time()
         end = self.load_stopped_at or now
-        detected, records = await self.detection()
         fault_at = self.fault_at
+        detected, records = (
+            await concluding.detection(
+                self.api,
+                self.ctx,
+                self.scenario,
+                self.fault.target if self.fault else "",
+                fault_at,
+                self.controller_down,
+                self.mark,
+            )
+            if fault_at is not None
+            else (None, [])
+        )
         window_end = self.undone_at or end
         rto = measuring.rto(self.log, fault_at, window_end) if fault_at else None
         after = self.log.counts(start=fault_at) if fault_at else self.log.counts(start=math.inf)
@@ -561,9 +376,27 @@ class Drill:
         recovered = measuring.recovered_at(self.log, fault_at, window_end) if fault_at else None
         if recovered is not None:
             self.mark("recovered", "requests succeed again and keep succeeding", recovered)
-        writes = await self.write_check() if self.log.outcomes else checks.WriteCheck()
+        writes = (
+            await concluding.write_check(self.ctx, self.writes)
+            if self.log.outcomes
+            else checks.WriteCheck()
+        )
         lag = next((r.get("lag_at_fault") for r in records if r.get("kind") == "failover"), None)
-        objectives = self.objectives(status, rto, after["failed"], writes) if fault_at else []
+        primaries = concluding.primaries_summary(self.scenario, self.primaries)
+        objectives = (
+            concluding.objectives(
+                self.ctx,
+                self.scenario,
+                status,
+                rto,
+                after["failed"],
+                writes,
+                primaries,
+                bool(self.healed_at),
+            )
+            if fault_at
+            else []
+        )
         if status is Status.PASSED and not all(o.passed for o in objectives):
             status = Status.FAILED
             reason = "; ".join(
@@ -613,7 +446,7 @@ class Drill:
                 "lag_at_fault": lag,
                 "records": records,
             },
-            "primaries": self.primaries_summary(),
+            "primaries": primaries,
             "objectives": [o.to_dict() for o in objectives],
             "faults": [f.to_dict() for f in self.journal.faults],
             "timeline": [m.to_dict() for m in sorted(self.marks, key=lambda m: m.at)],
@@ -634,88 +467,15 @@ class Drill:
         self.write_progress(reason or status.value)
         return result
 
-    def primaries_summary(self) -> dict[str, Any] | None:
-        if not self.scenario.primaries:
-            return None
-        most = max((len(s["writable"]) for s in self.primaries), default=None)
-        two = [s for s in self.primaries if len(s["writable"]) > 1]
-        return {"samples": len(self.primaries), "max_writable": most, "two_writers": two[:20]}
-
-    def objectives(
-        self, status: Status, rto: float | None, failed: int, writes: checks.WriteCheck
-    ) -> list[Objective]:
-        out = [
-            judge(
-                "rto",
-                rto,
-                self.ctx.rto_objective,
-                " s",
-                "from the fault until requests succeed again and keep succeeding",
-            )
-        ]
-        if self.scenario.max_failed is not None:
-            out.append(
-                judge(
-                    "failed requests",
-                    float(failed),
-                    float(self.scenario.max_failed),
-                    "",
-                    "requests that failed after the fault",
-                )
-            )
-        if writes.checked:
-            sync = all(db.rpo == 0 for db in self.ctx.databases)
-            if sync:
-                out.append(
-                    judge(
-                        "acknowledged writes lost",
-                        float(len(writes.lost)),
-                        0.0,
-                        "",
-                        "RPO 0: every acknowledged registration stored",
-                    )
-                )
-            out.append(
-                judge(
-                    "ledger problems",
-                    float(len(writes.ledger_problems)),
-                    0.0,
-                    "",
-                    "balances sum to 0, entries balance, balances equal postings",
-                )
-            )
-        if self.scenario.primaries:
-            summary = self.primaries_summary() or {}
-            most = summary.get("max_writable")
-            out.append(
-                judge(
-                    "writable primaries at once",
-                    None if most is None else float(most),
-                    1.0,
-                    "",
-                    "never two writers",
-                )
-            )
-        if status is not Status.ABORTED:
-            out.append(
-                judge(
-                    "platform whole after undo",
-                    0.0 if self.healed_at else 1.0,
-                    0.0,
-                    "",
-                    "every instance ready, replication streaming",
-                )
-            )
-        return out
-
 
 class TargetDown(AlwaysonError):
     """The drill's load target or platform is not healthy before the fault."""
 
 
-async def run_drill(run_dir: Path) -> dict[str, Any]:
+async def run_drill(run_dir: Path, generator: LoadGenerator) -> dict[str, Any]:
+    """Run the drill ``run_dir/context.json`` describes, its load sent by ``generator``."""
     ctx = DrillContext.read(run_dir)
-    drill = Drill(ctx, run_dir)
+    drill = Drill(ctx, run_dir, generator)
     loop = asyncio.get_running_loop()
     import signal
 
