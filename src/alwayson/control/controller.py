@@ -10,7 +10,6 @@ internals; what they want changed comes back as intents applied here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +20,17 @@ from alwayson.control.applied import Applied
 from alwayson.control.databases import DatabaseOps
 from alwayson.control.desired import allocate_slots, desired_instances
 from alwayson.control.drilling import DrillOps
-from alwayson.control.instances import CandidateFailed, InstanceGone, InstanceOps
-from alwayson.control.looping import TaskOwner, wait_for_work
+from alwayson.control.instances import CandidateFailed, InstanceGone, InstanceOps, Intent
+from alwayson.control.looping import Reconciler
 from alwayson.control.observing import Observatory
 from alwayson.control.preflight import AddressCheck, UserCheck, preflight
 from alwayson.control.pushing import RouteBook, TablePusher
-from alwayson.control.reconciling import Decision, Observed, Snapshot, decide
 from alwayson.control.releasing import ReleaseDriver
-from alwayson.control.state import PlatformState, frozen_statuses, replica_counts
+from alwayson.control.state import PlatformState, frozen_statuses, only_site, replica_counts
 from alwayson.control.statuses import status_view
+from alwayson.control.waiting import TaskOwner
 from alwayson.release.model import Release
-from alwayson.runtime.base import InstanceSpec, Phase, Runtime, RuntimeEvent
+from alwayson.runtime.base import InstanceSpec, Phase, Runtime
 from alwayson.runtime.processes import Processes
 from alwayson.spec.loading import load_spec_text
 from alwayson.spec.models import MAX_REPLICAS, PlatformSpec
@@ -40,11 +39,9 @@ from alwayson.store.base import AuditEntry, Event, StateStore
 from alwayson.util.addresses import port_is_free
 from alwayson.util.clocks import Clock
 from alwayson.util.errors import (
-    AlwaysonError,
     ConflictError,
     NotFoundError,
     PermanentError,
-    TemporaryError,
 )
 
 log = logging.getLogger("alwayson.controller")
@@ -82,8 +79,6 @@ class Controller:
         self.can_run = can_run
         self.address_free = address_free
         self.applied = Applied(state_dir, default_user)
-        self.verdict = "starting"
-        self.cycles = 0
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -118,6 +113,16 @@ class Controller:
         )
         self.releases = ReleaseDriver(store, clock, self, self, self, self, self.observatory)
         self.observed_view = self.observatory.observed_view
+        self.loop = Reconciler(
+            self,
+            clock,
+            runtime,
+            self.instances,
+            self.routes,
+            self,
+            self._apply,
+            [self.releases.tick],
+        )
         (state_dir / "run" / "handover").mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------ ports given to the parts
@@ -179,9 +184,6 @@ class Controller:
             draining=frozenset(self.instances.draining),
         )
 
-    def desired_count(self, service: str, site: str) -> int:
-        return self.state().desired_count(service, site)
-
     # ------------------------------------------------------------ desired state
 
     async def load(self) -> None:
@@ -232,7 +234,7 @@ class Controller:
     async def autoscale(self, service: str, site: str, replicas: int) -> None:
         """The autoscaler's decision; unlike ``scale`` it is not drift from the spec."""
         async with self._lock:
-            before = self.desired_count(service, site)
+            before = self.state().desired_count(service, site)
             self.applied.autoscaled[(service, site)] = replicas
             await self.save_state()
         await self.record_event(
@@ -322,72 +324,23 @@ class Controller:
         self.tasks.spawn(self.observatory.run())
         self.tasks.spawn(self.drills.run())
         try:
-            while not self._done.is_set():
-                await self.turn()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.interval):
-                        event = await wait_for_work(self._wake, self.runtime.events, self._done)
-                        if event is not None:
-                            await self._handle(event)
-                self._wake.clear()
+            await self.loop.run(self._wake, self._done, self.interval)
         finally:
             await self.tasks.close()
             await self.observatory.close()
 
     async def turn(self) -> str:
-        """One loop turn: book runtime events, reconcile, step releases; the verdict."""
-        await self._drain_events()
-        try:
-            await self.cycle()
-        except (TemporaryError, OSError) as exc:
-            log.warning("cycle failed, will retry: %s", exc)
-        try:
-            await self.releases.tick()
-        except (AlwaysonError, OSError) as exc:
-            log.warning("release step failed, will retry: %s", exc)
-        return self.verdict
+        return await self.loop.turn()
 
-    async def cycle(self) -> Decision:
-        state = self.state()
-        observed = {
-            s.spec.id: Observed(
-                s.spec.id, s.spec.site, s.spec.service, s.spec.template_hash(), s.phase
-            )
-            for s in state.running()
-        }
-        snap = Snapshot(
-            now=state.now,
-            desired=state.desired,
-            observed=observed,
-            stopping=state.stopping,
-            blocked_until=self.instances.blocked_until(),
-            crash_reasons=self.instances.crash_reasons(),
-        )
-        decision = decide(snap)
-        for stop in decision.stops:
-            new = state.desired.get(stop.id)
-            hand_over = self.instances.can_hand_over(new, state.status_of(stop.id))
-            self.instances.begin_stop(stop.id, stop.reason, new if hand_over else None)
-        if decision.starts:
-            self.routes.write_initial(state, [s.spec for s in decision.starts])
-            await asyncio.gather(*(self.instances.start(s.spec, s.reason) for s in decision.starts))
-        await self.publish()
-        self.cycles += 1
-        if decision.verdict != self.verdict:
-            log.info("cycle %d: %s", self.cycles, decision.verdict)
-            self.verdict = decision.verdict
-        return decision
+    @property
+    def verdict(self) -> str:
+        return self.loop.verdict
 
-    async def _drain_events(self) -> None:
-        while not self.runtime.events.empty():
-            await self._handle(self.runtime.events.get_nowait())
-
-    async def _handle(self, event: RuntimeEvent) -> None:
-        for intent in await self.instances.handle(event, self.state()):
-            if isinstance(intent, CandidateFailed):
-                self.releases.note_failure(intent.service, intent.at, intent.text)
-            elif isinstance(intent, InstanceGone):
-                self.observatory.poke()
+    def _apply(self, intent: Intent) -> None:
+        if isinstance(intent, CandidateFailed):
+            self.releases.note_failure(intent.service, intent.at, intent.text)
+        elif isinstance(intent, InstanceGone):
+            self.observatory.poke()
 
     async def _audit(self, actor: str, action: str, detail: dict[str, Any]) -> None:
         safe = {k: [str(c) for c in v] if k == "changes" else v for k, v in detail.items()}
@@ -397,7 +350,7 @@ class Controller:
 
     async def restart_gateways(self, site: str | None, actor: str) -> list[dict[str, Any]]:
         """Replace each site's gateway, then its front door, handing sockets over."""
-        sites = _only_site([s.name for s in self.spec().workload_sites], site)
+        sites = only_site([s.name for s in self.spec().workload_sites], site)
         await self._audit(actor, "gateway-restart", {"site": site})
         return await self.instances.replace_components(sites, self.desired(), "restart requested")
 
@@ -407,15 +360,12 @@ class Controller:
         Each replacement hands the listening sockets over (no refused connection) and waits
         until the new process is ready before the next one starts."""
         spec = self.spec()
-        sites = _only_site([s.name for s in reversed(spec.workload_sites)], site)
+        sites = only_site([s.name for s in reversed(spec.workload_sites)], site)
         if any(self.releases.running(s.name) for s in spec.services):
             raise ConflictError("a service release is running; upgrade the gateways after it")
         started = self.clock.monotonic()
         await self._audit(actor, "upgrade-gateway", {"site": site})
-        replaced = []
-        for name in sites:
-            replaced += await self.instances.replace_components([name], self.desired(), "upgrade")
-            await self.record_event("upgraded", f"gateway@{name}", f"site {name} upgraded")
+        replaced = await self.instances.upgrade_sites(sites, self.desired())
         return {
             "version": __version__,
             "sites": sites,
@@ -428,8 +378,8 @@ class Controller:
     def status(self) -> dict[str, Any]:
         return status_view(
             self.state(),
-            verdict=self.verdict,
-            cycles=self.cycles,
+            verdict=self.loop.verdict,
+            cycles=self.loop.cycles,
             crashes=self.instances.crashes,
             start_failures=self.instances.start_failures,
             log_path=self.runtime.log_path,
@@ -446,12 +396,3 @@ class Controller:
 
     def shutdown(self) -> None:
         self._done.set()
-
-
-def _only_site(sites: list[str], site: str | None) -> list[str]:
-    """``sites``, or just ``site`` when one is named (which must be among them)."""
-    if site is None:
-        return sites
-    if site not in sites:
-        raise NotFoundError(f"unknown workload site {site!r} (sites: {', '.join(sites)})")
-    return [site]

@@ -192,6 +192,16 @@ class InstanceOps:
                 results.append(await self.replace(desired[ident], reason))
         return results
 
+    async def upgrade_sites(
+        self, sites: list[str], desired: Mapping[str, InstanceSpec]
+    ) -> list[dict[str, Any]]:
+        """Replace each site's gateway and front door, one site after the other."""
+        replaced = []
+        for name in sites:
+            replaced += await self.replace_components([name], desired, "upgrade")
+            await self.events.record_event("upgraded", f"gateway@{name}", f"site {name} upgraded")
+        return replaced
+
     async def drain(self, ident: str) -> None:
         """Wait until every ready gateway has a table without ``ident`` (bounded)."""
         self.draining.add(ident)

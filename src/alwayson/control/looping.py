@@ -1,86 +1,111 @@
-"""The loop's plumbing: owned background tasks, and waiting for the next reason to act."""
+"""The reconcile loop: one frozen snapshot a turn, a pure decision, its acts, a verdict.
+
+``Reconciler.turn`` books the runtime's events, builds one ``PlatformState``, lets
+``reconciling.decide`` choose what to stop and start (stop before start), has
+``InstanceOps`` carry it out, pushes the tables built from the same snapshot, then lets
+the other steppers (the release driver) take their step. Intents the parts return are
+handed to the controller's ``apply_intent``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
 
-from alwayson.control.ports import EventSink
-from alwayson.runtime.base import RuntimeEvent
+from alwayson.control.instances import InstanceOps, Intent
+from alwayson.control.ports import Publisher, StateReader
+from alwayson.control.pushing import RouteBook
+from alwayson.control.reconciling import Decision, Observed, Snapshot, decide
+from alwayson.control.waiting import first_of, wait_for_work
+from alwayson.runtime.base import Runtime, RuntimeEvent
 from alwayson.util.clocks import Clock
-from alwayson.util.errors import AlwaysonError
+from alwayson.util.errors import AlwaysonError, TemporaryError
 
 log = logging.getLogger("alwayson.controller")
-T = TypeVar("T")
+
+Step = Callable[[], Awaitable[None]]
 
 
-class TaskOwner:
-    """Background actions owned here: errors are logged and recorded, and ``close`` waits
-    for every one (nothing is fired and forgotten)."""
+class Reconciler:
+    def __init__(
+        self,
+        view: StateReader,
+        clock: Clock,
+        runtime: Runtime,
+        instances: InstanceOps,
+        routes: RouteBook,
+        publisher: Publisher,
+        apply_intent: Callable[[Intent], None],
+        steps: Sequence[Step] = (),
+    ) -> None:
+        self.view = view
+        self.clock = clock
+        self.runtime = runtime
+        self.instances = instances
+        self.routes = routes
+        self.publisher = publisher
+        self.apply_intent = apply_intent
+        self.steps = steps
+        self.verdict = "starting"
+        self.cycles = 0
 
-    def __init__(self, events: EventSink) -> None:
-        self.events = events
-        self._tasks: set[asyncio.Task[Any]] = set()
+    async def run(self, wake: asyncio.Event, done: asyncio.Event, interval: float) -> None:
+        """Turn until ``done``: at every wake-up, runtime event, or ``interval`` at most."""
+        while not done.is_set():
+            await self.turn()
+            waiting = wait_for_work(wake, self.runtime.events, done)
+            event = await first_of(waiting, self.clock, interval)
+            if event is not None:
+                await self.handle(event)
+            wake.clear()
 
-    def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
-        async def guarded() -> None:
+    async def turn(self) -> str:
+        """One loop turn: book runtime events, reconcile, take the steps; the verdict."""
+        while not self.runtime.events.empty():
+            await self.handle(self.runtime.events.get_nowait())
+        try:
+            await self.cycle()
+        except (TemporaryError, OSError) as exc:
+            log.warning("cycle failed, will retry: %s", exc)
+        for step in self.steps:
             try:
-                await coro
-            except AlwaysonError as exc:
-                log.error("%s", exc)
-                await self.events.record_event("action-failed", "controller", str(exc))
+                await step()
+            except (AlwaysonError, OSError) as exc:
+                log.warning("release step failed, will retry: %s", exc)
+        return self.verdict
 
-        task = asyncio.get_running_loop().create_task(guarded())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def cycle(self) -> Decision:
+        state = self.view.state()
+        observed = {
+            s.spec.id: Observed(
+                s.spec.id, s.spec.site, s.spec.service, s.spec.template_hash(), s.phase
+            )
+            for s in state.running()
+        }
+        snap = Snapshot(
+            now=state.now,
+            desired=state.desired,
+            observed=observed,
+            stopping=state.stopping,
+            blocked_until=self.instances.blocked_until(),
+            crash_reasons=self.instances.crash_reasons(),
+        )
+        decision = decide(snap)
+        for stop in decision.stops:
+            new = state.desired.get(stop.id)
+            hand_over = self.instances.can_hand_over(new, state.status_of(stop.id))
+            self.instances.begin_stop(stop.id, stop.reason, new if hand_over else None)
+        if decision.starts:
+            self.routes.write_initial(state, [s.spec for s in decision.starts])
+            await asyncio.gather(*(self.instances.start(s.spec, s.reason) for s in decision.starts))
+        await self.publisher.publish()
+        self.cycles += 1
+        if decision.verdict != self.verdict:
+            log.info("cycle %d: %s", self.cycles, decision.verdict)
+            self.verdict = decision.verdict
+        return decision
 
-    async def idle(self) -> None:
-        """Wait until every task spawned so far (and what they spawned) has finished."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-async def wait_for_work(
-    wake: asyncio.Event, events: asyncio.Queue[RuntimeEvent], done: asyncio.Event
-) -> RuntimeEvent | None:
-    """Return at a wake-up, at shutdown, or with the next runtime event."""
-    woken = asyncio.ensure_future(wake.wait())
-    event = asyncio.ensure_future(events.get())
-    finished = asyncio.ensure_future(done.wait())
-    futures = (woken, event, finished)
-    try:
-        await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for fut in futures:
-            fut.cancel()
-        await asyncio.gather(*futures, return_exceptions=True)
-    if event.done() and not event.cancelled() and event.exception() is None:
-        return event.result()
-    return None
-
-
-async def wait_event(event: asyncio.Event, clock: Clock, seconds: float) -> bool:
-    """Wait for ``event`` at most ``seconds`` of ``clock``; whether it was set."""
-    return await first_of(event.wait(), clock, seconds) is not None
-
-
-async def first_of(awaitable: Awaitable[T], clock: Clock, seconds: float) -> T | None:
-    """``awaitable``'s result, or None when ``seconds`` of ``clock`` pass first (it is
-    then cancelled)."""
-    task = asyncio.ensure_future(awaitable)
-    timer = asyncio.ensure_future(clock.sleep(seconds))
-    try:
-        await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        timer.cancel()
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(timer, task, return_exceptions=True)
-    return task.result() if task.done() and not task.cancelled() else None
+    async def handle(self, event: RuntimeEvent) -> None:
+        for intent in await self.instances.handle(event, self.view.state()):
+            self.apply_intent(intent)

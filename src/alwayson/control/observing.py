@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from alwayson.control.looping import first_of, wait_event
-from alwayson.data.settings import slot_name
+from alwayson.control.samples import database_samples
+from alwayson.control.waiting import first_of, wait_event
 from alwayson.metrics.model import Point, Sample
 from alwayson.metrics.promql import QueryEngine, QueryError, Scoped
 from alwayson.metrics.scraping import Scraper, Target
@@ -339,62 +339,7 @@ class Observatory:
         return out
 
     async def _database_samples(self, spec: PlatformSpec) -> list[Sample]:
-        if not spec.databases:
-            return []
-        out: list[Sample] = []
-        for db in await self.databases.status():
-            name = db["name"]
-            for report in db["sites"]:
-                site = str(report.get("site"))
-                labels = {"db": name, "site": site}
-                alive = not report.get("stale") and report.get("pid") is not None
-                out.append(Sample("alwayson_db_up", labels, 1.0 if alive else 0.0))
-                primary = report.get("role") == "primary" and bool(report.get("writable"))
-                out.append(Sample("alwayson_db_primary", labels, 1.0 if primary else 0.0))
-                out.append(
-                    Sample("alwayson_db_rpo_alert", labels, 1.0 if report.get("alert") else 0)
-                )
-                for key in ("connections", "xact_total"):
-                    if isinstance(report.get(key), int | float):
-                        out.append(Sample(f"alwayson_db_{key}", labels, float(report[key])))
-                for row in report.get("replication") or []:
-                    standby = _site_of_slot(str(row.get("standby", "")), spec)
-                    if standby is None:
-                        continue
-                    lag = {"db": name, "site": standby}
-                    out.append(
-                        Sample("alwayson_db_replication_lag_bytes", lag, float(row["lag_bytes"]))
-                    )
-                    out.append(
-                        Sample(
-                            "alwayson_db_replication_lag_seconds", lag, float(row["lag_seconds"])
-                        )
-                    )
-            backups = await self.databases.backups(name)
-            labels = {"db": name}
-            finished = [float(b["finished_at"]) for b in backups if b.get("finished_at")]
-            verified = [
-                float(b["finished_at"])
-                for b in backups
-                if b.get("verified") and b.get("finished_at")
-            ]
-            if finished:
-                out.append(
-                    Sample("alwayson_db_last_backup_timestamp_seconds", labels, max(finished))
-                )
-            # Until a first verified backup, count from when this controller first saw the
-            # database, so BackupTooOld fires backup_max_age after that, not at once.
-            first_seen = self._first_seen.setdefault(name, self.clock.wall())
-            out.append(
-                Sample(
-                    "alwayson_db_last_verified_backup_timestamp_seconds",
-                    labels,
-                    max(verified) if verified else first_seen,
-                )
-            )
-            failing = sum(1 for b in backups[-3:] if b.get("verified") is False)
-            out.append(Sample("alwayson_db_backup_verify_failures", labels, float(failing)))
-        return out
+        return await database_samples(spec, self.databases, self._first_seen, self.clock.wall())
 
     # ------------------------------------------------------------ alerts
 
@@ -596,13 +541,6 @@ class Observatory:
                     }
                 )
         return traffic
-
-
-def _site_of_slot(slot: str, spec: PlatformSpec) -> str | None:
-    for site in spec.workload_sites:
-        if slot == slot_name(site.name):
-            return site.name
-    return None
 
 
 def _escape(value: str) -> str:

@@ -19,6 +19,7 @@ from alwayson.runtime.base import InstanceSpec, InstanceStatus, Kind, Phase
 from alwayson.spec.loading import LoadedSpec
 from alwayson.spec.models import PlatformSpec
 from alwayson.spec.planning import Overrides, effective_replicas
+from alwayson.util.errors import NotFoundError
 
 
 def replica_counts(spec: PlatformSpec, overrides: Overrides, autoscaled: Overrides) -> Overrides:
@@ -43,6 +44,15 @@ def replica_counts(spec: PlatformSpec, overrides: Overrides, autoscaled: Overrid
 def site_replicas(spec: PlatformSpec, counts: Overrides, service: str) -> dict[str, int]:
     """``service``'s instance count in each workload site, from ``replica_counts``."""
     return {s.name: effective_replicas(spec, counts, service, s.name) for s in spec.workload_sites}
+
+
+def only_site(sites: list[str], site: str | None) -> list[str]:
+    """``sites``, or just ``site`` when one is named (which must be among them)."""
+    if site is None:
+        return sites
+    if site not in sites:
+        raise NotFoundError(f"unknown workload site {site!r} (sites: {', '.join(sites)})")
+    return [site]
 
 
 @dataclass(frozen=True)
