@@ -17,6 +17,9 @@ import pytest
 
 from alwayson.control.controller import Controller
 from alwayson.control.routing import Table
+from alwayson.metrics.model import Sample
+from alwayson.metrics.scraping import Target
+from alwayson.release.figures import REQUESTS
 from alwayson.release.model import Phase as ReleasePhase
 from alwayson.runtime.base import Kind, Phase
 from alwayson.runtime.memory import MemoryProcesses, MemoryRuntime, MemoryWorld
@@ -191,3 +194,69 @@ async def test_apply_release_scale_crash_and_restart_without_a_process(lab: Lab)
     assert again.status()["drift"] == [{"service": "accounts", "site": "surabaya", "replicas": 3}]
     assert {row["version"] for row in workloads(again)} == {"1.1.0"}
     assert all(s.phase is Phase.READY for s in again.runtime.statuses())
+
+
+class GatewayTraffic:
+    """The site gateways as the observe loop scrapes them: at every scrape each has served
+    ten more requests of each version of accounts, all 2xx (``errors`` makes the candidate's
+    5xx). A fake at the scraper's boundary: the store, the engine and the analysis are real."""
+
+    timeout = 2.0
+
+    def __init__(self, candidate: str, errors: bool = False) -> None:
+        self.candidate = candidate
+        self.errors = errors
+        self.served: dict[tuple[str, str], int] = {}
+
+    async def scrape_all(self, targets: list[Target], at: float) -> list[Sample]:
+        out = []
+        for target in targets:
+            out.append(Sample("up", dict(target.labels), 1.0))
+            if target.labels.get("job") != "gateways":
+                continue
+            site = target.labels["gateway_site"]
+            for version in ("1.0.0", self.candidate):
+                key = (target.labels["instance"], version)
+                self.served[key] = self.served.get(key, 0) + 10
+                code = "5xx" if self.errors and version == self.candidate else "2xx"
+                labels = {
+                    **target.labels,
+                    "service": "accounts",
+                    "site": site,
+                    "version": version,
+                    "code": code,
+                }
+                out.append(Sample(REQUESTS, labels, float(self.served[key])))
+        return out
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("errors", [False, True], ids=["healthy", "failing"])
+async def test_a_canary_is_judged_on_what_the_observe_loop_scraped(lab: Lab, errors: bool) -> None:
+    ctl = await lab.controller()
+    await ctl.apply(SPEC, str(lab.tmp / "alwayson.yaml"), "test")
+    await settle(ctl)
+    ctl.observatory.scraper = GatewayTraffic("1.1.0", errors)  # type: ignore[assignment]
+    observing = asyncio.create_task(ctl.observatory.run())
+    release = await ctl.deploy("accounts", "1.1.0", None, None, None, "test")
+    assert release.candidate.label == "1.1.0"
+    for _ in range(60):
+        await settle(ctl)
+        if ctl.releases.running("accounts") is None:
+            break
+        lab.clock.advance(1.0)
+    (history,) = await ctl.releases.history("accounts")
+    stage = history["history"][0]
+    assert stage["name"] == "canary 25%" and stage["analyses"] > 0, stage
+    if errors:
+        assert history["phase"] == ReleasePhase.ROLLED_BACK.value
+        assert {row["version"] for row in workloads(ctl)} == {"1.0.0"}
+    else:
+        assert history["phase"] == ReleasePhase.SUCCEEDED.value, history["message"]
+        assert {row["version"] for row in workloads(ctl)} == {"1.1.0"}
+    observing.cancel()
+    await asyncio.gather(observing, return_exceptions=True)
+    await ctl.tasks.close()
+    await ctl.observatory.close()
