@@ -146,7 +146,8 @@ def make_plan(
         if len(urls) != 1:
             raise BadInput(
                 "--journey: give the target's base URL once, e.g. "
-                f"alwayson loadtest --journey {journey} http://127.0.0.1:8080"
+                f"alwayson loadtest --journey {journey} http://127.0.0.1:8080; "
+                "without a URL, the default is the front door of ./alwayson.yaml (or -f SPEC)"
             )
         target, _ = parse_targets(urls)
         try:
