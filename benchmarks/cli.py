@@ -6,8 +6,9 @@ Each figure is the wall time of the whole command as an operator types it (the `
 script beside this Python, run from the sample bank's folder), after one warm-up run that
 is not counted; it prints the median, min and max of the counted runs. `status` asks the
 running sample bank (examples/digital-bank/alwayson.yaml). When none answers, the
-benchmark brings it up itself and takes it down at the end; a bank that was already up is
-left running. Bringing the bank up is heavy: run this under the shared lock
+benchmark brings it up itself, lets it settle for SETTLE seconds (a bank just started is
+busy with its first probes, scrapes and checks), and takes it down at the end; a bank that
+was already up is left running. Bringing the bank up is heavy: run this under the shared lock
 (`flock /tmp/alwayson-heavy.lock ...`) on a shared machine.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "digital-bank"
 ALWAYSON = Path(sys.executable).parent / "alwayson"
+SETTLE = 15.0  # seconds a bank this benchmark started gets for its first probes and scrapes
 COMMANDS: dict[str, list[str]] = {
     "alwayson --help": ["--help"],
     "alwayson status": ["status"],
@@ -89,6 +91,7 @@ def main() -> None:
             run_cli("down")
             raise SystemExit(f"alwayson up failed:\n{up.stderr}")
         started_bank = True
+        time.sleep(SETTLE)
     try:
         results = {name: figures(timed(argv, args.runs)) for name, argv in COMMANDS.items()}
     finally:
