@@ -75,6 +75,10 @@ def _pick(argument: Path | None, option: Path) -> Path:
 
 
 def _client(loaded: LoadedSpec | PlatformAddress, command: str) -> ApiClient:
+    # httpx imports its own command-line client when it can (click, pygments and rich's
+    # progress bars: 30 ms of every command that asks the controller); this process never
+    # runs it, so it is marked missing and httpx defines its stub instead.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     from alwayson.api.client import ApiClient
 
     if isinstance(loaded, PlatformAddress):
