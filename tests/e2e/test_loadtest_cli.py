@@ -22,10 +22,12 @@ CLI = ROOT / ".venv" / "bin" / "alwayson"
 Serve = Callable[..., str]
 
 
-def alwayson(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def alwayson(
+    *args: str, timeout: float = 60.0, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     command = str(CLI) if CLI.exists() else "alwayson"
     return subprocess.run(
-        [command, *args], capture_output=True, text=True, timeout=timeout, check=False
+        [command, *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
     )
 
 
@@ -188,6 +190,31 @@ def test_a_users_journey_runs_with_virtual_users(serve: Serve, tmp_path: Path) -
     assert steps["home"]["ok"] == data["iterations"]["ok"] > 0
     assert steps["add to basket"]["requests"] == data["iterations"]["ok"]
     assert data["iterations"]["dropped"] == 0
+
+
+def test_a_journey_inside_a_platforms_folder_loads_its_front_door(
+    serve: Serve, tmp_path: Path
+) -> None:
+    base = serve()
+    script = tmp_path / "browse.py"
+    script.write_text("async def browse(session):\n    await session.get('/home', name='home')\n")
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    (folder / "alwayson.yaml").write_text(
+        "platform: shop\n"
+        "sites: [{name: jakarta}, {name: surabaya}, {name: witness, witness: true}]\n"
+        f"front_door: {{listen: '{base.removeprefix('http://')}'}}\n"
+        "services:\n"
+        "  - {name: web, version: '1', run: python -m web, port: 8001}\n"
+    )
+    journey = ["loadtest", "--journey", f"{script}:browse", "--rate", "20", "--duration", "1s"]
+    run = alwayson(*journey, "--json", cwd=folder)
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    assert data["target"] == base and data["steps"]["home"]["ok"] == data["iterations"]["ok"] > 0
+    elsewhere = alwayson(*journey, cwd=tmp_path)  # no alwayson.yaml here: the URL is needed
+    assert elsewhere.returncode == 2
+    assert "--journey: give the target's base URL once" in one_line(elsewhere.stderr)
 
 
 def interrupt_when_progressing(args: list[str], log: Path) -> tuple[int, str]:

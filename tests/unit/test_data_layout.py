@@ -25,9 +25,10 @@ from alwayson.data.layout import (
     secrets_of,
 )
 from alwayson.data.links import Relay, Target
-from alwayson.data.settings import HBA, INCLUDE_LINE, postgresql_conf, quote, slot_name
+from alwayson.data.settings import HBA, INCLUDE_LINE, postgresql_conf, quote
 from alwayson.spec.loading import load_spec_text
 from alwayson.spec.models import PlatformSpec
+from alwayson.util.replication import slot_name
 from alwayson.util.sitelinks import Partitions, write_partitions
 
 PASSWORDS = {

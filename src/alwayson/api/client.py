@@ -1,22 +1,18 @@
-"""The one typed client of the REST API; the CLI talks to the controller only through it."""
+"""The one typed client of the REST API; the CLI talks to the controller only through it.
+
+Every CLI command imports this module, so it stays light: the pydantic bodies of
+``api.schemas`` are imported only by the methods that send or read them.
+"""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from alwayson.api.schemas import (
-    ChangesOut,
-    DeployBody,
-    MessageOut,
-    ReplacedOut,
-    ScaleBody,
-    SiteBody,
-    SpecBody,
-)
 from alwayson.util.errors import (
     AlwaysonError,
     ConflictError,
@@ -27,9 +23,18 @@ from alwayson.util.errors import (
     TemporaryError,
 )
 
+if TYPE_CHECKING:
+    from alwayson.api.schemas import ChangesOut, DeployBody, MessageOut, ReplacedOut
+
 
 class ControllerUnreachable(TemporaryError):
     pass
+
+
+# The API is plain HTTP on loopback. httpx's default TLS context reads certifi's whole CA
+# bundle for every client (a tenth of a second of `alwayson status`); this one loads no
+# certificate at all, so a TLS connection, should one ever be attempted, fails closed.
+_NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 class ApiClient:
@@ -39,7 +44,11 @@ class ApiClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.AsyncClient(
-            base_url=f"http://{api}", headers=headers, timeout=timeout, trust_env=False
+            base_url=f"http://{api}",
+            headers=headers,
+            timeout=timeout,
+            trust_env=False,
+            verify=_NO_TLS,
         )
 
     async def __aenter__(self) -> ApiClient:
@@ -73,22 +82,30 @@ class ApiClient:
         return data
 
     async def plan(self, text: str, path: str) -> ChangesOut:
+        from alwayson.api.schemas import ChangesOut, SpecBody
+
         body = SpecBody(text=text, path=path).model_dump()
         return ChangesOut.model_validate(
             (await self._request("POST", "/api/v1/plan", json=body)).json()
         )
 
     async def apply(self, text: str, path: str) -> ChangesOut:
+        from alwayson.api.schemas import ChangesOut, SpecBody
+
         body = SpecBody(text=text, path=path).model_dump()
         response = await self._request("POST", "/api/v1/apply", json=body)
         return ChangesOut.model_validate(response.json())
 
     async def scale(self, service: str, replicas: int, site: str | None) -> MessageOut:
+        from alwayson.api.schemas import MessageOut, ScaleBody
+
         body = ScaleBody(service=service, replicas=replicas, site=site).model_dump()
         response = await self._request("POST", "/api/v1/scale", json=body)
         return MessageOut.model_validate(response.json())
 
     async def restart_gateways(self, site: str | None) -> list[ReplacedOut]:
+        from alwayson.api.schemas import ReplacedOut, SiteBody
+
         body = SiteBody(site=site).model_dump()
         response = await self._request("POST", "/api/v1/gateways/restart", json=body, timeout=120.0)
         return [ReplacedOut.model_validate(r) for r in response.json()]
@@ -120,6 +137,8 @@ class ApiClient:
         return data
 
     async def upgrade_gateways(self, site: str | None) -> dict[str, Any]:
+        from alwayson.api.schemas import SiteBody
+
         body = SiteBody(site=site).model_dump()
         response = await self._request("POST", "/api/v1/upgrade/gateway", json=body, timeout=300.0)
         data: dict[str, Any] = response.json()
@@ -138,6 +157,8 @@ class ApiClient:
         return (await self._request("GET", path, params=params)).text
 
     async def down(self) -> MessageOut:
+        from alwayson.api.schemas import MessageOut
+
         response = await self._request("POST", "/api/v1/down", timeout=120.0)
         return MessageOut.model_validate(response.json())
 

@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from alwayson.control.databases import STALE_AFTER
-from alwayson.data.settings import slot_name
+from alwayson.util.replication import slot_name
 
 if TYPE_CHECKING:
     from alwayson.control.controller import Controller

@@ -1,21 +1,28 @@
-"""Helpers every command shares: loading the spec, calling the controller, errors."""
+"""Helpers every command shares: loading the spec, calling the controller, errors.
+
+Every command imports this module, ``--help`` included, so it imports only Typer, rich's
+console and small modules of our own: the HTTP client, asyncio and the spec's models are
+imported by the helpers that use them (see docs/BENCHMARKS.md, "CLI").
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 
-from alwayson.api.client import ApiClient
 from alwayson.api.tokens import read_token
-from alwayson.spec.loading import LoadedSpec, load_spec_file
+from alwayson.spec.locating import PlatformAddress, locate_platform
 from alwayson.util.errors import AlwaysonError, SpecError
+
+if TYPE_CHECKING:
+    from alwayson.api.client import ApiClient
+    from alwayson.spec.loading import LoadedSpec
 
 T = TypeVar("T")
 
@@ -39,6 +46,8 @@ class Failed(Exception):
 
 
 def _run(coro: Awaitable[T]) -> T:
+    import asyncio
+
     async def wrapper() -> T:
         return await coro
 
@@ -50,6 +59,8 @@ def _emit_json(data: Any) -> None:
 
 
 def _load(file: Path, check_commands: bool = True) -> LoadedSpec:
+    from alwayson.spec.loading import load_spec_file
+
     try:
         return load_spec_file(file, check_commands=check_commands)
     except SpecError as exc:
@@ -63,16 +74,35 @@ def _pick(argument: Path | None, option: Path) -> Path:
     return argument if argument is not None else option
 
 
-def _client(loaded: LoadedSpec, command: str) -> ApiClient:
+def _client(loaded: LoadedSpec | PlatformAddress, command: str) -> ApiClient:
+    # httpx imports its own command-line client when it can (click, pygments and rich's
+    # progress bars: 30 ms of every command that asks the controller); this process never
+    # runs it, so it is marked missing and httpx defines its stub instead.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    from alwayson.api.client import ApiClient
+
+    if isinstance(loaded, PlatformAddress):
+        return ApiClient(loaded.api, read_token(loaded.state_dir), command)
     return ApiClient(loaded.spec.controller.api, read_token(loaded.state_dir), command)
+
+
+def _locate(file: Path) -> PlatformAddress:
+    """The controller of the platform that ``file`` declares, read without building the
+    spec's models; a spec whose ``controller:`` cannot be read plainly is loaded fully,
+    which reports its problems (exit 2)."""
+    found = locate_platform(file)
+    if found is not None:
+        return found
+    loaded = _load(file, check_commands=False)
+    return PlatformAddress(loaded.spec.controller.api, loaded.state_dir)
 
 
 def _call(file: Path, command: str, fn: Callable[[ApiClient], Awaitable[T]]) -> T:
     """One request to the controller of the platform that ``file`` declares."""
-    loaded = _load(file, check_commands=False)
+    place = _locate(file)
 
     async def flow() -> T:
-        async with _client(loaded, command) as client:
+        async with _client(place, command) as client:
             return await fn(client)
 
     return _run(flow())

@@ -5,12 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from alwayson.api.client import ApiClient
 from alwayson.cli.common import (
     Failed,
     JsonOpt,
@@ -22,6 +21,10 @@ from alwayson.cli.common import (
     err,
 )
 from alwayson.util.errors import NotFoundError
+from alwayson.util.replication import slot_name
+
+if TYPE_CHECKING:
+    from alwayson.api.client import ApiClient
 
 db_app = typer.Typer(
     help="The databases: status, planned switchover, forced failover, failback.",
@@ -101,8 +104,6 @@ def _finish(result: dict[str, Any], as_json: bool, summary: str) -> None:
 def _lag(site: dict[str, Any], primary: dict[str, Any] | None) -> str:
     if site.get("role") == "primary" or primary is None:
         return ""
-    from alwayson.data.settings import slot_name
-
     row = next(
         (r for r in primary.get("replication", []) if r.get("standby") == slot_name(site["site"])),
         None,

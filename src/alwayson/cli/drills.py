@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from alwayson.api.client import ApiClient, ControllerUnreachable
 from alwayson.cli.common import Failed, JsonOpt, SpecOpt, _call, _emit_json, _wrap, console, err
-from alwayson.drills.scenarios import SCENARIOS
+from alwayson.spec.scenarios import SCENARIO_NAMES
 from alwayson.util.durations import parse_duration
-from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
+from alwayson.util.errors import AlwaysonError, ConflictError, NotFoundError, PermanentError
+
+if TYPE_CHECKING:
+    from alwayson.api.client import ApiClient
 
 drill_app = typer.Typer(
     help="DR drills: a scripted fault (instance kill, site loss, partition, ...) run under "
@@ -44,7 +45,7 @@ def _when(at: Any) -> str:
 
 @drill_app.command("run")
 def run(
-    scenario: str = typer.Argument(..., help="One of: " + ", ".join(SCENARIOS) + "."),
+    scenario: str = typer.Argument(..., help="One of: " + ", ".join(SCENARIO_NAMES) + "."),
     site: str | None = typer.Option(
         None, "--site", "-s", help="Site to hit (default: the database's primary site)."
     ),
@@ -73,11 +74,8 @@ def run(
     """
 
     def go() -> None:
-        if scenario not in SCENARIOS:
-            err.print(f"unknown drill scenario {scenario!r}; the scenarios are:")
-            for s in SCENARIOS.values():
-                err.print(f"  {s.name:16} {s.summary}", markup=False, highlight=False)
-            raise Failed(2)
+        if scenario not in SCENARIO_NAMES:
+            _refuse_unknown(scenario, file)
         hold = None
         if duration is not None:
             try:
@@ -93,7 +91,31 @@ def run(
     _wrap(go)
 
 
+def _refuse_unknown(scenario: str, file: Path) -> None:
+    """Exit 2 naming the scenarios; what each does comes from the controller (the drills'
+    catalogue lives there), or only their names when it does not answer."""
+    err.print(f"unknown drill scenario {scenario!r}; the scenarios are:")
+    try:
+        rows = _scenarios(file)
+    except AlwaysonError:
+        rows = [{"name": name, "summary": ""} for name in SCENARIO_NAMES]
+    for row in rows:
+        err.print(f"  {row['name']:16} {row['summary']}", markup=False, highlight=False)
+    raise Failed(2)
+
+
+def _scenarios(file: Path) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = _call(
+        file, "drill list", lambda c: c.get_json("/api/v1/drills/scenarios")
+    )
+    return found
+
+
 async def _run_drill(client: ApiClient, body: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    import asyncio
+
+    from alwayson.api.client import ControllerUnreachable
+
     try:
         record: dict[str, Any] = await client.post_json("/api/v1/drills", body)
     except (NotFoundError, PermanentError, ConflictError) as exc:
@@ -265,9 +287,9 @@ def list_(
 
     def go() -> None:
         if scenarios:
-            rows: list[dict[str, Any]] = [
-                {"name": s.name, "summary": s.summary, "hold_seconds": s.hold}
-                for s in SCENARIOS.values()
+            rows = [
+                {"name": s["name"], "summary": s["summary"], "hold_seconds": s["hold_seconds"]}
+                for s in _scenarios(file)
             ]
             if as_json:
                 _emit_json(rows)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
 
 import typer
 
-from alwayson.api.client import ApiClient
 from alwayson.api.tokens import read_token
-from alwayson.gateway.serving import GatewayConfig, run
-from alwayson.spec.loading import load_spec_file
 from alwayson.util.errors import AlwaysonError, SpecError
 
 app = typer.Typer(help="The gateway (data plane) on its own.", no_args_is_help=True)
@@ -39,6 +35,8 @@ def serve(
     if not upstream and routes_file is None:
         typer.echo("give at least one --upstream URL or a --routes-file", err=True)
         raise typer.Exit(2)
+    from alwayson.gateway.serving import GatewayConfig, run
+
     try:
         config = GatewayConfig(
             listen=tuple(listen),
@@ -67,6 +65,11 @@ def restart(
     its requests and exits: no connection is refused, no request is cut. Site by site,
     the gateway first, then the front door.
     """
+    import asyncio
+
+    from alwayson.api.client import ApiClient
+    from alwayson.spec.loading import load_spec_file
+
     try:
         loaded = load_spec_file(file, check_commands=False)
     except SpecError as exc:

@@ -1,22 +1,24 @@
-"""``alwayson``: the command line. Every command that reports takes ``--json``."""
+"""``alwayson``: the command line. Every command that reports takes ``--json``.
+
+Operators type these commands all day, so a command imports only what it uses: the
+modules below are light, and the controller daemon, the spec's models, asyncio and the
+HTTP client are imported inside the commands that need them. ``alwayson.api.daemon``
+(which drags the whole control plane in) is imported only by ``up`` and ``down``: the one
+exception import-linter allows in the CLI's contract.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from alwayson.api.client import ApiClient
-from alwayson.api.daemon import LOG_FILE, controller_record, spawn
 from alwayson.cli import databases, drills, gateways, loadtest, observing, releases
 from alwayson.cli.common import (
     Failed,
@@ -26,16 +28,19 @@ from alwayson.cli.common import (
     _client,
     _emit_json,
     _load,
+    _locate,
     _pick,
     _run,
     _wrap,
     console,
     err,
 )
-from alwayson.spec.loading import LoadedSpec, load_spec_file
-from alwayson.spec.schemas import render_schema
 from alwayson.util.addresses import port_is_free, split_hostport
 from alwayson.util.errors import SpecError
+
+if TYPE_CHECKING:
+    from alwayson.api.client import ApiClient
+    from alwayson.spec.loading import LoadedSpec
 
 app = typer.Typer(
     name="alwayson",
@@ -74,6 +79,10 @@ DOWN_DEADLINE = 120.0
 
 async def _ensure_controller(loaded: LoadedSpec, quiet: bool) -> None:
     """Start the controller daemon unless one already answers for this state directory."""
+    import asyncio
+
+    from alwayson.api.daemon import LOG_FILE, controller_record, spawn
+
     api = loaded.spec.controller.api
     async with _client(loaded, "up") as probe:
         if controller_record(loaded.state_dir) is not None and await probe.healthy():
@@ -118,6 +127,10 @@ def _tail(path: Path, lines: int) -> str:
 
 async def _wait_ready(client: ApiClient, quiet: bool, timeout: float) -> dict[str, Any]:
     """Wait until every desired process is ready, showing progress per site."""
+    import asyncio
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     started = time.monotonic()
     status = await client.status()
     progress = Progress(
@@ -236,6 +249,10 @@ def down(
         loaded = _load(_pick(spec_path, file), check_commands=False)
 
         async def flow() -> str:
+            import asyncio
+
+            from alwayson.api.daemon import controller_record
+
             await _ensure_controller(loaded, quiet=True)
             record = controller_record(loaded.state_dir)
             async with _client(loaded, "down") as client:
@@ -400,10 +417,10 @@ def logs(
     """Print the logs of every instance of a service, each line prefixed by its instance."""
 
     def go() -> None:
-        loaded = _load(file, check_commands=False)
+        place = _locate(file)
 
         async def flow() -> None:
-            async with _client(loaded, "logs") as client:
+            async with _client(place, "logs") as client:
                 async for line in client.logs(service, site, tail, follow):
                     sys.stdout.write(line + "\n")
                     sys.stdout.flush()
@@ -467,6 +484,10 @@ def validate(
     as_json: bool = JsonOpt,
 ) -> None:
     """Check a spec: prints `file:line:column: path: message` for every problem."""
+    import dataclasses
+
+    from alwayson.spec.loading import load_spec_file
+
     path = _pick(spec_path, file)
     try:
         loaded = load_spec_file(path)
@@ -492,6 +513,8 @@ def validate(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of alwayson.yaml (for editors and CI checks)."""
+    from alwayson.spec.schemas import render_schema
+
     sys.stdout.write(render_schema())
 
 

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from alwayson.api.client import ApiClient
-from alwayson.api.schemas import DeployBody
 from alwayson.cli.common import (
     Failed,
     JsonOpt,
@@ -21,7 +17,7 @@ from alwayson.cli.common import (
     _call,
     _client,
     _emit_json,
-    _load,
+    _locate,
     _run,
     _wrap,
     console,
@@ -29,6 +25,9 @@ from alwayson.cli.common import (
 )
 from alwayson.util.durations import parse_duration
 from alwayson.util.merging import deep_merge
+
+if TYPE_CHECKING:
+    from alwayson.api.client import ApiClient
 
 release_app = typer.Typer(
     help="Follow, promote, abort and roll back releases (started by `deploy` or `apply`).",
@@ -143,6 +142,8 @@ def deploy(
                 err.print("--settings-json: give a JSON object", markup=False)
                 raise Failed(2)
             settings = deep_merge(extra, settings)
+        from alwayson.api.schemas import DeployBody
+
         body = DeployBody(
             service=service, version=version, run=run, strategy=strategy, settings=settings
         )
@@ -161,10 +162,10 @@ def deploy(
 
 def _follow(file: Path, service: str, quiet: bool) -> dict[str, Any]:
     """Poll the release until it ends, with a progress bar (unless ``quiet``)."""
-    loaded = _load(file, check_commands=False)
+    place = _locate(file)
 
     async def flow() -> dict[str, Any]:
-        async with _client(loaded, "release") as client:
+        async with _client(place, "release") as client:
             return await _watch(client, service, quiet)
 
     return _run(flow())
@@ -178,12 +179,16 @@ async def _current(client: ApiClient, service: str) -> dict[str, Any]:
 
 
 async def _watch(client: ApiClient, service: str, quiet: bool) -> dict[str, Any]:
+    import asyncio
+
     release = await _current(client, service)
     if quiet:
         while release["phase"] in ACTIVE:
             await asyncio.sleep(POLL)
             release = await _current(client, service)
         return release
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (
         TextColumn("[bold]{task.fields[service]}[/bold]"),
         BarColumn(),

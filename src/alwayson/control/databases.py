@@ -18,11 +18,11 @@ from alwayson.data import leases
 from alwayson.data.backups import check_restore_name
 from alwayson.data.keeping import change_lease, read_lease, request_key
 from alwayson.data.layout import endpoint_address
-from alwayson.data.settings import slot_name
 from alwayson.spec.models import Database, PlatformSpec
 from alwayson.store.base import AuditEntry, StateStore
 from alwayson.util.clocks import Clock
 from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
+from alwayson.util.replication import slot_name
 
 if TYPE_CHECKING:
     from alwayson.control.ports import SpecReader

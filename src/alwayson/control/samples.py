@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from alwayson.data.settings import slot_name
 from alwayson.metrics.model import Sample
 from alwayson.spec.models import PlatformSpec
+from alwayson.util.replication import slot_name
 
 if TYPE_CHECKING:
     from alwayson.control.ports import DatabaseReports

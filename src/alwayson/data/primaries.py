@@ -12,9 +12,9 @@ from alwayson.data.deciding import (
     decide_sync,
 )
 from alwayson.data.engines import query, wait_backends_gone
-from alwayson.data.settings import slot_name
 from alwayson.data.tending import Tender
 from alwayson.util.errors import TemporaryError
+from alwayson.util.replication import slot_name
 
 BACKENDS_GONE_TIMEOUT = 5.0
 

@@ -12,12 +12,9 @@ from pathlib import Path
 
 from alwayson.data.layout import SUPERUSER, DatabaseConfig
 from alwayson.util.addresses import split_hostport
+from alwayson.util.replication import slot_name
 
 INCLUDE_LINE = "include_if_exists = 'alwayson.conf'\n"
-
-
-def slot_name(site: str) -> str:
-    return site.replace("-", "_")
 
 
 def quote(value: str) -> str:

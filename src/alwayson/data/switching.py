@@ -11,10 +11,10 @@ from alwayson.data.deciding import Role
 from alwayson.data.engines import EngineError, conninfo, query
 from alwayson.data.layout import SUPERUSER
 from alwayson.data.lsns import lsn_int, lsn_text
-from alwayson.data.settings import slot_name
 from alwayson.data.starting import clone_from
 from alwayson.data.tending import Tender
 from alwayson.util.errors import AlwaysonError, TemporaryError
+from alwayson.util.replication import slot_name
 
 SWITCHOVER_WAIT = 30.0
 REPLAY_POLL = 0.05

@@ -24,10 +24,11 @@ from alwayson.data.deciding import Role, renewal_budget
 from alwayson.data.engines import Engine, EngineError, Postmaster, conninfo, query
 from alwayson.data.layout import SUPERUSER, DatabaseConfig
 from alwayson.data.leases import Lease, LeaseRefused, Tenure
-from alwayson.data.settings import postgresql_conf, slot_name
+from alwayson.data.settings import postgresql_conf
 from alwayson.data.wal import end_of_wal
 from alwayson.util.clocks import Clock
 from alwayson.util.errors import TemporaryError
+from alwayson.util.replication import slot_name
 from alwayson.util.sitelinks import Partitions
 
 log = logging.getLogger("alwayson.agent")

@@ -4,19 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from alwayson.spec.scenarios import SCENARIO_NAMES as SCENARIO_NAMES
 from alwayson.spec.types import Duration, Name
-
-SCENARIO_NAMES = (
-    "instance-kill",
-    "instance-hang",
-    "site-loss",
-    "site-partition",
-    "link-latency",
-    "db-primary-kill",
-    "gateway-kill",
-    "controller-kill",
-)
-"""The scenarios ``alwayson.drills`` ships (it checks its own list against this one)."""
 
 
 class Strict(BaseModel):

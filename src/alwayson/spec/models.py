@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from alwayson.spec.drilling import Drills
+from alwayson.spec.locating import DEFAULT_API, DEFAULT_STATE_DIR, normalize_listen
 from alwayson.spec.observing import (
     Alerts,
     Autoscale,
@@ -31,21 +32,10 @@ from alwayson.spec.observing import (
     rule_expr_problem,
 )
 from alwayson.spec.types import Duration, Name
-from alwayson.util.addresses import split_hostport
-
-
-def _check_listen(value: str) -> str:
-    host, port = split_hostport(value)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError as exc:
-        raise ValueError(f"{value!r}: the host must be an IP address like 127.0.0.1") from exc
-    return f"{host}:{port}"
-
 
 ListenAddress = Annotated[
     str,
-    BeforeValidator(lambda v: _check_listen(str(v))),
+    BeforeValidator(lambda v: normalize_listen(str(v))),
     WithJsonSchema({"type": "string", "description": "host:port, e.g. 127.0.0.1:8080"}),
 ]
 
@@ -422,8 +412,8 @@ class Database(Strict):
 
 
 class Controller(Strict):
-    api: ListenAddress = Field(default="127.0.0.1:7070", description="REST API and dashboard.")
-    state_dir: str = Field(default=".alwayson", description="Relative to the spec's folder.")
+    api: ListenAddress = Field(default=DEFAULT_API, description="REST API and dashboard.")
+    state_dir: str = Field(default=DEFAULT_STATE_DIR, description="Relative to the spec's folder.")
     reconcile_interval: Duration = 1.0
 
 
