@@ -211,3 +211,34 @@ async def test_tcp_probe(tmp_path: Path) -> None:
 
     assert (up.ok, up.detail) == (True, "tcp connect ok")
     assert not down.ok
+
+
+async def test_http_probe_by_host_name(tmp_path: Path) -> None:
+    async with serving(answering(b"HTTP/1.1 200 OK")) as port:
+        result = await run_probe(HTTP, "localhost", port, str(tmp_path))
+
+    assert (result.ok, result.detail) == (True, "HTTP 200")
+
+
+async def test_http_probe_reads_only_the_status_line(tmp_path: Path) -> None:
+    """A status line split over several writes is read whole; what follows is not read."""
+
+    async def slowly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        for part in (b"HTTP/1.1 2", b"04 No Content\r\n", b"X-Pad: " + b"x" * 100_000):
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+    async with serving(slowly) as port:
+        result = await run_probe(HTTP, "127.0.0.1", port, str(tmp_path))
+
+    assert (result.ok, result.detail) == (True, "HTTP 204")
+
+
+async def test_http_probe_against_an_endless_line(tmp_path: Path) -> None:
+    async with serving(answering(b"x" * 100_000)) as port:
+        result = await run_probe(HTTP, "127.0.0.1", port, str(tmp_path))
+
+    assert not result.ok
+    assert result.detail.startswith("not an HTTP response: b'xxx")
