@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tests.unit.controlparts import Parts
 from tests.unit.controlparts import observatory as observatory_on
 
@@ -120,3 +121,44 @@ def test_the_specs_retention_reaches_the_store_but_not_its_rollup_step(tmp_path:
     obs._apply_retention(spec)
     assert (obs.series.retention.raw, obs.series.retention.rollup) == (7200.0, 3 * 86400.0)
     assert obs.series.retention.rollup_step == step == 60.0
+
+
+def test_traffic_per_service_and_site_comes_from_three_grouped_queries(tmp_path: Path) -> None:
+    obs, spec = observatory(tmp_path, [])
+    gateway = {"job": "gateways", "instance": "gateway@jakarta", "service": "accounts"}
+
+    def requests(site: str, code: str, total: float) -> Sample:
+        labels = {**gateway, "site": site, "version": "1", "code": code}
+        return Sample("alwayson_gateway_requests_total", labels, total)
+
+    def bucket(site: str, le: str, total: float) -> Sample:
+        labels = {**gateway, "site": site, "version": "1", "le": le}
+        return Sample("alwayson_gateway_request_duration_seconds_bucket", labels, total)
+
+    t0 = 1_800_000_000.0
+    for at, ok, bad in ((t0, 0.0, 0.0), (t0 + 10, 90.0, 10.0), (t0 + 20, 180.0, 20.0)):
+        obs.series.append(
+            [
+                requests("jakarta", "2xx", ok),
+                requests("jakarta", "5xx", bad),
+                bucket("jakarta", "0.1", ok + bad),
+                bucket("jakarta", "+Inf", ok + bad),
+            ],
+            at,
+        )
+    rows = {(r["service"], r["site"]): r for r in obs._measure_traffic(spec, t0 + 20)}
+    jakarta = rows[("accounts", "jakarta")]
+    # What the autoscaler's own per-service query says (PromQL's extrapolated rate).
+    single = obs.scaling_metrics("accounts", "jakarta", 30.0, t0 + 20)
+    assert jakarta["rps"] == pytest.approx(single["rps"]) == pytest.approx(200 / 30)
+    assert jakarta["p95_seconds"] == pytest.approx(single["p95"])
+    assert jakarta["error_rate"] == pytest.approx(0.1)
+    assert 0 < jakarta["p95_seconds"] <= 0.1
+    assert rows[("accounts", "surabaya")] == {
+        "site": "surabaya",
+        "service": "accounts",
+        "rps": None,
+        "error_rate": None,
+        "p95_seconds": None,
+    }
+    obs.series.close()

@@ -61,6 +61,8 @@ SCALING_KEY = "observe/autoscalers"
 DECISION_PREFIX = "observe/autoscale/"
 KEEP_DELIVERIES = 500
 COMPACT_EVERY = 60.0
+_REQUESTS = "alwayson_gateway_requests_total"
+_BUCKETS = "alwayson_gateway_request_duration_seconds_bucket"
 SCRAPED_KINDS = {Kind.WORKLOAD: "instances", Kind.GATEWAY: "gateways", Kind.FRONTDOOR: "frontdoors"}
 PROCESS_KINDS = {
     Kind.WORKLOAD: "instance",
@@ -521,26 +523,43 @@ class Observatory:
         }
 
     def _measure_traffic(self, spec: PlatformSpec, now: float) -> list[dict[str, Any]]:
+        """Requests per second, error rate and p95 of every service in every site over the
+        last 30 s: three grouped queries, not three per service and site."""
+        rps = self._by_service_site(f"sum by (service, site) (rate({_REQUESTS}[30s]))", now)
+        errors = self._by_service_site(
+            f'sum by (service, site) (rate({_REQUESTS}{{code="5xx"}}[30s]))', now
+        )
+        p95 = self._by_service_site(
+            f"histogram_quantile(0.95, sum by (service, site, le) (rate({_BUCKETS}[30s])))", now
+        )
         traffic = []
         for site in spec.workload_sites:
             for svc in spec.services:
-                metrics = self.scaling_metrics(svc.name, site.name, 30.0, now)
-                errors = self._metric(
-                    f'sum(rate(alwayson_gateway_requests_total{{service="{svc.name}",'
-                    f'site="{site.name}",code="5xx"}}[30s]))',
-                    now,
-                )
-                rps = metrics["rps"]
+                key = (svc.name, site.name)
+                rate = rps.get(key)
                 traffic.append(
                     {
                         "site": site.name,
                         "service": svc.name,
-                        "rps": rps,
-                        "error_rate": (errors or 0.0) / rps if rps else None,
-                        "p95_seconds": metrics["p95"],
+                        "rps": rate,
+                        "error_rate": errors.get(key, 0.0) / rate if rate else None,
+                        "p95_seconds": p95.get(key),
                     }
                 )
         return traffic
+
+    def _by_service_site(self, expr: str, at: float) -> dict[tuple[str, str], float]:
+        """The finite values of ``expr`` by (service, site); empty when it fails."""
+        try:
+            points = self.query(expr, at)
+        except QueryError as exc:
+            log.warning("query failed: %s: %s", expr, exc)
+            return {}
+        return {
+            (p.labels.get("service", ""), p.labels.get("site", "")): p.value
+            for p in points
+            if math.isfinite(p.value)
+        }
 
 
 def _escape(value: str) -> str:

@@ -17,6 +17,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -319,6 +320,51 @@ async def query(
             return await cur.fetchall() if cur.description else []
     except (psycopg.OperationalError, TimeoutError, OSError) as exc:
         raise TemporaryError(f"{exc}".strip() or "no answer in time") from exc
+
+
+class KeptConnection:
+    """One connection kept open for the statements a steward runs every cycle.
+
+    A fresh connection per statement costs PostgreSQL a new backend process and a password
+    exchange, four times a second per agent (most of an idle agent's CPU). Any failure
+    closes the connection; the next statement opens a new one, so a restarted, stopped or
+    promoted server is simply reconnected to. ``dsn`` is asked each time it connects.
+    """
+
+    def __init__(self, dsn: Callable[[], str]) -> None:
+        self.dsn = dsn
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def query(
+        self, sql: str | SQL | Composed, params: tuple[Any, ...] = (), timeout: float = 5.0
+    ) -> list[tuple[Any, ...]]:
+        """Like :func:`query`, on the kept connection."""
+        try:
+            conn = await self._connected(timeout)
+            cur = await asyncio.wait_for(conn.execute(sql, params), timeout)
+            return await cur.fetchall() if cur.description else []
+        except (psycopg.OperationalError, TimeoutError, OSError) as exc:
+            await self.close()
+            raise TemporaryError(f"{exc}".strip() or "no answer in time") from exc
+        except psycopg.Error:
+            await self.close()  # in an unknown state: start the next statement afresh
+            raise
+
+    async def _connected(self, timeout: float) -> psycopg.AsyncConnection[Any]:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        conn: psycopg.AsyncConnection[Any] = await asyncio.wait_for(
+            psycopg.AsyncConnection.connect(self.dsn(), autocommit=True, connect_timeout=3),
+            timeout,
+        )
+        self._conn = conn
+        return conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
 
 
 def free_bytes(path: Path) -> int:

@@ -11,7 +11,7 @@ from alwayson.data.deciding import (
     SyncView,
     decide_sync,
 )
-from alwayson.data.engines import query, wait_backends_gone
+from alwayson.data.engines import wait_backends_gone
 from alwayson.data.tending import Tender
 from alwayson.util.errors import TemporaryError
 from alwayson.util.replication import slot_name
@@ -22,8 +22,7 @@ BACKENDS_GONE_TIMEOUT = 5.0
 async def keep_primary(st: Tender) -> str | None:
     """Read the primary's standbys and positions; None when it answered, else why not."""
     try:
-        rows = await query(
-            st.admin_dsn(),
+        rows = await st.observer.query(
             "SELECT application_name, state, sync_state, "
             "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, "
             "pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint, "
@@ -31,8 +30,7 @@ async def keep_primary(st: Tender) -> str | None:
             "FROM pg_stat_replication",
             timeout=2,
         )
-        current = await query(
-            st.admin_dsn(),
+        current = await st.observer.query(
             "SELECT pg_current_wal_lsn()::text, "
             "(SELECT timeline_id FROM pg_control_checkpoint()), "
             "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), "

@@ -24,8 +24,7 @@ FIRST_WRITE_POLL = 0.05
 async def standby_facts(st: Tender) -> None:
     st.replication = []
     try:
-        rows = await query(
-            st.admin_dsn(),
+        rows = await st.observer.query(
             "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, "
             "extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, "
             "(SELECT status FROM pg_stat_wal_receiver), "

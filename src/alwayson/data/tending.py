@@ -21,7 +21,14 @@ from typing import Any
 
 from alwayson.data.client import KeeperClient
 from alwayson.data.deciding import Role, renewal_budget
-from alwayson.data.engines import Engine, EngineError, Postmaster, conninfo, query
+from alwayson.data.engines import (
+    Engine,
+    EngineError,
+    KeptConnection,
+    Postmaster,
+    conninfo,
+    query,
+)
 from alwayson.data.layout import SUPERUSER, DatabaseConfig
 from alwayson.data.leases import Lease, LeaseRefused, Tenure
 from alwayson.data.settings import postgresql_conf
@@ -83,6 +90,8 @@ class Tender:
         self.pending_record: tuple[str, dict[str, Any], float] | None = None
         """The last failover record, until the old primary's end of WAL completes it."""
         self._wal_end_job: asyncio.Task[None] | None = None
+        self.observer = KeptConnection(self.admin_dsn)
+        """The connection every cycle's reading of PostgreSQL's positions goes through."""
 
     @property
     def synchronous(self) -> bool:
@@ -181,6 +190,7 @@ class Tender:
         pm = self.postmaster
         if pm is not None:
             await pm.stop("immediate", timeout=5)  # returns once no backend is left
+        await self.observer.close()
         log.warning("%s: fenced the primary: %s", self.name, why)
         if tenure is not None:
             # Known stopped: give the lease up so the standby need not wait for the ttl (a

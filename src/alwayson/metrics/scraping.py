@@ -119,6 +119,9 @@ async def scrape(
     return samples
 
 
+KEPT_ALIVE = 1024
+
+
 class Scraper:
     """Scrapes many targets concurrently (at most ``concurrency`` at once) through one
     shared HTTP client, and remembers each target's last outcome in ``health``."""
@@ -134,8 +137,11 @@ class Scraper:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._owned = client is None
+        # At most ``concurrency`` scrapes at once (the semaphore), but a kept-alive
+        # connection for every target: a pool smaller than the targets reconnects to half
+        # of them every round.
         self.client = client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=KEPT_ALIVE),
             trust_env=False,
         )
         self.timeout = timeout
