@@ -70,7 +70,7 @@ from reporting import finish
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the tests' platform helpers: subnets, ports, cleanup by pid
-from benchmarks.releases import machine  # noqa: E402
+from benchmarks.releases import alwayson_cli, machine  # noqa: E402
 from tests.support import free_port, kill_recorded, reserve_subnet, write_spec  # noqa: E402
 
 from alwayson.data.engines import default_bin_dir  # noqa: E402
@@ -166,20 +166,7 @@ class Platform:
     # the CLI and the agents
 
     def cli(self, *args: str, check: bool = True, timeout: float = 120) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "alwayson.cli.main", *args, "-f", str(self.spec_path)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "COLUMNS": "200"},
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(
-                f"`alwayson {' '.join(args)}` exited {result.returncode}\n"
-                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-            )
-        return result.stdout
+        return alwayson_cli(self.spec_path, *args, check=check, timeout=timeout)
 
     def up(self) -> float:
         started = time.monotonic()

@@ -53,8 +53,8 @@ from ruamel.yaml import YAML
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "digital-bank"
 sys.path.insert(0, str(ROOT))  # the tests' platform helpers: subnets, ports, cleanup by pid
-from benchmarks.releases import machine  # noqa: E402
-from tests.support import free_port, kill_recorded, reserve_subnet  # noqa: E402
+from benchmarks.releases import alwayson_cli, machine  # noqa: E402
+from tests.support import isolate, kill_recorded  # noqa: E402
 
 PLATFORM_ROLES = ("controller", "agent", "keeper")
 CONTEXT_ROLES = ("gateway", "frontdoor", "postgres", "workload")
@@ -76,32 +76,14 @@ class Bank:
         shutil.copytree(SAMPLE, folder, ignore=shutil.ignore_patterns(".alwayson", "__pycache__"))
         yaml = YAML()
         self.spec_path = folder / "alwayson.yaml"
-        data = yaml.load(self.spec_path.read_text())
-        data["controller"] = {"api": f"127.0.0.1:{free_port()}"}
-        data["front_door"] = {"listen": f"127.0.0.1:{free_port()}"}
-        data["gateway"] = {"port": free_port(), "admin_port": free_port()}
-        for site in data["sites"]:
-            site["subnet"] = f"127.{reserve_subnet()}.0.0/16"
+        data = isolate(yaml.load(self.spec_path.read_text()))
         with self.spec_path.open("w") as out:
             yaml.dump(data, out)
         self.state_dir = folder / ".alwayson"
         self.databases = [str(db["name"]) for db in data.get("databases", [])]
 
     def cli(self, *args: str, check: bool = True, timeout: float = 120) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "alwayson.cli.main", *args, "-f", str(self.spec_path)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "COLUMNS": "200"},
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(
-                f"`alwayson {' '.join(args)}` exited {result.returncode}\n"
-                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-            )
-        return result.stdout
+        return alwayson_cli(self.spec_path, *args, check=check, timeout=timeout)
 
     def converged(self) -> tuple[bool, str]:
         status = json.loads(self.cli("status", "--json", timeout=30))

@@ -167,6 +167,25 @@ def spec() -> dict[str, Any]:
     }
 
 
+def alwayson_cli(spec_path: Path, *args: str, check: bool = True, timeout: float = 120) -> str:
+    """Run ``alwayson ARGS -f SPEC`` as a user would; its stdout (RuntimeError on failure
+    when ``check``). Every benchmark's platform talks to it through this one function."""
+    result = subprocess.run(
+        [sys.executable, "-m", "alwayson.cli.main", *args, "-f", str(spec_path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(
+            f"`alwayson {' '.join(args)}` exited {result.returncode}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    return result.stdout
+
+
 # -- the platform ------------------------------------------------------------------------
 
 
@@ -184,20 +203,7 @@ class Bench:
         self.front_door = f"http://{data['front_door']['listen']}"
 
     def cli(self, *args: str, check: bool = True, timeout: float = 120) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "alwayson.cli.main", *args, "-f", str(self.spec_path)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "COLUMNS": "200"},
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(
-                f"`alwayson {' '.join(args)}` exited {result.returncode}\n"
-                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-            )
-        return result.stdout
+        return alwayson_cli(self.spec_path, *args, check=check, timeout=timeout)
 
     def release(self) -> dict[str, Any]:
         rows = json.loads(self.cli("release", "status", SERVICE, "--json"))

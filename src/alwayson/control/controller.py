@@ -165,14 +165,12 @@ class Controller:
 
     def state(self) -> PlatformState:
         """The platform as of now, frozen: what one turn (or one API view) decides from."""
-        spec = self.spec_or_none()
         return PlatformState(
             now=self.clock.monotonic(),
             loaded=self.applied.loaded,
             overrides=dict(self.applied.overrides),
             autoscaled=dict(self.applied.autoscaled),
             counts=self.counts(),
-            variants={k: tuple(v) for k, v in self.releases.variants(spec).items()} if spec else {},
             splits=self.releases.splits(),
             versions=dict(self.releases.versions),
             releases=dict(self.releases.active),

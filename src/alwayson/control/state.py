@@ -1,8 +1,9 @@
 """One frozen view of the platform per loop turn, and the one place replicas are counted.
 
 ``PlatformState`` is built once per reconcile turn (and once per API view) from what the
-controller holds: the applied spec, drift, the autoscaler's counts, release variants, sites
-a drill holds down, what runs, the tables gateways were given and what is being stopped.
+controller holds: the applied spec, drift, the autoscaler's counts, release splits and
+versions, sites a drill holds down, what runs, the tables gateways were given and what is
+being stopped.
 Every decision of that turn reads this one value, so no two parts see two worlds.
 """
 
@@ -12,7 +13,6 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from alwayson.control.desired import Variant
 from alwayson.control.routing import Split, Table
 from alwayson.release.model import Release
 from alwayson.runtime.base import InstanceSpec, InstanceStatus, Kind, Phase
@@ -64,7 +64,6 @@ class PlatformState:
     overrides: Mapping[tuple[str, str], int] = field(default_factory=dict)
     autoscaled: Mapping[tuple[str, str], int] = field(default_factory=dict)
     counts: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    variants: Mapping[str, tuple[Variant, ...]] = field(default_factory=dict)
     splits: Mapping[str, Split] = field(default_factory=dict)
     versions: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     releases: Mapping[str, Release] = field(default_factory=dict)
