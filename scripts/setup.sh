@@ -44,6 +44,16 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.
   "$PY" -m venv .venv
 fi
 
+if ! command -v etcd >/dev/null && [ ! -x /usr/bin/etcd ]; then
+  say "installing etcd (Debian/Ubuntu etcd-server): the store every site shares"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
+  # The package enables a system-wide etcd on 127.0.0.1:2379; alwayson runs its own members.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
+fi
+
 stamp=.venv/.alwayson-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing alwayson and its tools into .venv (pip)"

@@ -1,0 +1,492 @@
+"""etcd, the store every site shares: its v3 gRPC API over mutual TLS, every member's
+address known, and a :class:`StateStore` on top.
+
+The only module that imports aetcd (its generated gRPC stubs and messages) and grpc.
+aetcd's own ``Client`` speaks plaintext to one address; the platform needs TLS with its
+own CA and a client that moves to the next member when one stops answering, so this
+driver opens its own channels and uses aetcd's stubs on them.
+
+Failover between members: every call goes to the member that answered last (the caller's
+own site's member first). A call that cannot reach it, or that it cannot serve (no
+leader, a timeout), is tried on the next member within what is left of the call's
+deadline; after that the next call starts there. A compare-and-set retried this way
+may have taken effect the first time: callers that must know write a value of their own
+(a lease id, a nonce) and read it back when the compare fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import grpc
+import grpc.aio
+from aetcd import rpc
+
+from alwayson.store.base import AuditEntry, Event, Versioned
+from alwayson.util.certs import CLUSTER_NAME, TlsFiles
+from alwayson.util.errors import TemporaryError
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 2.0
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNKNOWN,  # "etcdserver: request timed out", "no leader" come as these
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INTERNAL,
+}
+CHANNEL_OPTIONS = [
+    ("grpc.ssl_target_name_override", CLUSTER_NAME),
+    ("grpc.default_authority", CLUSTER_NAME),
+    # A member that hangs (a stopped process, a cut link) keeps its TCP connection open:
+    # pings find it within 2 s; the members accept pings every second (--grpc-keepalive-min-time).
+    ("grpc.keepalive_time_ms", 1000),
+    ("grpc.keepalive_timeout_ms", 1000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # Reconnect at once, and give up a connection attempt after 1 s (not gRPC's 20 s).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 1000),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+]
+
+
+class EtcdUnavailable(TemporaryError):
+    """No member could serve the call within its deadline."""
+
+
+@dataclass(frozen=True)
+class Kv:
+    key: str
+    value: bytes
+    version: int
+    """Changes since the key was created (1 after the first put); 0 never appears here."""
+    mod_revision: int
+    create_revision: int
+    lease: int
+
+    def json(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.value)
+        return loaded
+
+
+Target = Literal["version", "mod", "create", "value", "lease"]
+
+
+@dataclass(frozen=True)
+class Compare:
+    """One condition of a transaction: ``target`` of ``key`` compared with ``value``
+    (``version == 0`` is "absent")."""
+
+    key: str
+    target: Target
+    value: int | bytes
+    op: Literal["==", "!=", "<", ">"] = "=="
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+    prefix: bool = False
+
+
+@dataclass(frozen=True)
+class Read:
+    key: str
+
+
+Op = Put | Delete | Read
+
+_OPS = {"==": rpc.Compare.EQUAL, "!=": rpc.Compare.NOT_EQUAL, "<": rpc.Compare.LESS}
+_OPS[">"] = rpc.Compare.GREATER
+
+
+def _range_end(prefix: bytes) -> bytes:
+    """The first key after every key starting with ``prefix`` (etcd's prefix range)."""
+    end = bytearray(prefix)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+def _kv(kv: Any) -> Kv:
+    return Kv(
+        key=kv.key.decode(),
+        value=bytes(kv.value),
+        version=int(kv.version),
+        mod_revision=int(kv.mod_revision),
+        create_revision=int(kv.create_revision),
+        lease=int(kv.lease),
+    )
+
+
+def _compare(c: Compare) -> Any:
+    msg = rpc.Compare(key=c.key.encode(), result=_OPS[c.op])
+    if c.target == "version":
+        msg.target, msg.version = rpc.Compare.VERSION, int(c.value)
+    elif c.target == "mod":
+        msg.target, msg.mod_revision = rpc.Compare.MOD, int(c.value)
+    elif c.target == "create":
+        msg.target, msg.create_revision = rpc.Compare.CREATE, int(c.value)
+    elif c.target == "lease":
+        msg.target, msg.lease = rpc.Compare.LEASE, int(c.value)
+    else:
+        assert isinstance(c.value, bytes)
+        msg.target, msg.value = rpc.Compare.VALUE, c.value
+    return msg
+
+
+def _request(op: Op) -> Any:
+    if isinstance(op, Put):
+        put = rpc.PutRequest(key=op.key.encode(), value=op.value, lease=op.lease, prev_kv=True)
+        return rpc.RequestOp(request_put=put)
+    if isinstance(op, Delete):
+        key = op.key.encode()
+        end = _range_end(key) if op.prefix else b""
+        return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, range_end=end))
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key.encode()))
+
+
+@dataclass
+class _Member:
+    address: str
+    channel: grpc.aio.Channel | None = None
+    kv: Any = None
+    lease: Any = None
+    maintenance: Any = None
+
+
+class Etcd:
+    """A client of every member of one etcd cluster (``host:port`` each, own site first)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        tls: TlsFiles | None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("etcd needs at least one endpoint")
+        self.members = [_Member(a) for a in endpoints]
+        self.tls = tls
+        self.timeout = timeout
+        self.current = 0
+        self.last_error = ""
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.address for m in self.members]
+
+    def _open(self, member: _Member) -> _Member:
+        if member.channel is None:
+            if self.tls is None:
+                channel = grpc.aio.insecure_channel(member.address, options=CHANNEL_OPTIONS)
+            else:
+                ca, key, cert = self.tls.read()
+                creds = grpc.ssl_channel_credentials(ca, key, cert)
+                channel = grpc.aio.secure_channel(member.address, creds, options=CHANNEL_OPTIONS)
+            member.channel = channel
+            member.kv = rpc.KVStub(channel)
+            member.lease = rpc.LeaseStub(channel)
+            member.maintenance = rpc.MaintenanceStub(channel)
+        return member
+
+    async def _call(
+        self, what: str, call: Callable[[_Member, float], Awaitable[T]], timeout: float | None
+    ) -> T:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        errors: list[str] = []
+        count = len(self.members)
+        for attempt in range(count):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            index = (self.current + attempt) % count
+            member = self._open(self.members[index])
+            # Leave the other members a share of the time: a hung member costs one share.
+            share = max(left / (count - attempt), min(left, 0.25))
+            try:
+                result = await asyncio.wait_for(call(member, share), share + 0.05)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE:
+                    raise EtcdError(f"etcd {member.address}: {what}: {exc.details()}") from exc
+                errors.append(f"{member.address}: {exc.code().name} {exc.details() or ''}".strip())
+            except TimeoutError:
+                errors.append(f"{member.address}: no answer in {share:.2f}s")
+            else:
+                self.current = index
+                return result
+            self.current = (index + 1) % count
+        self.last_error = "; ".join(errors) or "no time left"
+        raise EtcdUnavailable(f"etcd: {what}: no member answered ({self.last_error})")
+
+    # -- key/value -------------------------------------------------------------------------
+
+    async def get(self, key: str, timeout: float | None = None) -> Kv | None:
+        async def call(m: _Member, t: float) -> Any:
+            return await m.kv.Range(rpc.RangeRequest(key=key.encode()), timeout=t)
+
+        reply = await self._call(f"get {key}", call, timeout)
+        return _kv(reply.kvs[0]) if reply.count else None
+
+    async def range(
+        self,
+        prefix: str,
+        limit: int = 0,
+        newest_first: bool = False,
+        timeout: float | None = None,
+    ) -> list[Kv]:
+        """Keys starting with ``prefix`` in key order (descending with ``newest_first``)."""
+        key = prefix.encode()
+        request = rpc.RangeRequest(key=key, range_end=_range_end(key), limit=limit)
+        if newest_first:
+            request.sort_order = rpc.RangeRequest.DESCEND
+            request.sort_target = rpc.RangeRequest.KEY
+
+        async def call(m: _Member, t: float) -> Any:
+            return await m.kv.Range(request, timeout=t)
+
+        reply = await self._call(f"range {prefix}", call, timeout)
+        return [_kv(kv) for kv in reply.kvs]
+
+    async def put(
+        self, key: str, value: bytes, lease: int = 0, timeout: float | None = None
+    ) -> tuple[int, int]:
+        """Overwrite; returns (the key's new version, the store's revision)."""
+
+        async def call(m: _Member, t: float) -> Any:
+            request = rpc.PutRequest(key=key.encode(), value=value, lease=lease, prev_kv=True)
+            return await m.kv.Put(request, timeout=t)
+
+        reply = await self._call(f"put {key}", call, timeout)
+        before = int(reply.prev_kv.version) if reply.HasField("prev_kv") else 0
+        return before + 1, int(reply.header.revision)
+
+    async def delete(self, key: str, prefix: bool = False, timeout: float | None = None) -> int:
+        async def call(m: _Member, t: float) -> Any:
+            return await m.kv.DeleteRange(
+                _request(Delete(key, prefix)).request_delete_range, timeout=t
+            )
+
+        reply = await self._call(f"delete {key}", call, timeout)
+        return int(reply.deleted)
+
+    async def txn(
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[Op] = (),
+        failure: Sequence[Op] = (),
+        timeout: float | None = None,
+    ) -> tuple[bool, list[list[Kv]], int]:
+        """All of ``compare`` true: ``success`` runs, else ``failure``, atomically.
+        Returns (succeeded, what each Read found, the store's revision)."""
+        request = rpc.TxnRequest(
+            compare=[_compare(c) for c in compare],
+            success=[_request(op) for op in success],
+            failure=[_request(op) for op in failure],
+        )
+
+        async def call(m: _Member, t: float) -> Any:
+            return await m.kv.Txn(request, timeout=t)
+
+        reply = await self._call("transaction", call, timeout)
+        reads = [
+            [_kv(kv) for kv in r.response_range.kvs]
+            for r in reply.responses
+            if r.WhichOneof("response") == "response_range"
+        ]
+        return bool(reply.succeeded), reads, int(reply.header.revision)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def grant(self, ttl: float, timeout: float | None = None) -> int:
+        """A new lease of at least ``ttl`` seconds (etcd counts whole seconds)."""
+        seconds = max(1, math.ceil(ttl))
+
+        async def call(m: _Member, t: float) -> Any:
+            return await m.lease.LeaseGrant(rpc.LeaseGrantRequest(TTL=seconds), timeout=t)
+
+        reply = await self._call("lease grant", call, timeout)
+        if reply.error:
+            raise EtcdError(f"etcd: lease grant: {reply.error}")
+        return int(reply.ID)
+
+    async def keep_alive(self, lease: int, timeout: float | None = None) -> int:
+        """Refresh ``lease`` once; returns its new TTL, 0 when it no longer exists."""
+
+        async def call(m: _Member, t: float) -> Any:
+            stream = m.lease.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease)]), timeout=t)
+            async for reply in stream:
+                return reply
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "keep-alive stream closed without an answer",
+            )
+
+        reply = await self._call("lease keep-alive", call, timeout)
+        return int(reply.TTL)
+
+    async def revoke(self, lease: int, timeout: float | None = None) -> None:
+        async def call(m: _Member, t: float) -> Any:
+            try:
+                return await m.lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease), timeout=t)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return None  # gone already: what a revoke wants
+                raise
+
+        await self._call("lease revoke", call, timeout)
+
+    # -- the cluster -----------------------------------------------------------------------
+
+    async def member_status(self, address: str, timeout: float = 1.0) -> dict[str, Any]:
+        """One member's own view (version, leader, raft term), without failover."""
+        member = next((m for m in self.members if m.address == address), None)
+        if member is None:
+            member = _Member(address)
+            self.members.append(member)
+        self._open(member)
+        try:
+            reply = await asyncio.wait_for(
+                member.maintenance.Status(rpc.StatusRequest(), timeout=timeout), timeout + 0.05
+            )
+        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            raise EtcdUnavailable(f"etcd member {address}: {exc!r}") from exc
+        return {
+            "version": reply.version,
+            "member_id": int(reply.header.member_id),
+            "leader": int(reply.leader),
+            "raft_term": int(reply.raftTerm),
+            "db_size": int(reply.dbSize),
+            "errors": list(reply.errors),
+        }
+
+    async def close(self) -> None:
+        for member in self.members:
+            if member.channel is not None:
+                await member.channel.close()
+            member.channel = None
+
+
+class EtcdError(Exception):
+    """etcd refused a call for a reason that trying again will not fix."""
+
+
+class EtcdStore:
+    """The :class:`~alwayson.store.base.StateStore` on etcd, every key under ``root``.
+
+    A key's version is etcd's own per-key version (1 after its first put);
+    ``compare_and_set`` is one transaction comparing it. Audit entries and events are
+    keys named by time and a random suffix, so writers in several sites never collide.
+    """
+
+    def __init__(self, etcd: Etcd, root: str) -> None:
+        self.etcd = etcd
+        self.root = root.rstrip("/") + "/"
+
+    def key(self, key: str) -> str:
+        return self.root + key
+
+    async def get(self, key: str) -> Versioned | None:
+        found = await self.etcd.get(self.key(key))
+        return Versioned(found.json(), found.version) if found else None
+
+    async def put(self, key: str, value: dict[str, Any]) -> int:
+        version, _ = await self.etcd.put(self.key(key), _dump(value))
+        return version
+
+    async def compare_and_set(
+        self, key: str, expected_version: int | None, value: dict[str, Any]
+    ) -> bool:
+        full = self.key(key)
+        ok, _, _ = await self.etcd.txn(
+            [Compare(full, "version", expected_version or 0)], [Put(full, _dump(value))]
+        )
+        return ok
+
+    async def delete(self, key: str) -> None:
+        await self.etcd.delete(self.key(key))
+
+    async def list_prefix(self, prefix: str, limit: int = 1000) -> list[tuple[str, Versioned]]:
+        if limit <= 0:
+            return []
+        found = await self.etcd.range(self.key(prefix), limit=limit)
+        cut = len(self.root)
+        return [(kv.key[cut:], Versioned(kv.json(), kv.version)) for kv in found]
+
+    async def _append(self, kind: str, body: dict[str, Any]) -> None:
+        name = f"{kind}/{time.time_ns():020d}-{secrets.token_hex(3)}"
+        await self.etcd.put(self.key(name), _dump(body))
+
+    async def _newest(self, kind: str, limit: int) -> list[Kv]:
+        if limit <= 0:  # etcd reads a limit of 0 as "no limit"
+            return []
+        return await self.etcd.range(self.key(f"{kind}/"), limit=limit, newest_first=True)
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        await self._append(
+            "audit",
+            {"at": entry.at, "actor": entry.actor, "action": entry.action, "detail": entry.detail},
+        )
+
+    async def list_audit(self, limit: int = 100) -> list[AuditEntry]:
+        found = await self._newest("audit", limit)
+        out = []
+        for kv in found:
+            d = kv.json()
+            out.append(
+                AuditEntry(d["at"], d["actor"], d["action"], d["detail"], kv.create_revision)
+            )
+        return out
+
+    async def append_event(self, event: Event) -> None:
+        body = {
+            "at": event.at,
+            "kind": event.kind,
+            "subject": event.subject,
+            "message": event.message,
+            "data": event.data,
+        }
+        await self._append("events", body)
+
+    async def list_events(self, limit: int = 100, kind: str | None = None) -> list[Event]:
+        # Filtering by kind reads further back: events of one kind are a share of all.
+        found = await self._newest("events", limit if kind is None else max(limit * 20, 1000))
+        out: list[Event] = []
+        for kv in found:
+            d = kv.json()
+            if kind is not None and d["kind"] != kind:
+                continue
+            out.append(
+                Event(d["at"], d["kind"], d["subject"], d["message"], d["data"], kv.create_revision)
+            )
+            if len(out) >= limit:
+                break
+        return out
+
+    async def close(self) -> None:
+        await self.etcd.close()
+
+
+def _dump(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
