@@ -6,10 +6,10 @@ addresses that no service can take (services get ``127.N.S.x`` with S ≥ 1):
 | part | address |
 | --- | --- |
 | site agent admin API | ``127.N.0.9:7400`` (workload sites) |
-| lease keeper | ``127.W.0.10:7400`` (the witness) |
+| etcd member (every site) | ``127.N.0.5``: clients ``:2379``, peers ``:2380``, ``/health`` ``:2381`` |
 | PostgreSQL of database k | ``127.N.0.(10+4k):5432`` |
 | endpoint of database k | ``127.N.0.(11+4k):5432`` (``DATABASE_URL``) |
-| site link to site M | ``127.N.0.3:(20000 + 100·M + k)``; to the keeper ``…+99`` |
+| site link to site M | ``127.N.0.3:(20000 + 100·M + k)``; to M's etcd member ``…+98`` |
 
 Everything that leaves a site crosses one of its site links, which a drill can cut.
 """
@@ -24,12 +24,14 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from alwayson.spec.models import Database, PlatformSpec
+from alwayson.store.members import Member
+from alwayson.util.certs import CLIENT, leaf_paths
 
 AGENT_PORT = 7400
-KEEPER_PORT = 7400
 PG_PORT = 5432
 LINK_BASE_PORT = 20000
-KEEPER_LINK_SLOT = 99
+ETCD_LINK_SLOT = 98
+ETCD_HOST = 5
 SUPERUSER = "alwayson"
 
 
@@ -81,12 +83,23 @@ class DatabaseConfig(Frozen):
         return [s for s in self.sites if s != self.site]
 
 
+class EtcdConfig(Frozen):
+    """How a platform process reaches etcd: every member, its own site's first."""
+
+    endpoints: list[str]
+    root: str
+    """Every key of this platform is under it."""
+    ca: str
+    cert: str
+    key: str
+
+
 class AgentConfig(Frozen):
     site: str
     witness: str
     admin: str
-    keeper: str
-    """The lease keeper as reached through this site's link to the witness."""
+    etcd: EtcdConfig
+    """Its own site's member directly, the others through this site's links."""
     token_file: str
     partitions_file: str
     state_dir: str
@@ -107,8 +120,27 @@ def agent_address(spec: PlatformSpec, site: str) -> str:
     return f"{spec.site_address(site, 0, 9)}:{AGENT_PORT}"
 
 
-def keeper_address(spec: PlatformSpec) -> str:
-    return f"{spec.site_address(witness_of(spec), 0, 10)}:{KEEPER_PORT}"
+def etcd_members(spec: PlatformSpec, state_dir: Path) -> list[Member]:
+    """One etcd member per site (witness included), in the spec's order of sites."""
+    return [
+        Member(s.name, spec.site_address(s.name, 0, ETCD_HOST), state_dir / "etcd" / s.name)
+        for s in spec.sites
+    ]
+
+
+def etcd_root(spec: PlatformSpec) -> str:
+    return f"/alwayson/{spec.platform}"
+
+
+def etcd_config(spec: PlatformSpec, state_dir: Path, endpoints: list[str]) -> EtcdConfig:
+    tls = leaf_paths(state_dir, CLIENT)  # made by the controller before any member starts
+    return EtcdConfig(
+        endpoints=endpoints,
+        root=etcd_root(spec),
+        ca=str(tls.ca),
+        cert=str(tls.cert),
+        key=str(tls.key),
+    )
 
 
 def pg_address(spec: PlatformSpec, site: str, index: int) -> str:
@@ -184,13 +216,15 @@ def agent_config(
     witness = witness_of(spec)
     workload = [s.name for s in spec.workload_sites]
     root = data_root(state_dir)
-    links = [
-        LinkConfig(
-            peer=witness,
-            listen=link_address(spec, site, witness, KEEPER_LINK_SLOT),
-            target=keeper_address(spec),
-        )
-    ]
+    links: list[LinkConfig] = []
+    endpoints: list[str] = []
+    for member in etcd_members(spec, state_dir):
+        if member.name == site:
+            endpoints.insert(0, member.endpoint)
+            continue
+        listen = link_address(spec, site, member.name, ETCD_LINK_SLOT)
+        links.append(LinkConfig(peer=member.name, listen=listen, target=member.endpoint))
+        endpoints.append(listen)
     databases: list[DatabaseConfig] = []
     for index, db in enumerate(spec.databases):
         peers: dict[str, str] = {}
@@ -235,7 +269,7 @@ def agent_config(
         site=site,
         witness=witness,
         admin=agent_address(spec, site),
-        keeper=links[0].listen,
+        etcd=etcd_config(spec, state_dir, endpoints),
         token_file=str(state_dir / "token"),
         partitions_file=str(partitions_path(state_dir)),
         state_dir=str(state_dir),

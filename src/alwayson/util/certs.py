@@ -50,6 +50,12 @@ def pki_dir(state_dir: Path) -> Path:
     return state_dir / "pki"
 
 
+def leaf_paths(state_dir: Path, name: str) -> TlsFiles:
+    """Where ``name``'s certificate lives (made by :func:`ensure_leaf`)."""
+    folder = pki_dir(state_dir)
+    return TlsFiles(folder / "ca.pem", folder / f"{name}.pem", folder / f"{name}.key")
+
+
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -143,8 +149,7 @@ def ensure_leaf(
     ``server``: for a member (server and client auth, its ``addresses`` and
     :data:`CLUSTER_NAME` as subjectAltName); otherwise a client certificate.
     """
-    folder = pki_dir(state_dir)
-    files = TlsFiles(folder / "ca.pem", folder / f"{name}.pem", folder / f"{name}.key")
+    files = leaf_paths(state_dir, name)
     ca_cert, ca_key = ensure_ca(state_dir, platform)
     if files.key.exists() and _current(files.cert, addresses):
         return files
@@ -174,6 +179,9 @@ def ensure_leaf(
     return files
 
 
+CLIENT = "client"
+
+
 def client_files(state_dir: Path, platform: str) -> TlsFiles:
     """The one client certificate the platform's own processes use with etcd."""
-    return ensure_leaf(state_dir, platform, "client", server=False)
+    return ensure_leaf(state_dir, platform, CLIENT, server=False)
