@@ -23,15 +23,44 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 from aetcd import rpc
 
 from alwayson.store.base import AuditEntry, Event, Versioned
+from alwayson.store.etcd_types import (
+    Compare,
+    Delete,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    Kv,
+    Op,
+    Put,
+    Read,
+    Target,
+    _range_end,
+)
 from alwayson.util.certs import CLUSTER_NAME, TlsFiles
-from alwayson.util.errors import TemporaryError
+
+# The values and errors live in the grpc-free etcd_types; importers of this module keep
+# finding them here.
+__all__ = [
+    "Compare",
+    "Delete",
+    "Etcd",
+    "EtcdClient",
+    "EtcdError",
+    "EtcdStore",
+    "EtcdUnavailable",
+    "Kv",
+    "Op",
+    "Put",
+    "Read",
+    "Target",
+]
 
 T = TypeVar("T")
 
@@ -60,71 +89,8 @@ CHANNEL_OPTIONS = [
 ]
 
 
-class EtcdUnavailable(TemporaryError):
-    """No member could serve the call within its deadline."""
-
-
-@dataclass(frozen=True)
-class Kv:
-    key: str
-    value: bytes
-    version: int
-    """Changes since the key was created (1 after the first put); 0 never appears here."""
-    mod_revision: int
-    create_revision: int
-    lease: int
-
-    def json(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads(self.value)
-        return loaded
-
-
-Target = Literal["version", "mod", "create", "value", "lease"]
-
-
-@dataclass(frozen=True)
-class Compare:
-    """One condition of a transaction: ``target`` of ``key`` compared with ``value``
-    (``version == 0`` is "absent")."""
-
-    key: str
-    target: Target
-    value: int | bytes
-    op: Literal["==", "!=", "<", ">"] = "=="
-
-
-@dataclass(frozen=True)
-class Put:
-    key: str
-    value: bytes
-    lease: int = 0
-
-
-@dataclass(frozen=True)
-class Delete:
-    key: str
-    prefix: bool = False
-
-
-@dataclass(frozen=True)
-class Read:
-    key: str
-
-
-Op = Put | Delete | Read
-
 _OPS = {"==": rpc.Compare.EQUAL, "!=": rpc.Compare.NOT_EQUAL, "<": rpc.Compare.LESS}
 _OPS[">"] = rpc.Compare.GREATER
-
-
-def _range_end(prefix: bytes) -> bytes:
-    """The first key after every key starting with ``prefix`` (etcd's prefix range)."""
-    end = bytearray(prefix)
-    for i in range(len(end) - 1, -1, -1):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\0"
 
 
 def _kv(kv: Any) -> Kv:
@@ -386,10 +352,6 @@ class Etcd:
             if member.channel is not None:
                 await member.channel.close()
             member.channel = None
-
-
-class EtcdError(Exception):
-    """etcd refused a call for a reason that trying again will not fix."""
 
 
 class EtcdStore:
