@@ -165,10 +165,15 @@ def test_members_run_over_tls_are_restarted_when_killed_and_readopted(
     assert all(row["adopted"] for row in adopted.values())
     assert put_get(platform, endpoints_from(members), "/t/a") == b"1"
 
-    # `down` stops them (after the agents) and the data stays for the next `up`.
+    # `down` stops them (after the agents); the next `up` starts them on the same data
+    # (a member with data ignores --initial-cluster-state=new) and the same certificates.
+    certificates = {p.name: p.read_bytes() for p in (state / "pki").iterdir()}
     platform.cli("down")
     assert not [p for p in pids.values() if running(p)]
-    assert all((m.data_dir / "member").is_dir() for m in members)
+    platform.cli("up", "--timeout", "30", check=False, timeout=120)
+    wait_for("members up again", lambda: all_ready(platform), timeout=60)
+    assert put_get(platform, endpoints_from(members, "surabaya"), "/t/b") == b"2"
+    assert {p.name: p.read_bytes() for p in (state / "pki").iterdir()} == certificates
 
 
 def test_an_up_whose_member_cannot_start_names_it_and_its_log(
