@@ -4,8 +4,8 @@
 
 Every platform is fresh, from a temporary folder, on private loopback subnets (taken through
 the tests' own subnet locks) and private ports: two workload sites (``jakarta`` primary,
-``surabaya`` standby) plus a witness holding the lease keeper, no services, one database
-``bank`` (lease ttl 6 s, margin 2 s: the defaults), backups only on request.
+``surabaya`` standby) plus a witness (an etcd member in each of the three sites), no
+services, one database ``bank`` (lease ttl 6 s, margin 2 s: the defaults), backups only on request.
 
 **Failover** (``--runs N`` per replication mode, synchronous then asynchronous):
 ``acks(id bigint primary key, at timestamptz)`` is created through the primary site's

@@ -4,14 +4,14 @@
 
 Brings up the sample digital bank (``examples/digital-bank/alwayson.yaml``: 15 services x
 2 replicas x 2 sites, gateways, front door, the ``bank`` database in both sites with its
-agents and the witness's keeper) from a temporary copy on private loopback subnets (taken
+agents and an etcd member in every site) from a temporary copy on private loopback subnets (taken
 through the tests' subnet locks) and private ports, waits until it is converged (every
 instance ready, the primary writable, the standby streaming), lets it settle, then samples
 the CPU time of every process over ``--seconds`` and prints cores used per process and per
 role. Nothing sends it traffic: what it measures is the price of being up.
 
 The processes are found from the platform's own records, never by name: the controller's
-``controller.json``, the runtime's ``run/instances/*.json`` (agents, keeper, gateways,
+``controller.json``, the runtime's ``run/instances/*.json`` (agents, etcd members, gateways,
 front doors, workloads, each with its kind) and PostgreSQL's ``postmaster.pid``. Each
 recorded process is the root of a group that also holds its descendants that are not
 roots themselves (PostgreSQL's backends belong to ``postgres``, not to the agent that
@@ -20,9 +20,10 @@ started the postmaster). A group's CPU is user + system time read from ``/proc``
 backends and helper commands count too).
 
 The figure the issue sets a target for is ``platform``: controller + database agents +
-keeper (target <= 0.1 core). Gateways, front doors, PostgreSQL and workloads are reported
-as context. ``alwayson down`` runs at the end and every recorded process is then killed by
-its pid (checked against its start time), even on failure or Ctrl-C.
+etcd members (target <= 0.1 core; issue 13 set it with the lease keeper in their place).
+Gateways, front doors, PostgreSQL and workloads are reported as context. ``alwayson down``
+runs at the end and every recorded process is then killed by its pid (checked against its
+start time), even on failure or Ctrl-C.
 
 The platform's processes run ``sys.executable`` with the environment the runtime gives
 them (no ``PYTHONPATH``), so they run the ``alwayson`` this interpreter imports without
@@ -56,7 +57,7 @@ sys.path.insert(0, str(ROOT))  # the tests' platform helpers: subnets, ports, cl
 from benchmarks.releases import alwayson_cli, machine  # noqa: E402
 from tests.support import isolate, kill_recorded  # noqa: E402
 
-PLATFORM_ROLES = ("controller", "agent", "keeper")
+PLATFORM_ROLES = ("controller", "agent", "etcd")
 CONTEXT_ROLES = ("gateway", "frontdoor", "postgres", "workload")
 TARGET_CORES = 0.1
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -336,7 +337,7 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"{role:<12} {figures['processes']:>9} {figures['cores']:>7.3f}")
     verdict = "meets" if report["platform_cores"] <= report["target_platform_cores"] else "misses"
     print(
-        f"\nplatform (controller + agents + keeper): {report['platform_cores']:.3f} cores; "
+        f"\nplatform (controller + agents + etcd members): {report['platform_cores']:.3f} cores; "
         f"{verdict} the target of <= {report['target_platform_cores']:g}"
     )
     if report["missing"]:

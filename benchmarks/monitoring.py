@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/monitoring.py [--quick] [--json] [--skip-cost] [--skip-kill]
 
 Runs ``examples/digital-bank`` (15 services x 2 replicas x 2 sites = 60 instances, two site
-gateways, two front-door processes, the database ``bank`` with its agents and keeper) from
+gateways, two front-door processes, the database ``bank`` with its agents and etcd members) from
 a temporary copy, on private loopback subnets (taken through the tests' own subnet locks)
 and private ports. Every platform carries the same alerting: ``evaluation_interval`` 5 s,
 ``group_wait`` 0 s, the built-in ``InstanceDown`` replaced by ``up{job="instances"} == 0``
@@ -242,7 +242,7 @@ class Bank:
 
     def workload_processes(self) -> list[psutil.Process]:
         """Every process of the platform but the controller: instances, gateways, front
-        doors, agents, keeper, and PostgreSQL under the agents."""
+        doors, agents, etcd members, and PostgreSQL under the agents."""
         controller = self.platform.controller_pid()
         out: dict[int, psutil.Process] = {}
         for pid, _ in recorded_processes(self.state_dir):

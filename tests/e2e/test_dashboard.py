@@ -238,7 +238,7 @@ def _status() -> dict[str, Any]:
         _row("payments-surabaya-0", ready=False, phase="unready", last_probe=SNEAKY),
         _row("gateway@jakarta"),
         _row("gateway@surabaya"),
-        _row("keeper@witness"),
+        _row("etcd@witness"),
     ]
     sites = [
         {"name": "jakarta", "witness": False, "subnet": "127.1.0.0/16", "desired": 3, "ready": 3},

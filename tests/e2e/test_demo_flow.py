@@ -61,8 +61,8 @@ def test_sample_bank_demo_flow(make_platform: Callable[..., Platform], tmp_path:
     assert "no changes" in platform.cli("plan").stdout
 
     pids = [pid for pid, _ in platform.recorded_processes()]
-    # instances, 2 gateways, 2 front doors, 2 site agents, the lease keeper, the controller
-    assert len(pids) == services * 4 + 4 + 3 + 1
+    # instances, 2 gateways, 2 front doors, 2 site agents, 3 etcd members, the controller
+    assert len(pids) == services * 4 + 4 + 2 + 3 + 1
     database = json.loads(platform.cli("db", "status", "--json").stdout)[0]
     roles = {s["site"]: s["role"] for s in database["sites"]}
     assert roles == {"jakarta": "primary", "surabaya": "standby"}

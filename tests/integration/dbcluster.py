@@ -1,5 +1,5 @@
 """A database platform for integration tests: two workload sites and a witness with one
-database ``bank``, real site agents, lease keeper and PostgreSQL (the pgserver wheel).
+database ``bank``, real site agents, etcd members and PostgreSQL (the pgserver wheel).
 
 Shared by ``test_databases.py`` and ``test_database_operations.py``: the ``cluster``
 fixture (re-exported by this folder's conftest), the :class:`Cluster` helpers, the

@@ -69,7 +69,7 @@ def status(instances: list[dict[str, Any]] | None = None) -> dict[str, Any]:
             inst("cards-surabaya-0"),
             inst("gateway@jakarta"),
             inst("gateway@surabaya"),
-            inst("keeper@witness"),
+            inst("etcd@witness"),
         ]
     )
     sites = []
@@ -234,7 +234,7 @@ def test_sites_side_by_side_with_their_services_and_instances() -> None:
     assert [c["id"] for c in jakarta["components"]] == ["gateway@jakarta"]
     witness = site(view, "witness")
     assert witness["services"] == []
-    assert [c["id"] for c in witness["components"]] == ["keeper@witness"]
+    assert [c["id"] for c in witness["components"]] == ["etcd@witness"]
     assert view["health"] == "healthy" and view["reasons"] == []
     assert view["generated_at"] == 1_800_000_000.0
     assert (view["platform"], view["front_door"]) == ("test-bank", "http://127.0.0.1:9000")

@@ -6,10 +6,12 @@ The desired instances come from a real spec through ``desired_instances``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import pytest
 
 from alwayson.control.backoff import CrashRecord
+from alwayson.control.desired import Context, allocate_slots, desired_instances
 from alwayson.control.reconciling import Decision, Observed, Snapshot, Start, Stop, decide
 from alwayson.runtime.base import InstanceSpec, Kind, Phase
 from alwayson.spec.loading import LoadedSpec
@@ -358,3 +360,39 @@ def test_no_replacement_in_the_cycle_that_stops_a_redundant_one(
     decision = decide(Snapshot(now=NOW, desired=upgraded, observed=observe(three_old)))
 
     assert stopped(decision) == ["accounts-jakarta-3", "accounts-surabaya-3"]
+
+
+def test_etcd_members_are_replaced_one_at_a_time_across_sites(
+    load_spec: LoadSpec, good_spec: str, tmp_path: Path
+) -> None:
+    """Each member is alone in its site: replaced per site, all three would go at once and
+    etcd would lose its majority."""
+    loaded = load_spec(good_spec + "databases:\n  - {name: bank, primary_site: jakarta}\n")
+
+    def members(binary: str) -> dict[str, InstanceSpec]:
+        ctx = Context(
+            loaded.folder,
+            tmp_path / ".alwayson",
+            None,
+            allocate_slots(loaded.spec, {}),
+            {"bank": {"superuser": "s", "app": "a"}},
+            etcd_binary=binary,
+        )
+        every = desired_instances(loaded.spec, {}, ctx)
+        return {k: v for k, v in every.items() if v.kind is Kind.ETCD}
+
+    old, new = members("/usr/bin/etcd"), members("/usr/local/bin/etcd")
+    assert sorted(old) == ["etcd@jakarta", "etcd@surabaya", "etcd@witness"]
+
+    first = decide(Snapshot(now=NOW, desired=new, observed=observe(old)))
+    assert stopped(first) == ["etcd@jakarta"]
+
+    # While the replaced one is missing or not ready yet, no other member is touched.
+    running = {k: v for k, v in old.items() if k != "etcd@jakarta"}
+    assert stopped(decide(Snapshot(now=NOW, desired=new, observed=observe(running)))) == []
+    running["etcd@jakarta"] = new["etcd@jakarta"]
+    unready = observe(running, {"etcd@jakarta": Phase.STARTING})
+    assert stopped(decide(Snapshot(now=NOW, desired=new, observed=unready))) == []
+    assert stopped(decide(Snapshot(now=NOW, desired=new, observed=observe(running)))) == [
+        "etcd@surabaya"
+    ]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from alwayson.control.consensus import find_etcd, prepare_members
 from alwayson.control.desired import (
     Context,
     Variant,
@@ -43,6 +44,7 @@ class Applied:
         self.autoscaled: Overrides = {}
         self.slots: dict[str, int] = {}
         self._cache: tuple[object, dict[str, InstanceSpec]] | None = None
+        self.etcd_binary = find_etcd()
 
     # ------------------------------------------------------------ the SpecReader port
 
@@ -72,7 +74,14 @@ class Applied:
 
     def context(self, loaded: LoadedSpec, slots: dict[str, int]) -> Context:
         passwords = secrets_of(self.state_dir, loaded.spec) if loaded.spec.databases else {}
-        return Context(loaded.folder, self.state_dir, self.user_of(loaded), slots, passwords)
+        return Context(
+            loaded.folder,
+            self.state_dir,
+            self.user_of(loaded),
+            slots,
+            passwords,
+            etcd_binary=self.etcd_binary,
+        )
 
     def desired(
         self, variants_of: VariantsOf, release_key: Hashable, sites_down: Iterable[str]
@@ -96,6 +105,16 @@ class Applied:
             every = desired_instances(self.loaded.spec, counts, ctx, variants)
             self._cache = (key, {k: v for k, v in every.items() if v.site not in down})
         return self._cache[1]
+
+    def prepare_start(self, spec: InstanceSpec) -> None:
+        """What a process needs on disk before it starts: the etcd members their
+        certificates and data folders, the agents the client certificate and their
+        configuration. ``PermanentError`` when it cannot be made."""
+        if self.loaded is None:
+            return
+        if spec.kind in (Kind.ETCD, Kind.AGENT):
+            prepare_members(self.loaded.spec, self.state_dir)
+        self.write_agent_config(spec)
 
     def write_agent_config(self, spec: InstanceSpec) -> None:
         """A database agent reads its configuration (with secrets, 0600) when it starts."""

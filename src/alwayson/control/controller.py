@@ -91,7 +91,7 @@ class Controller:
             self,
             self.tasks,
             self,
-            before_start=self.applied.write_agent_config,
+            before_start=self.applied.prepare_start,
             address_free=address_free,
         )
         self.databases = DatabaseOps(store, self.applied, clock)

@@ -3,6 +3,9 @@
 Every workload site gets one gateway and one front-door process. The front-door processes
 of all sites share the front door's address (SO_REUSEPORT), so losing one site's process
 leaves the other accepting, and each prefers its own site's gateway.
+
+A spec with databases also gets a site agent per workload site and an etcd member per site,
+the witness included: the three members are the consensus the agents' leases live on.
 """
 
 from __future__ import annotations
@@ -13,24 +16,30 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from alwayson.control.consensus import DEBIAN_ETCD, cluster_token, member_tls
 from alwayson.data.layout import (
     AGENT_PORT,
-    KEEPER_PORT,
     agent_config,
     database_url,
-    keeper_address,
+    etcd_members,
     partitions_path,
-    witness_of,
 )
 from alwayson.runtime.base import InstanceSpec, Kind
 from alwayson.spec.commands import resolve_command
 from alwayson.spec.models import PlatformSpec, Probe, Service
 from alwayson.spec.planning import Overrides, effective_replicas
+from alwayson.store.members import Member, member_argv
 
 COLOR_OFFSET = {"a": 0, "b": 100}  # ordinals 1..100 and 101..200: two versions side by side
 GATEWAY_ADDRESS = (0, 1)
 FRONTDOOR_ADMIN_ADDRESS = (0, 2)
 GATEWAY_STOP_GRACE = 15.0
+ETCD_STOP_GRACE = 10.0
+ETCD_LISTEN_FLAGS = ("--listen-client-urls=", "--listen-peer-urls=", "--listen-metrics-urls=")
+ETCD_START_TIMEOUT = 300.0
+"""A member is healthy only once a majority of members is up; until then it is left alone
+(restarting it would not bring the others back), so only a member stuck this long is
+restarted."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,8 @@ class Context:
     user: str | None
     service_slots: dict[str, int]
     db_passwords: Mapping[str, Mapping[str, str]] | None = None
+    etcd_binary: str = DEBIAN_ETCD
+    """Resolved once by the controller (``consensus.find_etcd``)."""
 
 
 @dataclass(frozen=True)
@@ -113,8 +124,10 @@ def desired_instances(
             agent = agent_instance(spec, site.name, ctx)
             out[agent.id] = agent
     if spec.databases:
-        keeper = keeper_instance(spec, ctx)
-        out[keeper.id] = keeper
+        members = etcd_members(spec, ctx.state_dir)
+        for member in members:
+            inst = etcd_instance(spec, member, members, ctx)
+            out[inst.id] = inst
     return out
 
 
@@ -122,8 +135,8 @@ def agent_id(site: str) -> str:
     return f"agent@{site}"
 
 
-def keeper_id(site: str) -> str:
-    return f"keeper@{site}"
+def etcd_id(site: str) -> str:
+    return f"etcd@{site}"
 
 
 def agent_config_path(state_dir: Path, site: str) -> Path:
@@ -168,32 +181,45 @@ def agent_instance(spec: PlatformSpec, site: str, ctx: Context) -> InstanceSpec:
     )
 
 
-def keeper_instance(spec: PlatformSpec, ctx: Context) -> InstanceSpec:
-    witness = witness_of(spec)
-    address = keeper_address(spec)
-    host = address.rsplit(":", 1)[0]
+def etcd_instance(
+    spec: PlatformSpec, member: Member, members: Sequence[Member], ctx: Context
+) -> InstanceSpec:
+    """One etcd member, on its site's own address (mutual TLS for clients and peers).
+
+    Probed in plain HTTP on its metrics port: ready while ``/health`` answers 200, which
+    etcd does only while the member has a leader; alive while ``/metrics`` answers at all.
+    A member of a cluster that lost its majority is unready but not restarted: it is not
+    what is broken, and it must be there when the others come back."""
+    argv = member_argv(
+        ctx.etcd_binary,
+        member,
+        members,
+        member_tls(ctx.state_dir, member.name),
+        cluster_token(spec),
+        "new",  # a member with data ignores it: its data say which cluster it belongs to
+    )
     return InstanceSpec(
-        id=keeper_id(witness),
-        kind=Kind.KEEPER,
-        site=witness,
-        service="keeper",
+        id=etcd_id(member.name),
+        kind=Kind.ETCD,
+        site=member.name,
+        service="etcd",
         version="builtin",
-        argv=[
-            sys.executable,
-            "-m",
-            "alwayson.data.keeper",
-            "--listen",
-            address,
-            "--state-dir",
-            str(ctx.state_dir),
-        ],
+        argv=argv,
         cwd=str(ctx.state_dir),
-        env={"PYTHONUNBUFFERED": "1"},
-        host=host,
-        port=KEEPER_PORT,
-        readiness=Probe(http="/healthz", interval=1.0, timeout=0.5, start_timeout=30.0),
-        liveness=Probe(http="/healthz", interval=1.0, timeout=1.0, failure_threshold=10),
-        stop_grace=10.0,
+        env={},
+        host=member.host,
+        port=member.metrics_port,
+        # Every 2 s, not 1: etcd renders its whole /metrics (about 150 kB, 10 ms of CPU)
+        # for each probe, and /health is a read through the leader.
+        readiness=Probe(
+            http="/health",
+            interval=2.0,
+            timeout=1.0,
+            failure_threshold=2,
+            start_timeout=ETCD_START_TIMEOUT,
+        ),
+        liveness=Probe(http="/metrics", interval=2.0, timeout=1.0, failure_threshold=8),
+        stop_grace=ETCD_STOP_GRACE,
         user=None,
     )
 
@@ -330,5 +356,8 @@ def listen_addresses(inst: InstanceSpec) -> list[str]:
     """Addresses a process binds (for checking they are free before starting it)."""
     if inst.kind in (Kind.WORKLOAD, Kind.AGENT):
         return [f"{inst.host}:{inst.port}"]
+    if inst.kind is Kind.ETCD:  # --listen-client-urls=https://127.1.0.5:2379 and the like
+        urls = [a.split("=", 1)[1] for a in inst.argv if a.startswith(ETCD_LISTEN_FLAGS)]
+        return [url.split("://", 1)[-1] for url in urls]
     out = [inst.argv[i + 1] for i, a in enumerate(inst.argv) if a in ("--listen", "--admin")]
     return out

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from alwayson.control.backoff import CrashRecord
 from alwayson.control.desired import frontdoor_id, gateway_id, listen_addresses, takeover_args
 from alwayson.control.ports import EventSink, Publisher, Spawner, Waker
+from alwayson.control.reconciling import Start
 from alwayson.control.state import PlatformState
 from alwayson.runtime.base import (
     EventKind,
@@ -28,13 +29,16 @@ from alwayson.runtime.base import (
     Runtime,
     RuntimeEvent,
 )
-from alwayson.util.addresses import port_is_free
+from alwayson.util.addresses import port_is_free, split_hostport
 from alwayson.util.clocks import Clock
 from alwayson.util.errors import ConflictError, NotFoundError, PermanentError, TemporaryError
 
 log = logging.getLogger("alwayson.controller")
 
-STOP_ORDER = (Kind.FRONTDOOR, Kind.GATEWAY, Kind.WORKLOAD, Kind.AGENT, Kind.KEEPER)
+STOP_ORDER = (Kind.FRONTDOOR, Kind.GATEWAY, Kind.WORKLOAD, Kind.AGENT, Kind.ETCD)
+"""Traffic first, the consensus last: the agents still reach etcd while they stop."""
+START_ORDER = tuple(reversed(STOP_ORDER))
+"""The etcd members are launched before the agents that keep their leases on them."""
 DRAIN_PUSH_DEADLINE = 5.0
 DRAIN_RETRY = 0.1
 REPLACE_READY_DEADLINE = 20.0
@@ -103,6 +107,15 @@ class InstanceOps:
 
     # ------------------------------------------------------------ acts
 
+    async def start_all(self, starts: Sequence[Start]) -> None:
+        """Start kind by kind in ``START_ORDER``, each kind's processes at once: a kind is
+        launched only after the kinds it needs (the agents after the etcd members)."""
+        rank = {kind: i for i, kind in enumerate(START_ORDER)}
+        steps = [rank.get(s.spec.kind, len(rank)) for s in starts]
+        for step in sorted(set(steps)):
+            tier = [s for s, at in zip(starts, steps, strict=True) if at == step]
+            await asyncio.gather(*(self.start(s.spec, s.reason) for s in tier))
+
     async def start(self, spec: InstanceSpec, reason: str) -> None:
         try:
             if spec.kind is Kind.WORKLOAD and not self.address_free(spec.host, spec.port):
@@ -110,6 +123,15 @@ class InstanceOps:
                     f"{spec.id}: address {spec.host}:{spec.port} is in use by another process "
                     f"(service {spec.service}, port {spec.port})"
                 )
+            if spec.kind is Kind.ETCD:
+                taken = [
+                    a for a in listen_addresses(spec) if not self.address_free(*split_hostport(a))
+                ]
+                if taken:
+                    raise PermanentError(
+                        f"{spec.id}: address {', '.join(taken)} is in use by another process "
+                        f"(the etcd member of site {spec.site})"
+                    )
             if self.before_start is not None:
                 self.before_start(spec)
             status = await self.runtime.start(spec)
@@ -216,7 +238,8 @@ class InstanceOps:
             await self.clock.sleep(DRAIN_RETRY)
 
     async def stop_everything(self) -> int:
-        """Front doors, then gateways, workloads, agents and the keeper; returns how many."""
+        """Front doors, then gateways, workloads, agents and the etcd members; returns how
+        many."""
         statuses = [s for s in self.runtime.statuses() if s.phase is not Phase.EXITED]
         for kind in STOP_ORDER:
             tier = [s.spec.id for s in statuses if s.spec.kind is kind]

@@ -98,7 +98,7 @@ class Reconciler:
             self.instances.begin_stop(stop.id, stop.reason, new if hand_over else None)
         if decision.starts:
             self.routes.write_initial(state, [s.spec for s in decision.starts])
-            await asyncio.gather(*(self.instances.start(s.spec, s.reason) for s in decision.starts))
+            await self.instances.start_all(decision.starts)
         await self.publisher.publish()
         self.cycles += 1
         if decision.verdict != self.verdict:

@@ -69,7 +69,7 @@ PROCESS_KINDS = {
     Kind.GATEWAY: "gateway",
     Kind.FRONTDOOR: "frontdoor",
     Kind.AGENT: "agent",
-    Kind.KEEPER: "keeper",
+    Kind.ETCD: "etcd",
 }
 
 

@@ -1,7 +1,9 @@
-"""Checks an apply makes before it changes anything: addresses free, workloads runnable."""
+"""Checks an apply makes before it changes anything: addresses free, workloads and etcd
+runnable."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 from alwayson.control.desired import listen_addresses
@@ -12,6 +14,12 @@ from alwayson.util.errors import PermanentError
 
 UserCheck = Callable[[str | None, str, str], str | None]
 AddressCheck = Callable[[str, int], bool]
+ProgramCheck = Callable[[str], bool]
+
+
+def is_program(path: str) -> bool:
+    """``path`` is a file this process may execute."""
+    return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
 def preflight(
@@ -21,6 +29,7 @@ def preflight(
     user: str | None,
     can_run: UserCheck,
     address_free: AddressCheck = port_is_free,
+    is_runnable: ProgramCheck = is_program,
 ) -> None:
     """Raise PermanentError (nothing changed) if ``new`` cannot start as it stands."""
     current = {s.spec.id: s for s in running}
@@ -38,7 +47,16 @@ def preflight(
         raise PermanentError(
             f"{loaded.path}: address already in use by another process: "
             + ", ".join(sorted(set(taken)))
-            + ". Stop that process or change the port in the spec; nothing was changed."
+            + ". Stop that process or change the port (or subnet) in the spec; nothing was "
+            "changed."
+        )
+    members = sorted(i for i, inst in new.items() if inst.kind is Kind.ETCD and i not in current)
+    if members and not is_runnable(new[members[0]].argv[0]):
+        raise PermanentError(
+            f"{loaded.path}: databases: their etcd members ({', '.join(members)}) need the etcd "
+            f"program, and {new[members[0]].argv[0]} is not one this machine can run. Install "
+            "Debian's etcd-server (`bash scripts/setup.sh`, or `apt-get install etcd-server`) "
+            "or put etcd on the controller's PATH; nothing was changed."
         )
     workloads = [i for i in new.values() if i.kind is Kind.WORKLOAD]
     if workloads:
@@ -52,4 +70,8 @@ def field_of(inst: InstanceSpec) -> str:
         return "front_door.listen / gateway.admin_port"
     if inst.kind is Kind.GATEWAY:
         return "gateway.port / gateway.admin_port"
+    if inst.kind is Kind.ETCD:
+        return f"etcd member {inst.id}, an address of sites.{inst.site}.subnet"
+    if inst.kind is Kind.AGENT:
+        return f"database agent {inst.id}, an address of sites.{inst.site}.subnet"
     return f"services.{inst.service}.port"

@@ -2,7 +2,8 @@
 
 Converging follows one rule: stop what is redundant first, then start what is missing. A
 changed instance (new version, command, env) is replaced one at a time per service and
-site, and only while the rest of that group is ready, so capacity never drops to zero.
+site (etcd's members one at a time in all), and only while the rest of that group is
+ready, so capacity never drops to zero and etcd never loses its majority.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from alwayson.runtime.base import InstanceSpec, Phase
+from alwayson.runtime.base import InstanceSpec, Kind, Phase
 
 SHOWN = 3
 
@@ -80,12 +81,21 @@ def decide(snap: Snapshot) -> Decision:
     return Decision(stops, starts, waiting, _verdict(snap, stops, starts, waiting))
 
 
+def _group(snap: Snapshot, ident: str, service: str, site: str) -> tuple[str, str]:
+    """Instances replaced one at a time: a service's in one site; etcd's members across
+    every site, so a majority of them stays up while each is replaced."""
+    spec = snap.desired.get(ident)
+    if spec is not None and spec.kind is Kind.ETCD:
+        return (service, "")
+    return (service, site)
+
+
 def _replacements(snap: Snapshot, stopping_now: set[str]) -> list[Stop]:
     groups: dict[tuple[str, str], list[Observed]] = {}
     for obs in snap.observed.values():
-        groups.setdefault((obs.service, obs.site), []).append(obs)
+        groups.setdefault(_group(snap, obs.id, obs.service, obs.site), []).append(obs)
     out: list[Stop] = []
-    for members in groups.values():
+    for key, members in groups.items():
         changed = sorted(
             (
                 m
@@ -102,7 +112,7 @@ def _replacements(snap: Snapshot, stopping_now: set[str]) -> list[Stop]:
         missing = any(
             ident not in snap.observed
             for ident, spec in snap.desired.items()
-            if (spec.service, spec.site) == (members[0].service, members[0].site)
+            if _group(snap, ident, spec.service, spec.site) == key
         )
         others_ready = all(m.phase is Phase.READY for m in members if m.id != changed[0].id)
         if busy or missing or not others_ready:

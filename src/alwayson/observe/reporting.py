@@ -25,7 +25,7 @@ platform's own store; :func:`report_queries` holds the exact text. ``P`` is the 
   instances, ``sum by (site, service) (rate(alwayson_process_cpu_seconds_total{kind=
   "instance"}[W]))`` and ``sum by (site, service) (alwayson_process_resident_memory_bytes{
   kind="instance"})``; average and highest point. The platform's own processes
-  (gateways, agents, keepers) are the same with ``kind!="instance"``, by site.
+  (gateways, agents, etcd members) are the same with ``kind!="instance"``, by site.
 - **readiness**: ``avg by (site, service) (alwayson_instance_ready)`` averaged over the
   period (share of instance-time ready) and the fewest ready, ``min`` of ``sum by (site,
   service) (alwayson_instance_ready)``; restarts, ``increase`` of

@@ -41,7 +41,7 @@ class Kind(StrEnum):
     GATEWAY = "gateway"
     FRONTDOOR = "frontdoor"
     AGENT = "agent"
-    KEEPER = "keeper"
+    ETCD = "etcd"
 
 
 class Phase(StrEnum):

@@ -17,7 +17,7 @@
     gateway: "gateway",
     frontdoor: "front door",
     agent: "database agent",
-    keeper: "lease keeper",
+    etcd: "etcd member",
   };
 
   const state = {

@@ -1,0 +1,89 @@
+"""etcd, one member per site, as processes of the platform: what must exist before a member
+starts, and the names that tie a member to its files.
+
+A member is an ordinary instance (``Kind.ETCD``, ``etcd@<site>``, built by
+``desired.etcd_instance``), started, probed, restarted and re-adopted like every other.
+What its start needs on disk is made here, so ``desired`` stays a pure function:
+
+- the platform's CA, one certificate per member naming its address (server and peer),
+  and the one client certificate every platform process uses with etcd;
+- each member's data folder, ``<state>/etcd/<site>``, private to the platform's user.
+
+All of it is made once and kept while current, so calling it before every start of a
+member or an agent costs a few reads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from alwayson.data.layout import etcd_members
+from alwayson.spec.models import PlatformSpec
+from alwayson.util.certs import CLIENT, TlsFiles, client_files, ensure_leaf, leaf_paths
+from alwayson.util.errors import PermanentError
+
+DEBIAN_ETCD = "/usr/bin/etcd"
+"""Where Debian's ``etcd-server`` (installed by ``scripts/setup.sh``) puts the binary."""
+
+
+def find_etcd() -> str:
+    """The etcd binary, on PATH or else Debian's. Resolve it once per controller: it is
+    part of every member's command line, so a different answer restarts the members."""
+    return shutil.which("etcd") or DEBIAN_ETCD
+
+
+def member_cert_name(site: str) -> str:
+    return f"etcd-{site}"
+
+
+def member_tls(state_dir: Path, site: str) -> TlsFiles:
+    """Where the member of ``site`` finds its certificate (made by ``ensure_certificates``)."""
+    return leaf_paths(state_dir, member_cert_name(site))
+
+
+def cluster_token(spec: PlatformSpec) -> str:
+    """Told to every member at the cluster's first start: two platforms never merge."""
+    return f"alwayson-{spec.platform}"
+
+
+def ensure_certificates(spec: PlatformSpec, state_dir: Path) -> dict[str, TlsFiles]:
+    """The CA, one certificate per member (for its site's address) and the client's.
+
+    Idempotent: a certificate that still names the member's address and is not about to
+    expire is kept (the CA always is), so running members keep trusting each other.
+    Returns the files by member name, and the client's under ``CLIENT``.
+    """
+    made = {
+        member.name: ensure_leaf(
+            state_dir, spec.platform, member_cert_name(member.name), [member.host]
+        )
+        for member in etcd_members(spec, state_dir)
+    }
+    made[CLIENT] = client_files(state_dir, spec.platform)
+    return made
+
+
+def ensure_data_dirs(spec: PlatformSpec, state_dir: Path) -> None:
+    """Every member's data folder, mode 0700 (etcd warns about a data folder other users
+    can read: it holds every key). Existing data is left as it is."""
+    for member in etcd_members(spec, state_dir):
+        member.data_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        member.data_dir.mkdir(exist_ok=True, mode=0o700)
+        if member.data_dir.stat().st_mode & 0o777 != 0o700:
+            os.chmod(member.data_dir, 0o700)
+
+
+def prepare_members(spec: PlatformSpec, state_dir: Path) -> None:
+    """What must exist before a member (or a process that talks to the members) starts.
+
+    A failure is a ``PermanentError`` saying what could not be made, so the start that
+    needed it is reported like any start that cannot happen."""
+    try:
+        ensure_certificates(spec, state_dir)
+        ensure_data_dirs(spec, state_dir)
+    except (OSError, ValueError) as exc:
+        raise PermanentError(
+            f"etcd members: cannot make their certificates or data folders under {state_dir}: {exc}"
+        ) from exc
