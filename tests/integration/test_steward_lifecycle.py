@@ -21,7 +21,7 @@ from tests.support import open_to_workloads, reserve_subnet
 from tests.unit.stewardfakes import HERE, THERE, FakeKeeper, config
 
 from alwayson.data import switching
-from alwayson.data.client import KeeperClient
+from alwayson.data.board import Board
 from alwayson.data.deciding import Role
 from alwayson.data.engines import Engine, Identity, find_binaries
 from alwayson.data.stewarding import CYCLE, Steward
@@ -64,7 +64,7 @@ async def stewards(tmp_path: Path) -> AsyncIterator[tuple[Steward, Steward, Fake
             clock,
         )
         partitions = Partitions(tmp_path / "partitions.json")
-        made.append(Steward(cfg, cast(KeeperClient, keeper), engine, partitions, root, clock))
+        made.append(Steward(cfg, cast(Board, keeper), engine, partitions, root, clock))
     renewing = [asyncio.create_task(s._renewing()) for s in made]
     try:
         yield made[0], made[1], keeper

@@ -109,10 +109,14 @@ def test_the_agent_and_its_links_in_the_first_site(spec: PlatformSpec, state_dir
 
     assert (cfg.site, cfg.witness, cfg.user) == ("west", "witness", None)
     assert cfg.admin == "127.1.0.9:7400"
-    # the keeper on the witness (site 3), reached through west's link slot 99
-    assert cfg.keeper == "127.1.0.3:20399"
+    # etcd: its own site's member directly, the others' through west's link slot 98
+    assert cfg.etcd.endpoints == ["127.1.0.5:2379", "127.1.0.3:20298", "127.1.0.3:20398"]
+    assert cfg.etcd.root == f"/alwayson/{spec.platform}"
+    assert cfg.etcd.ca == str(state_dir / "pki" / "ca.pem")
+    assert cfg.etcd.cert == str(state_dir / "pki" / "client.pem")
     assert cfg.links == [
-        LinkConfig(peer="witness", listen="127.1.0.3:20399", target="127.3.0.10:7400"),
+        LinkConfig(peer="east", listen="127.1.0.3:20298", target="127.2.0.5:2379"),
+        LinkConfig(peer="witness", listen="127.1.0.3:20398", target="127.3.0.5:2379"),
         LinkConfig(peer="east", listen="127.1.0.3:20200", target="127.2.0.10:5432"),
         LinkConfig(peer="east", listen="127.1.0.3:20201", target="127.2.0.14:5432"),
     ]
@@ -125,10 +129,11 @@ def test_the_agent_and_its_links_in_the_second_site(spec: PlatformSpec, state_di
     cfg = agent_config(spec, "east", state_dir, "nobody", PASSWORDS)
 
     assert cfg.admin == "127.2.0.9:7400"
-    assert cfg.keeper == "127.2.0.3:20399"
+    assert cfg.etcd.endpoints == ["127.2.0.5:2379", "127.2.0.3:20198", "127.2.0.3:20398"]
     assert cfg.user == "nobody"
     assert cfg.links == [
-        LinkConfig(peer="witness", listen="127.2.0.3:20399", target="127.3.0.10:7400"),
+        LinkConfig(peer="west", listen="127.2.0.3:20198", target="127.1.0.5:2379"),
+        LinkConfig(peer="witness", listen="127.2.0.3:20398", target="127.3.0.5:2379"),
         LinkConfig(peer="west", listen="127.2.0.3:20100", target="127.1.0.10:5432"),
         LinkConfig(peer="west", listen="127.2.0.3:20101", target="127.1.0.14:5432"),
     ]

@@ -162,3 +162,49 @@ def test_traffic_per_service_and_site_comes_from_three_grouped_queries(tmp_path:
         "p95_seconds": None,
     }
     obs.series.close()
+
+
+class Reports:
+    """One primary report whose synchronous standby the test sets."""
+
+    def __init__(self) -> None:
+        self.sync_standby: str | None = None
+
+    async def status(self) -> list[dict[str, Any]]:
+        primary = {"site": "surabaya", "role": "primary", "writable": True, "pid": 9}
+        fenced = {"site": "jakarta", "role": "fenced", "writable": False, "pid": None}
+        return [
+            {
+                "name": "bank",
+                "sites": [{**primary, "sync_standby": self.sync_standby}, fenced],
+            }
+        ]
+
+    async def backups(self, name: str) -> list[dict[str, Any]]:
+        return []
+
+
+def test_rpo_zero_lost_fires_after_standby_timeout_without_a_sync_standby(
+    tmp_path: Path,
+) -> None:
+    """After a failover the new primary has no standby to lose (its agent raises no alert)
+    and the old one stays fenced: the controller still sees RPO=0 broken."""
+    from alwayson.control.samples import database_samples
+
+    spec = load_spec_text(SPEC, tmp_path / "alwayson.yaml", check_commands=False).spec
+    timeout = spec.databases[0].standby_timeout
+    assert spec.databases[0].replication == "synchronous"
+    reports, since = Reports(), {}  # type: ignore[var-annotated]
+    key = ("alwayson_db_rpo_alert", (("db", "bank"), ("site", "surabaya")))
+
+    def alert(now: float) -> float:
+        return by_name(asyncio.run(database_samples(spec, reports, since, now)))[key]
+
+    assert alert(1000.0) == 0
+    assert alert(1000.0 + timeout - 0.5) == 0
+    assert alert(1000.0 + timeout) == 1
+    reports.sync_standby = "jakarta"  # the old primary rejoined and is synchronous again
+    assert alert(1000.0 + timeout + 5) == 0
+    reports.sync_standby = None
+    assert alert(1000.0 + timeout + 6) == 0  # the clock starts again
+    assert alert(1000.0 + 2 * timeout + 6) == 1

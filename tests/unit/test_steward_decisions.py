@@ -58,12 +58,12 @@ def view(clock: ManualClock, role: Role, **fields: object) -> StewardView:
         primary_site=HERE,
         sites=(HERE, THERE),
         role=role,
-        keeper_seen=True,
+        board_seen=True,
         lease=None,
         seen_lease=None,
         tenure_epoch=None,
         postmaster_alive=True,
-        keeper_now=clock.wall(),
+        board_now=clock.wall(),
         monotonic=clock.monotonic(),
         wall=clock.wall(),
         reachable=frozenset({HERE, THERE}),
@@ -133,10 +133,10 @@ def test_the_endpoint_closes_to_a_primary_when_its_lease_view_runs_out(
 # -- starting --------------------------------------------------------------------------
 
 
-def test_starting_waits_for_the_lease_keeper(clock: ManualClock) -> None:
-    decision = decide(view(clock, Role.STARTING, keeper_seen=False, has_data=True))
+def test_starting_waits_for_etcd(clock: ManualClock) -> None:
+    decision = decide(view(clock, Role.STARTING, board_seen=False, has_data=True))
     assert decision.action is Action.WAIT
-    assert decision.verdict == "waiting for the lease keeper"
+    assert decision.verdict == "waiting for etcd (the lease)"
 
 
 def test_starting_on_a_standbys_data_follows_the_primary(clock: ManualClock) -> None:
@@ -171,15 +171,51 @@ def test_restarting_on_a_primarys_data_takes_the_lease_back_when_nobody_else_hol
     assert decision.verdict == "restarted: taking the lease back"
 
 
-def test_restarting_after_another_site_took_over_stays_fenced(clock: ManualClock) -> None:
+def test_restarting_after_another_site_took_over_rejoins_it_as_a_standby(
+    clock: ManualClock,
+) -> None:
     taken = lease(clock, THERE, epoch=4, previous_holder=HERE)
     decision = decide(view(clock, Role.STARTING, has_data=True, lease=taken, saved_epoch=3))
+    assert decision.action is Action.REJOIN
+    assert decision.target == THERE
+    assert decision.verdict == (
+        f"rejoining as a standby of {THERE} ({THERE} became primary while this site was down)"
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"reachable": frozenset({HERE})},  # the new primary cannot be reached to rewind from
+        {"board_now": 1e12},  # its lease ran out too: nobody to follow
+    ],
+)
+def test_restarting_after_another_site_took_over_waits_fenced_when_it_cannot_rejoin(
+    clock: ManualClock, change: dict[str, object]
+) -> None:
+    taken = lease(clock, THERE, epoch=4, previous_holder=HERE)
+    decision = decide(
+        view(clock, Role.STARTING, has_data=True, lease=taken, saved_epoch=3, **change)
+    )
     assert decision.action is Action.STAY_FENCED
     assert decision.why == f"{THERE} became primary while this site was down"
     assert decision.verdict == (
-        f"fenced: {THERE} became primary while this site was down; "
-        "`alwayson db failback` rejoins it"
+        f"fenced: {THERE} became primary while this site was down; it rejoins as a standby "
+        f"once {THERE} holds a live lease and can be reached"
     )
+
+
+def test_a_fenced_former_primary_rejoins_once_another_site_holds_a_live_lease(
+    clock: ManualClock,
+) -> None:
+    taken = lease(clock, THERE, epoch=4, previous_holder=HERE)
+    early = decide(fenced(clock, lease=taken))
+    assert early.action is Action.WAIT  # not before retake_after (its WAL end is recorded)
+    clock.advance(2 * TTL)
+    decision = decide(fenced(clock, lease=lease(clock, THERE, epoch=4), retake_after=0.0))
+    assert decision.action is Action.REJOIN
+    assert decision.target == THERE
+    assert decision.why == "the PostgreSQL process exited"
 
 
 def test_the_primary_site_initialises_a_new_database(clock: ManualClock) -> None:
@@ -271,19 +307,17 @@ def fenced(clock: ManualClock, **fields: object) -> StewardView:
     return view(clock, Role.FENCED, **{**defaults, **fields})
 
 
-def test_a_fenced_site_without_the_keeper_says_so(clock: ManualClock) -> None:
+def test_a_fenced_site_without_etcd_says_so(clock: ManualClock) -> None:
     decision = decide(fenced(clock, lease=None))
     assert decision.action is Action.WAIT
-    assert decision.verdict == (
-        "fenced (the PostgreSQL process exited); the lease keeper is unreachable"
-    )
+    assert decision.verdict == "fenced (the PostgreSQL process exited); etcd is unreachable"
 
 
 def test_a_fenced_site_takes_the_lease_back_when_nobody_took_over(clock: ManualClock) -> None:
     waiting = fenced(clock)
     assert decide(waiting).action is Action.WAIT  # not before twice the ttl
     clock.advance(2 * TTL)
-    decision = decide(replace(waiting, monotonic=clock.monotonic(), keeper_now=clock.wall()))
+    decision = decide(replace(waiting, monotonic=clock.monotonic(), board_now=clock.wall()))
     assert decision.action is Action.RETAKE_LEASE
     assert decision.why == "nobody took over"
     assert decision.verdict == "nobody took over: taking the lease back"
@@ -304,15 +338,17 @@ def test_a_fenced_site_stays_fenced_unless_its_lease_is_untouched_and_it_can_sta
     decision = decide(fenced(clock, **{"retake_after": 0.0, **change}))
     assert decision.action is Action.WAIT
     assert decision.verdict == (
-        "fenced (the PostgreSQL process exited); `alwayson db failback` rejoins it as a standby"
+        "fenced (the PostgreSQL process exited); it rejoins as a standby once another site "
+        "holds a live lease and can be reached"
     )
 
 
-def test_a_fenced_site_stays_fenced_while_another_holds_a_live_lease(clock: ManualClock) -> None:
-    taken = lease(clock, THERE, epoch=3, previous_holder=THERE)
-    assert decide(fenced(clock, lease=taken, retake_after=0.0)).action is Action.WAIT
-    live = lease(clock, THERE, epoch=3, previous_holder=HERE)
-    assert decide(fenced(clock, lease=live, retake_after=0.0)).action is Action.WAIT
+def test_a_fenced_site_never_retakes_while_another_holds_a_live_lease(clock: ManualClock) -> None:
+    for previous in (THERE, HERE):
+        live = lease(clock, THERE, epoch=3, previous_holder=previous)
+        assert decide(fenced(clock, lease=live, retake_after=0.0)).action is Action.REJOIN
+        cut_off = fenced(clock, lease=live, retake_after=0.0, reachable=frozenset({HERE}))
+        assert decide(cut_off).action is Action.WAIT
 
 
 # -- standby ---------------------------------------------------------------------------
@@ -349,7 +385,7 @@ def test_a_standby_takes_an_expired_lease_and_dates_the_detection(clock: ManualC
     theirs = lease(clock, THERE)
     clock.advance(TTL)
     decision = decide(
-        view(clock, Role.STANDBY, lease=theirs, keeper_now=clock.wall(), wall=clock.wall())
+        view(clock, Role.STANDBY, lease=theirs, board_now=clock.wall(), wall=clock.wall())
     )
     assert decision.action is Action.ACQUIRE_AND_PROMOTE
     assert decision.why == f"after {THERE}'s expired"
@@ -371,7 +407,7 @@ def test_a_standby_takes_a_lease_revoked_for_it_once_expired(clock: ManualClock)
     revoked = lease(clock, THERE, revoked_for=HERE)
     assert decide(view(clock, Role.STANDBY, lease=revoked)).action is Action.FOLLOW
     clock.advance(TTL)
-    decision = decide(view(clock, Role.STANDBY, lease=revoked, keeper_now=clock.wall()))
+    decision = decide(view(clock, Role.STANDBY, lease=revoked, board_now=clock.wall()))
     assert decision.action is Action.ACQUIRE_AND_PROMOTE
 
 

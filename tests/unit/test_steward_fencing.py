@@ -24,7 +24,7 @@ from tests.unit.stewardfakes import (
 )
 
 from alwayson.data import leases
-from alwayson.data.client import KeeperClient
+from alwayson.data.board import Board
 from alwayson.data.deciding import Action, Role, decide
 from alwayson.data.engines import Engine, Postmaster
 from alwayson.data.leases import Tenure
@@ -48,7 +48,7 @@ async def primary(tmp_path: Path, clock: ManualClock, keeper: FakeKeeper) -> Ste
     (tmp_path / "bank" / "pgdata").mkdir(parents=True)
     steward = Steward(
         config(tmp_path),
-        cast(KeeperClient, keeper),
+        cast(Board, keeper),
         cast(Engine, FakeEngine()),
         Partitions(tmp_path / "partitions.json"),
         tmp_path,
@@ -185,7 +185,8 @@ async def test_a_fenced_primary_takes_its_lease_back_only_after_twice_the_ttl(
     (tmp_path / "bank" / "pgdata" / "PG_VERSION").write_text("16")
 
     assert await steward.cycle() == (
-        "fenced (the PostgreSQL process exited); `alwayson db failback` rejoins it as a standby"
+        "fenced (the PostgreSQL process exited); it rejoins as a standby once another site "
+        "holds a live lease and can be reached"
     )
     clock.advance(2 * TTL)  # the view the last cycle read: the lease it released
     decision = decide(steward.observe())

@@ -112,6 +112,7 @@ async def serve(state_dir: Path, api: str) -> None:
             await loop_task
     finally:
         await runtime.close()
+        await controller.boards.close()
         await pusher.close()
         await store.close()
         record = controller_record(state_dir)

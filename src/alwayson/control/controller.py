@@ -17,12 +17,14 @@ from typing import Any
 
 from alwayson import __version__
 from alwayson.control.applied import Applied
+from alwayson.control.boards import EtcdBoards
 from alwayson.control.databases import DatabaseOps
 from alwayson.control.desired import allocate_slots, desired_instances
 from alwayson.control.drilling import DrillOps
 from alwayson.control.instances import CandidateFailed, InstanceGone, InstanceOps, Intent
 from alwayson.control.looping import Reconciler
 from alwayson.control.observing import Observatory
+from alwayson.control.ports import Boards
 from alwayson.control.preflight import AddressCheck, UserCheck, preflight
 from alwayson.control.pushing import RouteBook, TablePusher
 from alwayson.control.releasing import ReleaseDriver
@@ -57,6 +59,10 @@ def _anyone_can_run(user: str | None, argv0: str, cwd: str) -> str | None:
     return None
 
 
+EVENTS_EVERY = 2.0
+"""How often the agents' events are moved from etcd into the controller's store (s)."""
+
+
 class Controller:
     def __init__(
         self,
@@ -70,8 +76,11 @@ class Controller:
         interval: float = 1.0,
         can_run: UserCheck = _anyone_can_run,
         address_free: AddressCheck = port_is_free,
+        boards: Boards | None = None,
     ) -> None:
         self.store = store
+        self.boards: Boards = boards or EtcdBoards(state_dir, clock)
+        self._events_filed_at = float("-inf")
         self.runtime = runtime
         self.state_dir = state_dir
         self.clock = clock
@@ -94,7 +103,7 @@ class Controller:
             before_start=self.applied.prepare_start,
             address_free=address_free,
         )
-        self.databases = DatabaseOps(store, self.applied, clock)
+        self.databases = DatabaseOps(store, self.applied, clock, self.boards)
         self.drills = DrillOps(
             store, self, self, self.applied, runtime, processes, state_dir, clock
         )
@@ -121,9 +130,17 @@ class Controller:
             self.routes,
             self,
             self._apply,
-            [self.releases.tick],
+            [self.releases.tick, self._file_events],
         )
         (state_dir / "run" / "handover").mkdir(parents=True, exist_ok=True)
+
+    async def _file_events(self) -> None:
+        """Every 2 s: the agents' events (filed on etcd) into this controller's store."""
+        now = self.clock.monotonic()
+        if now - self._events_filed_at < EVENTS_EVERY:
+            return
+        self._events_filed_at = now
+        await self.databases.file_events()
 
     # ------------------------------------------------------------ ports given to the parts
 

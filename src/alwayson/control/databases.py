@@ -1,7 +1,7 @@
 """The operator's side of the databases: status, switchover, failover, failback, backups.
 
-The controller never decides who writes: the site agents and the lease keeper do, even
-while it is down. It reads what they report (``db/<name>/site/<site>``), checks requests
+The controller never decides who writes: the site agents do, through the lease on etcd,
+even while it is down. It reads what they report (``db/<name>/site/<site>``), checks requests
 against it so a bad one is refused before anything moves, and hands the agents one request
 at a time (``db/<name>/request``); the agent that carries it out records the result under
 ``db/<name>/record/<id>``. A forced failover is the one exception: it revokes the lease
@@ -14,30 +14,54 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from alwayson.data import leases
 from alwayson.data.backups import check_restore_name
-from alwayson.data.keeping import change_lease, read_lease, request_key
+from alwayson.data.board import Board
 from alwayson.data.layout import endpoint_address
 from alwayson.spec.models import Database, PlatformSpec
-from alwayson.store.base import AuditEntry, StateStore
+from alwayson.store.base import AuditEntry, Event, StateStore
 from alwayson.util.clocks import Clock
 from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
 from alwayson.util.replication import slot_name
 
 if TYPE_CHECKING:
-    from alwayson.control.ports import SpecReader
+    from alwayson.control.ports import Boards, SpecReader
 
 STALE_AFTER = 5.0
 
 
+def request_key(db: str) -> str:
+    return f"db/{db}/request"
+
+
 class DatabaseOps:
-    def __init__(self, store: StateStore, specs: SpecReader, clock: Clock) -> None:
+    """``store`` is the controller's own (audit); every ``db/…`` key is on etcd (``boards``)."""
+
+    def __init__(self, store: StateStore, specs: SpecReader, clock: Clock, boards: Boards) -> None:
         self.store = store
         self.specs = specs
         self.clock = clock
+        self.boards = boards
 
     def _spec(self) -> PlatformSpec:
         return self.specs.spec()
+
+    @property
+    def board(self) -> Board:
+        return self.boards.board(self._spec())
+
+    @property
+    def keys(self) -> StateStore:
+        return self.boards.keys(self._spec())
+
+    async def file_events(self) -> int:
+        """Move the events the agents filed on etcd into the controller's store."""
+        spec = self.specs.spec_or_none()
+        if spec is None or not spec.databases:
+            return 0
+        events: list[Event] = await self.boards.board(spec).take_events()
+        for event in events:
+            await self.store.append_event(event)
+        return len(events)
 
     def database(self, name: str | None) -> Database:
         spec = self._spec()
@@ -61,10 +85,12 @@ class DatabaseOps:
         out = []
         now = self.clock.wall()
         for index, db in enumerate(spec.databases):
-            lease = await read_lease(self.store, db.name)
+            board = self.boards.board(spec)
+            keys = self.boards.keys(spec)
+            lease = await board.read_lease(db.name)
             sites = []
             for site in [s.name for s in spec.workload_sites]:
-                found = await self.store.get(f"db/{db.name}/site/{site}")
+                found = await keys.get(f"db/{db.name}/site/{site}")
                 report: dict[str, Any] = (
                     dict(found.value) if found else {"site": site, "role": "unknown"}
                 )
@@ -76,7 +102,7 @@ class DatabaseOps:
                 )
                 sites.append(report)
             records = await self.records(db.name, limit=5)
-            request = await self.store.get(request_key(db.name))
+            request = await keys.get(request_key(db.name))
             out.append(
                 {
                     "name": db.name,
@@ -94,18 +120,18 @@ class DatabaseOps:
         return out
 
     async def records(self, db: str, limit: int = 50) -> list[dict[str, Any]]:
-        found = await self.store.list_prefix(f"db/{db}/record/", limit=10_000)
+        found = await self.keys.list_prefix(f"db/{db}/record/", limit=10_000)
         values = [v.value for _, v in found]
         values.sort(key=lambda r: float(r.get("finished_at") or r.get("promoted_at") or 0))
         return values[-limit:]
 
     async def result(self, db: str, ident: str) -> dict[str, Any] | None:
         self.database(db)
-        found = await self.store.get(f"db/{db}/record/{ident}")
+        found = await self.keys.get(f"db/{db}/record/{ident}")
         return dict(found.value) if found else None
 
     async def _site_report(self, db: Database, site: str) -> dict[str, Any]:
-        found = await self.store.get(f"db/{db.name}/site/{site}")
+        found = await self.keys.get(f"db/{db.name}/site/{site}")
         return dict(found.value) if found else {}
 
     def _site(self, site: str) -> str:
@@ -116,17 +142,20 @@ class DatabaseOps:
 
     async def request(self, name: str | None, op: str, actor: str, **params: Any) -> dict[str, Any]:
         db = self.database(name)
+        if op == "failback":  # a switchover back to the spec's primary site
+            params["to"] = db.primary_site
         await self._check(db, op, params)
         ident = f"{op}-{int(self.clock.wall() * 1000)}-{secrets.token_hex(3)}"
         request = {"id": ident, "op": op, "at": self.clock.wall(), "actor": actor, **params}
-        found = await self.store.get(request_key(db.name))
+        keys = self.keys
+        found = await keys.get(request_key(db.name))
         if found and found.value:
             pending = found.value
             raise ConflictError(
                 f"{db.name}: request {pending.get('id')} ({pending.get('op')}) is still being "
                 "carried out; wait for it (alwayson db status)"
             )
-        if not await self.store.compare_and_set(
+        if not await keys.compare_and_set(
             request_key(db.name), found.version if found else None, request
         ):
             raise ConflictError(f"{db.name}: another request arrived at the same moment; retry")
@@ -136,14 +165,17 @@ class DatabaseOps:
         return request
 
     async def _check(self, db: Database, op: str, params: dict[str, Any]) -> None:
-        lease = await read_lease(self.store, db.name)
+        lease = await self.board.read_lease(db.name)
         holder = lease.holder if lease else None
-        if op == "switchover":
+        if op in ("switchover", "failback"):
             to = self._site(str(params["to"]))
             if holder is None:
                 raise ConflictError(f"{db.name} has no primary right now; nothing to switch over")
             if holder == to:
-                raise ConflictError(f"{to} is already the primary of {db.name}")
+                raise ConflictError(
+                    f"{to} is already the primary of {db.name}"
+                    + ("; nothing to fail back" if op == "failback" else "")
+                )
             primary = await self._site_report(db, holder)
             row = next(
                 (r for r in primary.get("replication", []) if r.get("standby") == slot_name(to)),
@@ -158,16 +190,6 @@ class DatabaseOps:
                 raise ConflictError(
                     f"{to} is {row['lag_bytes']} bytes behind {holder} (switchover_max_lag "
                     f"{int(db.switchover_max_lag)}); wait for it to catch up. Nothing was changed"
-                )
-        elif op == "failback":
-            fenced = [
-                s.name
-                for s in self._spec().workload_sites
-                if (await self._site_report(db, s.name)).get("role") == "fenced"
-            ]
-            if not fenced:
-                raise ConflictError(
-                    f"no site of {db.name} is waiting to rejoin (none is fenced); nothing to do"
                 )
         elif op in ("backup", "verify", "restore", "drop-restore"):
             if holder is None:
@@ -186,7 +208,7 @@ class DatabaseOps:
                         f"{db.name}; the oldest restorable time is {_iso(oldest)}"
                     )
             if op == "verify":
-                found = await self.store.get(f"db/{db.name}/backup/{params['backup']}")
+                found = await self.keys.get(f"db/{db.name}/backup/{params['backup']}")
                 if not found:
                     raise NotFoundError(
                         f"no backup {params['backup']!r} of {db.name} (alwayson backup list)"
@@ -196,7 +218,7 @@ class DatabaseOps:
         """Forced: revoke the lease for ``to``; the holder cannot renew and fences."""
         db = self.database(name)
         to = self._site(to)
-        lease = await read_lease(self.store, db.name)
+        lease = await self.board.read_lease(db.name)
         if lease is not None and lease.holder == to:
             raise ConflictError(f"{to} is already the primary of {db.name}")
         report = await self._site_report(db, to)
@@ -205,9 +227,7 @@ class DatabaseOps:
                 f"{to} has no running standby of {db.name} (role {report.get('role', 'unknown')}); "
                 "nothing was changed"
             )
-        new = await change_lease(
-            self.store, db.name, self.clock, lambda cur, now: leases.revoke(cur, to, now)
-        )
+        new = await self.board.revoke(db.name, to)
         detail = {"database": db.name, "to": to, "previous_holder": lease.holder if lease else None}
         await self.store.append_audit(
             AuditEntry(at=self.clock.wall(), actor=actor, action="db-failover", detail=detail)
@@ -220,7 +240,7 @@ class DatabaseOps:
 
     async def backups(self, db: str) -> list[dict[str, Any]]:
         """The backups that still exist (retention marks the ones it removed)."""
-        found = await self.store.list_prefix(f"db/{db}/backup/", limit=10_000)
+        found = await self.keys.list_prefix(f"db/{db}/backup/", limit=10_000)
         return [v.value for _, v in found if not v.value.get("removed_at")]
 
 

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from alwayson.control.state import PlatformState
+    from alwayson.data.board import Board
     from alwayson.metrics.model import Point
     from alwayson.metrics.promql import QueryEngine
     from alwayson.spec.models import PlatformSpec
+    from alwayson.store.base import StateStore
 
 LabelFilter = Callable[[str, Mapping[str, str]], bool]
 
@@ -44,6 +46,16 @@ class SpecReader(Protocol):
         ...
 
     def spec_folder(self) -> Path: ...
+
+
+class Boards(Protocol):
+    """The databases' shared keys on etcd for a spec: the lease board and a store view."""
+
+    def board(self, spec: PlatformSpec) -> Board: ...
+
+    def keys(self, spec: PlatformSpec) -> StateStore: ...
+
+    async def close(self) -> None: ...
 
 
 class StateReader(SpecReader, Protocol):

@@ -3,10 +3,10 @@ site agents' reports (role, liveness, replication lag, backups)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from alwayson.metrics.model import Sample
-from alwayson.spec.models import PlatformSpec
+from alwayson.spec.models import Database, PlatformSpec
 from alwayson.util.replication import slot_name
 
 if TYPE_CHECKING:
@@ -19,12 +19,18 @@ async def database_samples(
     """Figures of each database from its agents' reports and its backups.
 
     ``first_seen`` (kept by the caller) is when each database was first seen: until a
-    first verified backup, its age counts from then."""
+    first verified backup, its age counts from then. It also keeps, per synchronous
+    database, since when no primary has named a synchronous standby: RPOZeroLost
+    (``alwayson_db_rpo_alert``) fires once that lasts ``standby_timeout``, whatever the
+    agents' own state (a new primary after a failover has no standby to lose, and an
+    old primary that stays fenced never reports one)."""
     if not spec.databases:
         return []
     out: list[Sample] = []
+    settings = {d.name: d for d in spec.databases}
     for db in await databases.status():
         name = db["name"]
+        unprotected = _without_sync_standby(settings.get(name), db["sites"], first_seen, now)
         for report in db["sites"]:
             site = str(report.get("site"))
             labels = {"db": name, "site": site}
@@ -32,7 +38,8 @@ async def database_samples(
             out.append(Sample("alwayson_db_up", labels, 1.0 if alive else 0.0))
             primary = report.get("role") == "primary" and bool(report.get("writable"))
             out.append(Sample("alwayson_db_primary", labels, 1.0 if primary else 0.0))
-            out.append(Sample("alwayson_db_rpo_alert", labels, 1.0 if report.get("alert") else 0))
+            alert = bool(report.get("alert")) or (primary and unprotected)
+            out.append(Sample("alwayson_db_rpo_alert", labels, 1.0 if alert else 0.0))
             for key in ("connections", "xact_total"):
                 if isinstance(report.get(key), int | float):
                     out.append(Sample(f"alwayson_db_{key}", labels, float(report[key])))
@@ -68,6 +75,22 @@ async def database_samples(
         failing = sum(1 for b in backups[-3:] if b.get("verified") is False)
         out.append(Sample("alwayson_db_backup_verify_failures", labels, float(failing)))
     return out
+
+
+def _without_sync_standby(
+    db: Database | None, reports: list[dict[str, Any]], since: dict[str, float], now: float
+) -> bool:
+    """A synchronous database whose writable primary has named no synchronous standby
+    for ``standby_timeout`` or more (``since`` keeps when that began)."""
+    key = f"no-sync-standby:{db.name if db else ''}"
+    if db is None or db.replication != "synchronous":
+        since.pop(key, None)
+        return False
+    primaries = [r for r in reports if r.get("role") == "primary" and r.get("writable")]
+    if any(r.get("sync_standby") and not r.get("stale") for r in primaries) or not primaries:
+        since.pop(key, None)
+        return False
+    return now - since.setdefault(key, now) >= db.standby_timeout
 
 
 def _site_of_slot(slot: str, spec: PlatformSpec) -> str | None:

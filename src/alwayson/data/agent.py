@@ -5,7 +5,7 @@ restarted) when the controller restarts. It owns, for its site:
 
 - one :class:`~alwayson.data.stewarding.Steward` per database (PostgreSQL, the lease,
   fencing, promotion, requests);
-- the site links (relays to the other site's PostgreSQL and to the lease keeper);
+- the site links (relays to the other sites' PostgreSQL and etcd members);
 - the database endpoints (``DATABASE_URL``);
 - WAL/backup mirroring to the other site's repository and the backup schedule;
 - ``GET /healthz`` and ``GET /status`` on its admin address.
@@ -32,12 +32,14 @@ from croniter import croniter
 from fastapi import FastAPI
 
 from alwayson.data import archives, backups
-from alwayson.data.client import KeeperClient
+from alwayson.data.board import Board
 from alwayson.data.engines import Engine, Identity, find_binaries
 from alwayson.data.layout import AgentConfig
 from alwayson.data.links import Relay, Target, sweep_forever
 from alwayson.data.stewarding import Role, Steward
+from alwayson.store.etcd import Etcd
 from alwayson.util.addresses import split_hostport
+from alwayson.util.certs import TlsFiles
 from alwayson.util.clocks import Clock, SystemClock
 from alwayson.util.errors import AlwaysonError
 from alwayson.util.sitelinks import Partitions
@@ -71,8 +73,14 @@ class Agent:
     def __init__(self, cfg: AgentConfig, clock: Clock) -> None:
         self.cfg = cfg
         self.clock = clock
-        token = Path(cfg.token_file).read_text().strip()
-        self.keeper = KeeperClient(cfg.keeper, token)
+        self.board = Board(
+            Etcd(
+                cfg.etcd.endpoints,
+                TlsFiles(Path(cfg.etcd.ca), Path(cfg.etcd.cert), Path(cfg.etcd.key)),
+            ),
+            cfg.etcd.root,
+            clock,
+        )
         self.partitions = Partitions(Path(cfg.partitions_file))
         self.partitions.refresh()
         self.log_dir = Path(cfg.state_dir) / "logs" / cfg.site
@@ -99,7 +107,7 @@ class Agent:
                 self.log_dir / f"{db.name}@{db.site}.tools.log",
                 clock,
             )
-            steward = Steward(db, self.keeper, engine, self.partitions, self.log_dir, clock)
+            steward = Steward(db, self.board, engine, self.partitions, self.log_dir, clock)
             self.stewards.append(steward)
             self.relays.append(
                 Relay(
@@ -165,7 +173,7 @@ class Agent:
             await relay.close()
         with contextlib.suppress(asyncio.CancelledError):
             await serving
-        await self.keeper.close()
+        await self.board.close()
 
     async def _mirroring(self) -> None:
         """Retention on this site's repository, then copies to the other sites' (while
@@ -213,7 +221,7 @@ class Agent:
                 except (AlwaysonError, OSError) as exc:
                     log.error("%s: scheduled backup failed: %s", steward.name, exc)
                     with contextlib.suppress(AlwaysonError):
-                        await self.keeper.event(
+                        await self.board.event(
                             "db-backup-failed", steward.name, f"scheduled backup failed: {exc}", {}
                         )
                     continue
@@ -223,7 +231,7 @@ class Agent:
                 made = result["backup"]
                 log.info("%s: scheduled backup %s", steward.name, made["id"])
                 with contextlib.suppress(AlwaysonError):
-                    await self.keeper.event(
+                    await self.board.event(
                         "db-backup-scheduled",
                         steward.name,
                         f"scheduled backup {made['id']} on {steward.cfg.site}, verified: "

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from alwayson.data.client import KeeperClient
+from alwayson.data.board import Board
 from alwayson.data.engines import Engine, Identity, query
 from alwayson.data.layout import DatabaseConfig
 from alwayson.util.clocks import Clock
@@ -49,7 +49,7 @@ class BackupPort(Protocol):
     def engine(self) -> Engine: ...
 
     @property
-    def keeper(self) -> KeeperClient: ...
+    def board(self) -> Board: ...
 
     @property
     def log_dir(self) -> Path: ...

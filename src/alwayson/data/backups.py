@@ -170,7 +170,7 @@ async def create(st: BackupPort, verify: bool) -> dict[str, Any]:
 
 async def _publish(st: BackupPort, record: dict[str, Any]) -> None:
     with contextlib.suppress(TemporaryError):
-        await st.keeper.record(st.name, "backup", record["id"], record)
+        await st.board.record(st.name, "backup", record["id"], record)
 
 
 async def forget(st: BackupPort, removed: list[dict[str, Any]]) -> None:

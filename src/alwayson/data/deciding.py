@@ -12,7 +12,7 @@ The fencing side comes first, because it is what keeps two writers apart:
   lease it protects; when nothing is left, there is no renewal to try (the watchdog
   fences instead).
 - :func:`watchdog_must_stop`: a primary whose own view of the lease ran out is stopped,
-  whatever the keeper or the other site are doing.
+  whatever etcd or the other site are doing.
 - :func:`decide`, primary role: a postmaster gone or a revoked lease ends the primary
   before anything else is looked at.
 """
@@ -46,7 +46,7 @@ class Role(StrEnum):
 
 
 def renewal_budget(tenure: Tenure, sent: float) -> float | None:
-    """How long a renewal sent at ``sent`` may wait for the keeper: never past the
+    """How long a renewal sent at ``sent`` may wait for etcd: never past the
     moment this agent would fence (so an answer that comes too late is never used);
     None when no time is left to renew at all."""
     budget = min(RENEWAL_DEADLINE, tenure.fence_at() - sent - RENEWAL_SLACK)
@@ -82,15 +82,15 @@ class StewardView:
     primary_site: str
     sites: tuple[str, ...]
     role: Role
-    keeper_seen: bool
-    """Whether the keeper's view was ever read (bootstrap waits for it)."""
+    board_seen: bool
+    """Whether the board (etcd) was ever read (bootstrap waits for it)."""
     lease: Lease | None
     """The lease as this agent holds it (a primary keeps its own renewed copy)."""
     seen_lease: Lease | None
-    """The lease in the keeper's last view (a revocation shows here first)."""
+    """The lease in the last view of etcd (a revocation shows here first)."""
     tenure_epoch: int | None
     postmaster_alive: bool
-    keeper_now: float
+    board_now: float
     monotonic: float
     wall: float
     fence_reason: str = ""
@@ -126,6 +126,9 @@ class Action(StrEnum):
     """The lease was handed over: renew it, then promote."""
     ACQUIRE_AND_PROMOTE = "acquire-and-promote"
     FOLLOW = "follow"
+    REJOIN = "rejoin"
+    """Another site holds a live lease: rewind this site's data (else re-clone it) and
+    follow that site as its standby, with no command typed."""
 
 
 @dataclass(frozen=True)
@@ -154,8 +157,8 @@ def decide(view: StewardView) -> Decision:
 
 def _bootstrap(view: StewardView) -> Decision:
     keep = view.detected_at
-    if not view.keeper_seen:
-        return Decision(Action.WAIT, "waiting for the lease keeper", detected_at=keep)
+    if not view.board_seen:
+        return Decision(Action.WAIT, "waiting for etcd (the lease)", detected_at=keep)
     lease = view.lease
     if view.has_data:
         if view.standby_signal:
@@ -176,9 +179,13 @@ def _bootstrap(view: StewardView) -> Decision:
                 detected_at=keep,
             )
         why = f"{lease.holder} became primary while this site was down"
+        rejoin = _rejoin(view, lease, why)
+        if rejoin is not None:
+            return rejoin
         return Decision(
             Action.STAY_FENCED,
-            f"fenced: {why}; `alwayson db failback` rejoins it",
+            f"fenced: {why}; it rejoins as a standby once {lease.holder} holds a live lease "
+            "and can be reached",
             why=why,
             detected_at=keep,
         )
@@ -228,13 +235,13 @@ def _as_fenced(view: StewardView) -> Decision:
     if lease is None:
         return Decision(
             Action.WAIT,
-            f"fenced ({view.fence_reason}); the lease keeper is unreachable",
+            f"fenced ({view.fence_reason}); etcd is unreachable",
             detected_at=keep,
         )
     untouched = lease.epoch == view.saved_epoch and lease.previous_holder in (None, view.site)
     if (
         untouched
-        and lease.expired(view.keeper_now)
+        and lease.expired(view.board_now)
         and view.monotonic >= view.retake_after
         and view.has_data
     ):
@@ -244,17 +251,39 @@ def _as_fenced(view: StewardView) -> Decision:
             why="nobody took over",
             detected_at=keep,
         )
+    if view.monotonic >= view.retake_after:
+        rejoin = _rejoin(view, lease, view.fence_reason)
+        if rejoin is not None:
+            return rejoin
     return Decision(
         Action.WAIT,
-        f"fenced ({view.fence_reason}); `alwayson db failback` rejoins it as a standby",
+        f"fenced ({view.fence_reason}); it rejoins as a standby once another site holds a "
+        "live lease and can be reached",
         detected_at=keep,
     )
 
 
-def may_take(lease: Lease, site: str, keeper_now: float) -> bool:
+def _rejoin(view: StewardView, lease: Lease, why: str) -> Decision | None:
+    """Rejoin when another site holds a live lease and this one can reach it (its data
+    is the source of the rewind or clone)."""
+    holder = lease.holder
+    if holder is None or holder == view.site or lease.expired(view.board_now):
+        return None
+    if holder not in view.reachable or not view.has_data:
+        return None
+    return Decision(
+        Action.REJOIN,
+        f"rejoining as a standby of {holder} ({why})",
+        target=holder,
+        why=why,
+        detected_at=view.detected_at,
+    )
+
+
+def may_take(lease: Lease, site: str, board_now: float) -> bool:
     """A standby may try to acquire: the lease is free (expired or released) and not
-    reserved by the operator for another site. The keeper still judges the attempt."""
-    return lease.revoked_for in (None, site) and lease.expired(keeper_now)
+    reserved by the operator for another site. etcd's transaction still judges the attempt."""
+    return lease.revoked_for in (None, site) and lease.expired(board_now)
 
 
 def _as_standby(view: StewardView) -> Decision:
@@ -278,7 +307,7 @@ def _as_standby(view: StewardView) -> Decision:
             why="the lease was handed over",
             detected_at=keep,
         )
-    if lease is not None and may_take(lease, view.site, view.keeper_now):
+    if lease is not None and may_take(lease, view.site, view.board_now):
         before = lease.holder or lease.previous_holder
         how = "was released" if lease.holder is None else "expired"
         return Decision(

@@ -6,7 +6,7 @@ addresses that no service can take (services get ``127.N.S.x`` with S ≥ 1):
 | part | address |
 | --- | --- |
 | site agent admin API | ``127.N.0.9:7400`` (workload sites) |
-| etcd member (every site) | ``127.N.0.5``: clients ``:2379``, peers ``:2380``, ``/health`` ``:2381`` |
+| etcd member (every site) | ``127.N.0.5``: clients 2379, peers 2380, ``/health`` 2381 |
 | PostgreSQL of database k | ``127.N.0.(10+4k):5432`` |
 | endpoint of database k | ``127.N.0.(11+4k):5432`` (``DATABASE_URL``) |
 | site link to site M | ``127.N.0.3:(20000 + 100·M + k)``; to M's etcd member ``…+98`` |

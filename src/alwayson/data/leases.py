@@ -1,9 +1,9 @@
 """The lease that lets one site's PostgreSQL accept writes (pure rules, injected time).
 
-The keeper (on the witness) is the only judge: it applies these rules inside one
-compare-and-set on ``db/<name>/lease`` with its own clock. An agent keeps its own,
+``data/board.py`` applies these rules inside one etcd transaction on the lease record and
+the holder key (attached to an etcd lease: liveness is etcd's). An agent keeps its own,
 stricter view (:class:`Tenure`) on its monotonic clock and fences its primary when that
-view runs out, whatever the keeper or the other site are doing. See docs/DATA-DESIGN.md.
+view runs out, whatever etcd or the other site are doing. See docs/DATA-DESIGN.md.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 
 class LeaseRefused(Exception):
-    """The keeper's answer to a renewal or acquisition it will not grant."""
+    """The answer to a renewal or acquisition it will not grant."""
 
     def __init__(self, reason: str, lease: Lease | None) -> None:
         super().__init__(reason)
@@ -185,7 +185,7 @@ def revoke(lease: Lease | None, to: str, now: float) -> Lease:
 class Tenure:
     """An agent's own view of its lease, on its monotonic clock.
 
-    ``renewed_at`` is when the agent *sent* its last successful renewal, so the keeper's
+    ``renewed_at`` is when the agent *sent* its last successful renewal, so etcd's
     ``expires_at`` (set when that request arrived) is at least ``ttl`` after it: fencing at
     ``renewed_at + ttl - margin`` leaves ``margin`` for clock-rate differences and for
     the stop itself.

@@ -59,7 +59,7 @@ async def promote(st: Tender, why: str) -> str:
     started = st.clock.wall()
     detected = st.detected_at or started
     before = Lease.from_json(st.view["lease"]) if st.view.get("lease") else None
-    # Handed over: renew first, so our own view of the lease starts after the keeper
+    # Handed over: renew first, so our own view of the lease starts after etcd's
     # granted it, never before.
     if st.tenure is None and not await take_handed_lease(st):
         return "handed the lease but could not renew it yet; still a standby"
@@ -105,7 +105,7 @@ async def promote(st: Tender, why: str) -> str:
     st.detected_at = None
     ident = f"{int(promoted * 1000)}-{st.cfg.site}"
     with contextlib.suppress(TemporaryError):
-        await st.keeper.record(st.name, "record", ident, record)
+        await st.board.record(st.name, "record", ident, record)
     if kind == "failover":
         st.pending_record = (ident, record, st.clock.monotonic() + PENDING_RECORD)
     await st.event("db-promoted", f"{st.cfg.site} promoted: {why}", record)
@@ -126,7 +126,7 @@ async def complete_record(st: Tender) -> None:
             st.pending_record = None
         return
     try:
-        await st.keeper.record(st.name, "record", ident, completed)
+        await st.board.record(st.name, "record", ident, completed)
     except TemporaryError:
         return
     st.pending_record = None
@@ -138,7 +138,7 @@ async def take_handed_lease(st: Tender) -> bool:
         return False
     sent = st.clock.monotonic()
     try:
-        new = await st.keeper.lease(
+        new = await st.board.lease(
             st.name,
             "renew",
             st.cfg.site,
@@ -178,7 +178,7 @@ async def lag_at_fault(st: Tender) -> dict[str, Any]:
         "standby_replay_lsn": replay,
         "primary_last_reported_lsn": report.get("lsn"),
         "primary_report_age_seconds": (
-            (st.keeper_now() - float(reported_at)) if reported_at else None
+            (st.board_now() - float(reported_at)) if reported_at else None
         ),
         "bytes_behind_last_report": max(0, theirs - mine) if theirs and mine else None,
         "replay_age_seconds": st.facts.get("replay_age_seconds"),

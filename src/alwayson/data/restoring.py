@@ -198,13 +198,13 @@ async def restart_restores(
         except AlwaysonError as exc:
             problems.append(f"restored instance {into}: {exc}")
             with contextlib.suppress(TemporaryError):
-                await st.keeper.event(
+                await st.board.event(
                     "db-restore-lost", cfg.name, f"{cfg.site}: {into} did not start: {exc}", {}
                 )
             continue
         adopt(into, pm)
         with contextlib.suppress(TemporaryError):
-            await st.keeper.event(
+            await st.board.event(
                 "db-restore-restarted",
                 cfg.name,
                 f"{cfg.site}: restored instance {into} started again at {made['address']}",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from alwayson.data import backups, restoring
-from alwayson.data.client import KeeperClient
+from alwayson.data.board import Board
 from alwayson.data.deciding import (
     Action,
     Decision,
@@ -43,7 +43,7 @@ from alwayson.data.links import Target
 from alwayson.data.primaries import keep_primary, primary_exited
 from alwayson.data.promoting import acquire_and_promote, complete_record, promote, standby_facts
 from alwayson.data.starting import become_primary_again, clone_from, initialise
-from alwayson.data.switching import failback, switchover
+from alwayson.data.switching import rejoin, switchover
 from alwayson.data.tending import Tender
 from alwayson.util.clocks import Clock
 from alwayson.util.errors import AlwaysonError, TemporaryError
@@ -56,6 +56,8 @@ WATCHDOG = 0.02
 RENEW_POLL = 0.05
 VIEW_DEADLINE = 1.0
 LONG_REQUESTS = ("backup", "verify", "restore", "drop-restore")
+REJOIN_RETRY = 10.0
+"""After a failed rejoin, the next attempt waits this long (s)."""
 
 __all__ = ["CYCLE", "Role", "Steward"]
 
@@ -64,13 +66,13 @@ class Steward(Tender):
     def __init__(
         self,
         cfg: DatabaseConfig,
-        keeper: KeeperClient,
+        board: Board,
         engine: Engine,
         partitions: Partitions,
         log_dir: Path,
         clock: Clock,
     ) -> None:
-        super().__init__(cfg, keeper, engine, partitions, log_dir, clock)
+        super().__init__(cfg, board, engine, partitions, log_dir, clock)
         self.restores: dict[str, Postmaster] = {}
         self.long_lock = asyncio.Lock()
         """One long job (backup, verify, restore) at a time: they share the scratch address."""
@@ -182,12 +184,12 @@ class Steward(Tender):
     async def _refresh_view(self) -> None:
         try:
             sent = self.clock.wall()
-            view = await self.keeper.view(self.name, self.cfg.sites, timeout=VIEW_DEADLINE)
+            view = await self.board.view(self.name, self.cfg.sites, timeout=VIEW_DEADLINE)
         except TemporaryError as exc:
             self.last_error = str(exc)
             return
         self.view = view
-        self.keeper_offset = float(view["now"]) - sent
+        self.board_offset = float(view["now"]) - sent
         lease = Lease.from_json(view["lease"]) if view.get("lease") else None
         if self.role is not Role.PRIMARY or lease is None or lease.holder != self.cfg.site:
             self.lease = lease
@@ -204,12 +206,12 @@ class Steward(Tender):
             primary_site=self.cfg.primary_site,
             sites=tuple(self.cfg.sites),
             role=self.role,
-            keeper_seen=bool(self.view),
+            board_seen=bool(self.view),
             lease=self.lease,
             seen_lease=Lease.from_json(seen) if seen else None,
             tenure_epoch=self.tenure.epoch if self.tenure else None,
             postmaster_alive=pm is not None and pm.alive(),
-            keeper_now=self.keeper_now(),
+            board_now=self.board_now(),
             monotonic=self.clock.monotonic(),
             wall=self.clock.wall(),
             fence_reason=self.fence_reason,
@@ -258,7 +260,38 @@ class Steward(Tender):
             return await acquire_and_promote(self, decision)
         elif action is Action.FOLLOW:
             await standby_facts(self)
+        elif action is Action.REJOIN:
+            return await self._rejoin(decision)
         return decision.verdict
+
+    async def _rejoin(self, decision: Decision) -> str:
+        """Come back as a standby by itself, and record how (for `db status` and audit)."""
+        started = self.clock.wall()
+        ident = f"rejoin-{int(started * 1000)}"
+        log.info("%s: %s", self.name, decision.verdict)
+        try:
+            result = await rejoin(self)
+        except (AlwaysonError, OSError) as exc:
+            self.retake_after = self.clock.monotonic() + REJOIN_RETRY
+            self.fence_reason = f"rejoin failed: {exc}"
+            outcome: dict[str, Any] = {"ok": False, "error": str(exc)}
+            verdict = f"rejoin as a standby of {decision.target} failed: {exc}"
+        else:
+            outcome = {"ok": True, **result}
+            verdict = f"rejoined as a standby of {decision.target} ({result['method']})"
+        record = {
+            "kind": "rejoin",
+            "id": ident,
+            "why": decision.why,
+            **outcome,
+            "started_at": started,
+            "finished_at": self.clock.wall(),
+            "site": self.cfg.site,
+        }
+        with contextlib.suppress(TemporaryError):
+            await self.board.record(self.name, "record", ident, record)
+        await self.event("db-rejoined" if outcome["ok"] else "db-rejoin-failed", verdict, record)
+        return verdict
 
     # -- requests from the operator ------------------------------------------------------
 
@@ -297,15 +330,15 @@ class Steward(Tender):
             "site": self.cfg.site,
         }
         with contextlib.suppress(TemporaryError):
-            await self.keeper.record(self.name, "record", ident, record)
-            await self.keeper.finish(self.name, ident)
+            await self.board.record(self.name, "record", ident, record)
+            await self.board.finish(self.name, ident)
         self.view["request"] = None
 
     def _claims(self, op: str | None) -> bool:
         if op in ("switchover", "backup", "verify", "restore"):
             return self.role is Role.PRIMARY
         if op == "failback":
-            return self.role is Role.FENCED
+            return self.role is Role.PRIMARY
         if op == "drop-restore":
             # Whichever site runs it (it stays where it was made, through failovers).
             into = str((self.view.get("request") or {}).get("into"))
@@ -315,8 +348,8 @@ class Steward(Tender):
     async def _carry_out(self, op: str | None, request: dict[str, Any]) -> dict[str, Any]:
         if op == "switchover":
             return await switchover(self, str(request["to"]), self._report, CYCLE)
-        if op == "failback":
-            return await failback(self)
+        if op == "failback":  # a switchover back to the spec's primary site
+            return await switchover(self, str(request["to"]), self._report, CYCLE)
         if op == "backup":
             return await backups.create(self, verify=bool(request.get("verify", False)))
         if op == "verify":
@@ -375,4 +408,4 @@ class Steward(Tender):
 
     async def _report(self) -> None:
         with contextlib.suppress(TemporaryError):
-            await self.keeper.report(self.name, self.cfg.site, self.status())
+            await self.board.report(self.name, self.cfg.site, self.status())

@@ -1,4 +1,6 @@
-"""The operator's requests that move the primary: switchover and failback."""
+"""What moves the primary or brings an old one back: switchover (and failback, a
+switchover back to the spec's primary site), and the automatic rejoin of a fenced former
+primary as a standby."""
 
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ async def switchover(
                 f"{to} did not replay up to {final:X} within {SWITCHOVER_WAIT:.0f}s; "
                 f"{st.cfg.site} stays primary"
             )
-        await st.keeper.lease(
+        await st.board.lease(
             st.name,
             "handover",
             st.cfg.site,
@@ -108,13 +110,22 @@ async def switchover(
         st.holding = False
 
 
-async def failback(st: Tender) -> dict[str, Any]:
-    """Rejoin a fenced former primary as a standby: pg_rewind, else a fresh clone."""
+async def rejoin(st: Tender) -> dict[str, Any]:
+    """Rejoin a fenced former primary as a standby: pg_rewind, else a fresh clone. On
+    failure the site is fenced again (the next attempt comes from the decisions)."""
     lease = st.lease
     holder = lease.holder if lease else None
     if holder is None or holder == st.cfg.site:
-        raise AlwaysonError("no other site is primary; nothing to fail back to")
+        raise AlwaysonError("no other site is primary; nothing to rejoin")
     st.role = Role.REJOINING
+    try:
+        return await _rejoin(st, holder, lease.epoch if lease else None)
+    except BaseException:
+        st.role = Role.FENCED
+        raise
+
+
+async def _rejoin(st: Tender, holder: str, epoch: int | None) -> dict[str, Any]:
     await st.settle(wait=FAILBACK_SETTLE)  # the end of this site's WAL, for the record
     source = conninfo(st.cfg.peers[holder], SUPERUSER, st.cfg.superuser_password)
     began = st.clock.wall()
@@ -150,7 +161,7 @@ async def failback(st: Tender) -> dict[str, Any]:
         "from": st.cfg.site,
         "method": method,
         "follows": holder,
-        "epoch": lease.epoch if lease else None,
+        "epoch": epoch,
         "seconds": st.clock.wall() - began,
         "diverged_at": diverged,
         "own_wal_end": end,

@@ -6,7 +6,7 @@ small acts the role modules (``starting``, ``primaries``, ``promoting``, ``switc
 are built from. Deciding what to do is :mod:`alwayson.data.deciding`'s job; running the
 loops is :mod:`alwayson.data.stewarding`'s.
 
-Every keeper call has a deadline shorter than the lease it protects
+Every call to etcd has a deadline shorter than the lease it protects
 (:func:`~alwayson.data.deciding.renewal_budget`); a refused renewal fences at once.
 """
 
@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from alwayson.data.client import KeeperClient
+from alwayson.data.board import Board
 from alwayson.data.deciding import Role, renewal_budget
 from alwayson.data.engines import (
     Engine,
@@ -48,14 +48,14 @@ class Tender:
     def __init__(
         self,
         cfg: DatabaseConfig,
-        keeper: KeeperClient,
+        board: Board,
         engine: Engine,
         partitions: Partitions,
         log_dir: Path,
         clock: Clock,
     ) -> None:
         self.cfg = cfg
-        self.keeper = keeper
+        self.board = board
         self.engine = engine
         self.partitions = partitions
         self.log_dir = log_dir
@@ -66,7 +66,7 @@ class Tender:
         self.tenure: Tenure | None = None
         self.lease: Lease | None = None
         self.view: dict[str, Any] = {}
-        self.keeper_offset = 0.0
+        self.board_offset = 0.0
         self.holding = False
         self.writable = False
         self.sync_names: list[str] = []
@@ -104,12 +104,12 @@ class Tender:
     def admin_dsn(self, address: str | None = None, dbname: str = "postgres") -> str:
         return conninfo(address or self.cfg.listen, SUPERUSER, self.cfg.superuser_password, dbname)
 
-    def keeper_now(self) -> float:
-        return self.clock.wall() + self.keeper_offset
+    def board_now(self) -> float:
+        return self.clock.wall() + self.board_offset
 
     async def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         with contextlib.suppress(TemporaryError):
-            await self.keeper.event(kind, self.name, message, data or {})
+            await self.board.event(kind, self.name, message, data or {})
 
     # -- the epoch this site last held (survives an agent restart) -----------------------
 
@@ -134,9 +134,9 @@ class Tender:
         self.save_epoch(lease.epoch)
 
     async def acquire(self, deadline: float) -> tuple[Lease, float]:
-        """Ask the keeper for the lease (epoch + 1); returns it and when the ask was sent."""
-        sent = self.clock.monotonic()  # before asking: our view must end before the keeper's
-        lease = await self.keeper.lease(
+        """Ask etcd for the lease (epoch + 1); returns it and when the ask was sent."""
+        sent = self.clock.monotonic()  # before asking: our view must end before etcd's
+        lease = await self.board.lease(
             self.name,
             "acquire",
             self.cfg.site,
@@ -156,7 +156,7 @@ class Tender:
         if budget is None:
             return False
         try:
-            lease = await self.keeper.lease(
+            lease = await self.board.lease(
                 self.name,
                 "renew",
                 self.cfg.site,
@@ -202,7 +202,7 @@ class Tender:
 
     async def release(self, epoch: int, why: str, fault_at: float) -> bool:
         try:
-            await self.keeper.lease(
+            await self.board.lease(
                 self.name,
                 "release",
                 self.cfg.site,

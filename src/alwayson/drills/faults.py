@@ -13,6 +13,7 @@ measures; its ``undo`` only waits for nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -48,7 +49,7 @@ class SiteControl(Protocol):
 class Fault:
     """One fault, as the journal keeps it."""
 
-    kind: str  # kill | hang | site-loss | partition | slowness | controller-kill
+    kind: str  # kill | hang | site-hang | site-loss | partition | slowness | controller-kill
     target: str  # what it hit, for people: "onboarding@jakarta#1", "jakarta", ...
     drill: str
     pid: int | None = None
@@ -63,6 +64,8 @@ class Fault:
     injected_at: float | None = None
     undone_at: float | None = None
     note: str = ""
+    processes: list[list[Any]] = field(default_factory=list)
+    """site-hang: [pid, start time, what] of every process stopped."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +107,18 @@ def _same_process(pid: int, create_time: float | None) -> psutil.Process | None:
         return None
 
 
+def site_hang(site: str, drill: str, processes: list[tuple[int, str]]) -> Fault:
+    """Stop every process of a site at once (SIGSTOP: a datacenter off the network, its
+    connections open but silent), each pinned to its start time."""
+    pinned: list[list[Any]] = []
+    for pid, what in processes:
+        with contextlib.suppress(psutil.Error):
+            pinned.append([pid, psutil.Process(pid).create_time(), what])
+    if not pinned:
+        raise FaultError(f"no running process in site {site} to stop")
+    return Fault("site-hang", site, drill, site=site, processes=pinned)
+
+
 def process_fault(kind: str, target: str, drill: str, pid: int) -> Fault:
     """A kill or hang of ``pid``, pinned to its start time so a reused pid is never hit."""
     try:
@@ -134,6 +149,14 @@ async def _act(fault: Fault, control: SiteControl) -> None:
         sig = signal.SIGSTOP if fault.kind == "hang" else signal.SIGKILL
         fault.injected_at = time.time()
         os.kill(fault.pid, sig)
+    elif fault.kind == "site-hang":
+        stopped = []
+        for pid, create_time, what in fault.processes:
+            if _same_process(int(pid), float(create_time)) is not None:
+                os.kill(int(pid), signal.SIGSTOP)
+                stopped.append(str(what))
+        fault.injected_at = time.time()
+        fault.note = f"stopped {len(stopped)} processes: {', '.join(stopped)}"
     elif fault.kind == "site-loss":
         assert fault.site is not None
         answer = await control.lose_site(fault.site, fault.drill)
@@ -151,6 +174,10 @@ async def undo(fault: Fault, control: SiteControl, journal: Journal | None = Non
     if fault.kind == "hang" and fault.pid is not None:
         if _same_process(fault.pid, fault.create_time) is not None:
             os.kill(fault.pid, signal.SIGCONT)
+    elif fault.kind == "site-hang":
+        for pid, create_time, _ in fault.processes:
+            if _same_process(int(pid), float(create_time)) is not None:
+                os.kill(int(pid), signal.SIGCONT)
     elif fault.kind == "site-loss" and fault.site is not None:
         await control.restore_site(fault.site, fault.drill)
     elif fault.kind in ("partition", "slowness"):

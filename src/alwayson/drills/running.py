@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from alwayson.drills import checks, concluding, healing, measuring
-from alwayson.drills.faults import Fault, FaultError, Journal, inject, process_fault, undo_all
+from alwayson.drills.faults import (
+    Fault,
+    FaultError,
+    Journal,
+    inject,
+    process_fault,
+    site_hang,
+    undo_all,
+)
 from alwayson.drills.loading import Load, LoadGenerator, Writes, journey_for
 from alwayson.drills.model import (
     PROGRESS_FILE,
@@ -274,6 +282,18 @@ class Drill:
                 "kill", f"postgres {db.name}@{row['site']}", ctx.id, int(row["pid"])
             )
             site = str(row["site"])
+        elif s.target == "witness":
+            if ctx.witness is None:
+                raise FaultError("the spec has no witness site")
+            site = ctx.witness
+            stopped = [
+                (int(i["pid"]), str(i["id"]))
+                for i in status.get("instances", [])
+                if i["site"] == site and i.get("pid")
+            ]
+            # The controller runs beside the witness: it goes with it.
+            stopped.append((ctx.controller_pid, "controller"))
+            fault = site_hang(site, ctx.id, stopped)
         elif s.target == "controller":
             fault = process_fault("controller-kill", "controller", ctx.id, ctx.controller_pid)
             fault.restart, fault.restart_cwd = list(ctx.controller_restart), ctx.state_dir

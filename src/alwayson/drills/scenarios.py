@@ -11,8 +11,8 @@ from alwayson.util.errors import NotFoundError
 class Scenario:
     name: str
     summary: str
-    fault: str  # kill | hang | site-loss | partition | slowness | controller-kill
-    target: str  # instance | gateway | db-primary | site | controller
+    fault: str  # kill | hang | site-hang | site-loss | partition | slowness | controller-kill
+    target: str  # instance | gateway | db-primary | site | witness | controller
     hold: float  # seconds the fault stays in force before it is undone
     needs_database: bool = False
     max_failed: int | None = None  # requests allowed to fail (None: judged on RTO only)
@@ -51,6 +51,19 @@ SCENARIOS: dict[str, Scenario] = {
             "site",
             hold=15.0,
             failback=True,
+        ),
+        Scenario(
+            "witness-loss",
+            "Stop (SIGSTOP) every process of the witness site, its etcd member and the "
+            "controller included, as a datacenter that drops off the network, under load. "
+            "The two workload sites' etcd members are a quorum: the primary keeps its lease. "
+            "Judged: 0 failed requests, never two writable primaries.",
+            "site-hang",
+            "witness",
+            hold=30.0,
+            needs_database=True,
+            max_failed=0,
+            primaries=True,
         ),
         Scenario(
             "site-partition",

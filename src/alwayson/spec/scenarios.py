@@ -11,6 +11,7 @@ SCENARIO_NAMES = (
     "instance-kill",
     "instance-hang",
     "site-loss",
+    "witness-loss",
     "site-partition",
     "link-latency",
     "db-primary-kill",
