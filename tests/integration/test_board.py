@@ -146,6 +146,8 @@ async def test_reports_requests_records_and_events(boards: Boards) -> None:
     await jakarta.event("db-fenced", DB, "stopped", {"why": "test"})
     view = await jakarta.view(DB, ["jakarta", "surabaya"])
     assert view["sites"]["jakarta"]["role"] == "primary"
-    taken = await jakarta.take_events()
-    assert [(e.kind, e.message) for e in taken] == [("db-fenced", "stopped")]
-    assert await jakarta.take_events() == []
+    pending = await jakarta.pending_events()
+    assert [(e.kind, e.message) for _, e in pending] == [("db-fenced", "stopped")]
+    assert await jakarta.pending_events() == pending  # until forgotten
+    await jakarta.forget_events([key for key, _ in pending])
+    assert await jakarta.pending_events() == []

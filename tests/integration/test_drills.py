@@ -88,6 +88,48 @@ def test_site_loss_drill_serves_from_the_other_site_and_fails_back(
     assert shown["measures"] == result["measures"]
 
 
+def test_witness_loss_drill_loses_no_request_and_keeps_the_primary(
+    bank: Platform, tmp_path: Path
+) -> None:
+    """Every process of the witness site (its etcd member, the controller beside it)
+    stopped under registration load: the two workload sites' members are a quorum, so
+    the primary keeps its lease; no request fails, no role changes, PostgreSQL is not
+    restarted."""
+    before = json.loads(bank.cli("db", "status", "--json").stdout)[0]
+    pids = {r["site"]: r.get("pid") for r in before["sites"]}
+    code, result, stderr = drill(
+        bank,
+        "witness-loss",
+        "--rate",
+        "15",
+        "--duration",
+        "20s",
+        "--html",
+        str(tmp_path / "w.html"),
+    )
+    summary = {k: result.get(k) for k in ("status", "reason", "measures", "objectives", "notes")}
+    assert code == 0, (stderr, json.dumps(summary, indent=1, default=str))
+    assert result["status"] == "passed", summary
+    fault = result["faults"][0]
+    assert fault["kind"] == "site-hang" and fault["site"] == "witness", fault
+    stopped = {what for _, _, what in fault["processes"]}
+    assert stopped == {"etcd@witness", "controller"}, stopped
+    m = result["measures"]
+    print(
+        f"witness-loss drill: {m['requests']} requests, {m['failed_after_fault']} failed after "
+        f"the fault; writes {result['writes']['acknowledged']} acknowledged, "
+        f"{result['writes']['lost_count']} lost"
+    )
+    assert m["failed_after_fault"] == 0 and m["requests"] > 200
+    assert result["writes"]["lost"] == []
+    assert result["primaries"]["max_writable"] == 1 and result["primaries"]["samples"] > 10
+    after = json.loads(bank.cli("db", "status", "--json").stdout)[0]
+    assert after["lease"]["holder"] == "jakarta"
+    assert after["lease"]["epoch"] == before["lease"]["epoch"]  # no role change
+    assert {r["site"]: r.get("pid") for r in after["sites"]} == pids  # no PostgreSQL restart
+    nothing_left_behind(bank, result)
+
+
 # ------------------------------------------------------------------ the full matrix (soak)
 
 MATRIX = (

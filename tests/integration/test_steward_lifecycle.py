@@ -1,6 +1,6 @@
 """Two stewards in one process, real PostgreSQL, an in-memory keeper: every act of the
 steward's cycle once (initialise, clone, synchronous naming, a killed primary's release
-and the standby's promotion, failback with pg_rewind, switchover back).
+and the standby's promotion, the old primary's rejoin with pg_rewind, switchover back).
 
 PostgreSQL listens on free ports of two addresses of this run's own loopback subnet, so
 the test needs no agent, no controller and no link relay; the stewards' ``shutdown``
@@ -22,7 +22,7 @@ from tests.unit.stewardfakes import HERE, THERE, FakeKeeper, config
 
 from alwayson.data import switching
 from alwayson.data.board import Board
-from alwayson.data.deciding import Role
+from alwayson.data.deciding import Action, Role, decide
 from alwayson.data.engines import Engine, Identity, find_binaries
 from alwayson.data.stewarding import CYCLE, Steward
 from alwayson.util.clocks import SystemClock
@@ -112,10 +112,12 @@ async def test_a_steward_pair_goes_through_every_act_of_the_cycle(
     assert await second.cycle() == f"promoted: lease epoch 2 acquired after {HERE}'s was released"
     assert second.role is Role.PRIMARY and second.writable
     assert await first.cycle() == (
-        "fenced (the PostgreSQL process exited); `alwayson db failback` rejoins it as a standby"
+        "fenced (the PostgreSQL process exited); it rejoins as a standby once another site "
+        "holds a live lease and can be reached"
     )
-
-    rejoined = await switching.failback(first)
+    first.retake_after = 0.0  # the rejoin waits out 2 ttl after the exit; not this test
+    assert decide(first.observe()).action is Action.REJOIN
+    rejoined = await switching.rejoin(first)
     assert rejoined["follows"] == THERE and rejoined["method"] == "rewind"
     await cycle_until(
         "the old primary streaming as a synchronous standby",

@@ -110,11 +110,12 @@ def test_the_agent_and_its_links_in_the_first_site(spec: PlatformSpec, state_dir
     assert (cfg.site, cfg.witness, cfg.user) == ("west", "witness", None)
     assert cfg.admin == "127.1.0.9:7400"
     # etcd: its own site's member directly, the others' through west's link slot 98
-    assert cfg.etcd.endpoints == ["127.1.0.5:2379", "127.1.0.3:20298", "127.1.0.3:20398"]
+    assert cfg.etcd.endpoints == ["127.1.0.3:20198", "127.1.0.3:20298", "127.1.0.3:20398"]
     assert cfg.etcd.root == f"/alwayson/{spec.platform}"
     assert cfg.etcd.ca == str(state_dir / "pki" / "ca.pem")
     assert cfg.etcd.cert == str(state_dir / "pki" / "client.pem")
     assert cfg.links == [
+        LinkConfig(peer="west", listen="127.1.0.3:20198", target="127.1.0.5:2379"),
         LinkConfig(peer="east", listen="127.1.0.3:20298", target="127.2.0.5:2379"),
         LinkConfig(peer="witness", listen="127.1.0.3:20398", target="127.3.0.5:2379"),
         LinkConfig(peer="east", listen="127.1.0.3:20200", target="127.2.0.10:5432"),
@@ -129,10 +130,11 @@ def test_the_agent_and_its_links_in_the_second_site(spec: PlatformSpec, state_di
     cfg = agent_config(spec, "east", state_dir, "nobody", PASSWORDS)
 
     assert cfg.admin == "127.2.0.9:7400"
-    assert cfg.etcd.endpoints == ["127.2.0.5:2379", "127.2.0.3:20198", "127.2.0.3:20398"]
+    assert cfg.etcd.endpoints == ["127.2.0.3:20298", "127.2.0.3:20198", "127.2.0.3:20398"]
     assert cfg.user == "nobody"
     assert cfg.links == [
         LinkConfig(peer="west", listen="127.2.0.3:20198", target="127.1.0.5:2379"),
+        LinkConfig(peer="east", listen="127.2.0.3:20298", target="127.2.0.5:2379"),
         LinkConfig(peer="witness", listen="127.2.0.3:20398", target="127.3.0.5:2379"),
         LinkConfig(peer="west", listen="127.2.0.3:20100", target="127.1.0.10:5432"),
         LinkConfig(peer="west", listen="127.2.0.3:20101", target="127.1.0.14:5432"),
@@ -547,3 +549,25 @@ async def test_a_cut_link_closes_a_new_connection_at_once(state_dir: Path) -> No
         assert relay.refused == 5 and not relay.pipes
     finally:
         await relay.close()
+
+
+def test_an_agent_loses_its_own_etcd_member_only_when_its_site_is_cut_from_every_other(
+    tmp_path: Path,
+) -> None:
+    """On the lab the members' own traffic crosses no link: a site cut from all others
+    must see its member as raft would (a minority that serves nothing)."""
+    from alwayson.data.agent import in_majority
+    from alwayson.data.links import Target
+    from alwayson.util.sitelinks import Partitions, write_partitions
+
+    path = tmp_path / "partitions.json"
+    partitions = Partitions(path)
+    own = Target("127.1.0.5:2379", "west")
+    choose = in_majority(lambda: own, "west", {"east", "witness"}, partitions)
+    assert choose() == own
+    write_partitions(path, [("west", "east")])
+    partitions.refresh()
+    assert choose() == own  # still with the witness: a majority
+    write_partitions(path, [("west", "east"), ("west", "witness")])
+    partitions.refresh()
+    assert choose() is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -221,6 +222,10 @@ def create_app(
     async def events(
         limit: int = Query(100, ge=1, le=10_000), kind: str | None = None
     ) -> list[dict[str, Any]]:
+        # The agents' events wait on etcd until filed: file them first, so what was done
+        # before this request is listed (etcd out of reach: list what is filed).
+        with contextlib.suppress(TemporaryError):
+            await controller.databases.file_events()
         return [e.__dict__ for e in await controller.store.list_events(limit, kind)]
 
     mount_observing(app, controller, guarded, actor)

@@ -158,12 +158,15 @@ def status(database: str | None = DbOpt, file: Path = SpecOpt, as_json: bool = J
             for alert in db.get("alerts", []):
                 console.print(f"[red]alert:[/red] {alert}", highlight=False)
             for site in db["sites"]:
-                if site.get("fence_reason"):
+                if site.get("role") in ("fenced", "rejoining", "starting") and site.get("verdict"):
+                    # What it is doing about it (rejoining by itself, waiting for etcd...).
+                    console.print(f"{site['site']}: {site['verdict']}", markup=False)
+                elif site.get("fence_reason"):
                     console.print(f"{site['site']}: {site['fence_reason']}", markup=False)
             moves = [
                 r
                 for r in db.get("recent", [])
-                if r.get("kind") in ("failover", "switchover-promotion", "failback")
+                if r.get("kind") in ("failover", "switchover-promotion", "failback", "rejoin")
             ]
             for record in moves[-3:]:
                 console.print(_record_line(record), markup=False, highlight=False)
@@ -253,9 +256,9 @@ def _record_line(record: dict[str, Any]) -> str:
     kind = str(record.get("kind") or record.get("op") or "?")
     when = _iso(record.get("promoted_at") or record.get("finished_at"))
     line = f"{when} {kind} {record.get('from') or '?'} → {record.get('to') or '?'}"
-    if kind == "failback":
-        line = f"{when} failback: {record.get('from')} follows {record.get('follows')}"
-        line += f" ({record.get('method')})"
+    if kind == "rejoin":
+        line = f"{when} rejoin: {record.get('from')} follows {record.get('follows')}"
+        line += f" ({record.get('method')}, by itself)"
     if record.get("rto_seconds") is not None:
         line += f", no writes for {record['rto_seconds']:.2f}s"
     lag = record.get("lag_at_fault") or {}
@@ -268,16 +271,17 @@ def _record_line(record: dict[str, Any]) -> str:
 
 @db_app.command("failback")
 def failback(database: str | None = DbOpt, file: Path = SpecOpt, as_json: bool = JsonOpt) -> None:
-    """The old primary (fenced) rejoins as a standby of the new one: pg_rewind, or a fresh
-    pg_basebackup when rewind is impossible. Then `db switchover --to` moves the primary back."""
+    """Move the primary back to the spec's primary_site: a switchover, refused until that
+    site streams from the current primary. (A lost primary rejoins as a standby by itself,
+    with pg_rewind or a fresh clone: no command needed; `db status` shows each step.)"""
 
     def go() -> None:
         result = _ask(file, "db failback", database, {"op": "failback"}, 600)
         _finish(
             result,
             as_json,
-            f"{result.get('site')} follows {result.get('follows')} again "
-            f"({result.get('method')}, {float(result.get('seconds') or 0):.1f}s)",
+            f"primary back in {result.get('to')} (from {result.get('from')}; "
+            f"{result.get('lost_writes', 0)} writes lost)",
         )
 
     _wrap(go)

@@ -10,6 +10,7 @@ directly, so the primary can no longer renew whatever state it is in.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from alwayson.data.layout import endpoint_address
 from alwayson.spec.models import Database, PlatformSpec
 from alwayson.store.base import AuditEntry, Event, StateStore
 from alwayson.util.clocks import Clock
-from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
+from alwayson.util.errors import ConflictError, NotFoundError, PermanentError, TemporaryError
 from alwayson.util.replication import slot_name
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class DatabaseOps:
         self.specs = specs
         self.clock = clock
         self.boards = boards
+        self._filing = asyncio.Lock()
 
     def _spec(self) -> PlatformSpec:
         return self.specs.spec()
@@ -58,10 +60,13 @@ class DatabaseOps:
         spec = self.specs.spec_or_none()
         if spec is None or not spec.databases:
             return 0
-        events: list[Event] = await self.boards.board(spec).take_events()
-        for event in events:
-            await self.store.append_event(event)
-        return len(events)
+        board = self.boards.board(spec)
+        async with self._filing:  # the loop and an API request may both ask
+            pending: list[tuple[str, Event]] = await board.pending_events()
+            for _, event in pending:
+                await self.store.append_event(event)
+            await board.forget_events([key for key, _ in pending])
+        return len(pending)
 
     def database(self, name: str | None) -> Database:
         spec = self._spec()
@@ -85,39 +90,66 @@ class DatabaseOps:
         out = []
         now = self.clock.wall()
         for index, db in enumerate(spec.databases):
-            board = self.boards.board(spec)
-            keys = self.boards.keys(spec)
-            lease = await board.read_lease(db.name)
-            sites = []
-            for site in [s.name for s in spec.workload_sites]:
-                found = await keys.get(f"db/{db.name}/site/{site}")
-                report: dict[str, Any] = (
-                    dict(found.value) if found else {"site": site, "role": "unknown"}
-                )
-                report["stale"] = (
-                    not found or now - float(report.get("reported_at", 0)) > STALE_AFTER
-                )
-                report["endpoint_url"] = (
-                    f"postgresql://{db.name}:***@{endpoint_address(spec, site, index)}/{db.name}"
-                )
-                sites.append(report)
-            records = await self.records(db.name, limit=5)
-            request = await keys.get(request_key(db.name))
-            out.append(
-                {
-                    "name": db.name,
-                    "replication": db.replication,
-                    "primary_site": db.primary_site,
-                    "objectives": db.objectives.model_dump(mode="json"),
-                    "lease": lease.to_json() if lease else None,
-                    "lease_expires_in": (lease.expires_at - now) if lease else None,
-                    "sites": sites,
-                    "pending_request": request.value if request and request.value else None,
-                    "recent": records,
-                    "alerts": [s["alert"] for s in sites if s.get("alert")],
-                }
-            )
+            try:
+                out.append(await self._status_of(spec, index, db, now))
+            except TemporaryError as exc:
+                out.append(self._unreachable(spec, db, exc))
         return out
+
+    def _unreachable(self, spec: PlatformSpec, db: Database, exc: Exception) -> dict[str, Any]:
+        """etcd cannot answer (no quorum, or none of its members reachable from here)."""
+        why = (
+            f"etcd cannot be reached or has no quorum ({exc}): no site can renew or take "
+            f"{db.name}'s lease, so none takes writes until two of the three sites' etcd "
+            "members are back (safety first)"
+        )
+        return {
+            "name": db.name,
+            "replication": db.replication,
+            "primary_site": db.primary_site,
+            "objectives": db.objectives.model_dump(mode="json"),
+            "lease": None,
+            "lease_expires_in": None,
+            "sites": [
+                {"site": s.name, "role": "unknown", "stale": True} for s in spec.workload_sites
+            ],
+            "pending_request": None,
+            "recent": [],
+            "alerts": [why],
+            "store_error": str(exc),
+        }
+
+    async def _status_of(
+        self, spec: PlatformSpec, index: int, db: Database, now: float
+    ) -> dict[str, Any]:
+        board = self.boards.board(spec)
+        keys = self.boards.keys(spec)
+        lease = await board.read_lease(db.name)
+        sites = []
+        for site in [s.name for s in spec.workload_sites]:
+            found = await keys.get(f"db/{db.name}/site/{site}")
+            report: dict[str, Any] = (
+                dict(found.value) if found else {"site": site, "role": "unknown"}
+            )
+            report["stale"] = not found or now - float(report.get("reported_at", 0)) > STALE_AFTER
+            report["endpoint_url"] = (
+                f"postgresql://{db.name}:***@{endpoint_address(spec, site, index)}/{db.name}"
+            )
+            sites.append(report)
+        records = await self.records(db.name, limit=5)
+        request = await keys.get(request_key(db.name))
+        return {
+            "name": db.name,
+            "replication": db.replication,
+            "primary_site": db.primary_site,
+            "objectives": db.objectives.model_dump(mode="json"),
+            "lease": lease.to_json() if lease else None,
+            "lease_expires_in": (lease.expires_at - now) if lease else None,
+            "sites": sites,
+            "pending_request": request.value if request and request.value else None,
+            "recent": records,
+            "alerts": [s["alert"] for s in sites if s.get("alert")],
+        }
 
     async def records(self, db: str, limit: int = 50) -> list[dict[str, Any]]:
         found = await self.keys.list_prefix(f"db/{db}/record/", limit=10_000)

@@ -55,6 +55,21 @@ def fixed(target: Target) -> Callable[[], Target]:
     return lambda: target
 
 
+def in_majority(
+    target: Callable[[], Target], site: str, others: set[str], partitions: Partitions
+) -> Callable[[], Target | None]:
+    """This site's own etcd member, while it can be in a majority: a site cut from every
+    other site has a member in a minority, which serves nothing (emulated here, where the
+    members' own traffic crosses no link; with real hosts the network does it)."""
+
+    def choose() -> Target | None:
+        if others and not any(partitions.connected(site, other) for other in others):
+            return None
+        return target()
+
+    return choose
+
+
 def build_app(agent: Agent) -> FastAPI:
     app = FastAPI(title=f"alwayson site agent {agent.cfg.site}", docs_url=None, redoc_url=None)
 
@@ -88,13 +103,19 @@ class Agent:
         ident = Identity.of(cfg.user)
         self.stewards: list[Steward] = []
         self.relays: list[Relay] = []
+        others = {link.peer for link in cfg.links if link.peer != cfg.site}
         for link in cfg.links:
+            choose: Callable[[], Target | None] = fixed(Target(link.target, link.peer))
+            if link.peer == cfg.site:
+                choose = in_majority(
+                    fixed(Target(link.target, link.peer)), cfg.site, others, self.partitions
+                )
             self.relays.append(
                 Relay(
                     f"link→{link.peer}",
                     cfg.site,
                     link.listen,
-                    fixed(Target(link.target, link.peer)),
+                    choose,
                     self.partitions,
                     clock=clock,
                 )

@@ -383,20 +383,20 @@ class Board:
         name = f"{self.root}events/{stamp:020d}-{secrets.token_hex(3)}"
         await self.etcd.put(name, _dump(body), timeout=3.0)
 
-    async def take_events(self, limit: int = 100) -> list[Event]:
-        """Events the agents filed, oldest first, removed from etcd as they are taken
-        (the controller files them in its own store)."""
-        prefix = f"{self.root}events/"
-        found = await self.etcd.range(prefix, limit=min(limit, 100))
-        if not found:
-            return []
-        # etcd allows 128 operations in one transaction; limit stays below it.
-        await self.etcd.txn([], [Delete(k.key) for k in found[:100]])
+    async def pending_events(self, limit: int = 100) -> list[tuple[str, Event]]:
+        """Events the agents filed, oldest first, with their keys (the controller files
+        them in its own store, then :meth:`forget_events`: none is lost in between)."""
+        found = await self.etcd.range(f"{self.root}events/", limit=min(limit, 100))
         out = []
         for kv in found:
             d = kv.json()
-            out.append(Event(d["at"], d["kind"], d["subject"], d["message"], d["data"]))
+            out.append((kv.key, Event(d["at"], d["kind"], d["subject"], d["message"], d["data"])))
         return out
+
+    async def forget_events(self, keys: list[str]) -> None:
+        # etcd allows 128 operations in one transaction; pending_events stays below it.
+        if keys:
+            await self.etcd.txn([], [Delete(k) for k in keys[:100]])
 
     async def close(self) -> None:
         await self.etcd.close()

@@ -9,7 +9,7 @@ addresses that no service can take (services get ``127.N.S.x`` with S ≥ 1):
 | etcd member (every site) | ``127.N.0.5``: clients 2379, peers 2380, ``/health`` 2381 |
 | PostgreSQL of database k | ``127.N.0.(10+4k):5432`` |
 | endpoint of database k | ``127.N.0.(11+4k):5432`` (``DATABASE_URL``) |
-| site link to site M | ``127.N.0.3:(20000 + 100·M + k)``; to M's etcd member ``…+98`` |
+| site link to site M | ``127.N.0.3:(20000 + 100·M + k)``; to M's etcd member ``…+98`` (M = N too) |
 
 Everything that leaves a site crosses one of its site links, which a drill can cut.
 """
@@ -219,12 +219,15 @@ def agent_config(
     links: list[LinkConfig] = []
     endpoints: list[str] = []
     for member in etcd_members(spec, state_dir):
-        if member.name == site:
-            endpoints.insert(0, member.endpoint)
-            continue
+        # Every member through a relay, its own site's too: on this one-machine lab the
+        # members' own traffic crosses no link, so a site cut from every other must lose
+        # its member for its agent as raft would (the member is in a minority).
         listen = link_address(spec, site, member.name, ETCD_LINK_SLOT)
         links.append(LinkConfig(peer=member.name, listen=listen, target=member.endpoint))
-        endpoints.append(listen)
+        if member.name == site:
+            endpoints.insert(0, listen)
+        else:
+            endpoints.append(listen)
     databases: list[DatabaseConfig] = []
     for index, db in enumerate(spec.databases):
         peers: dict[str, str] = {}

@@ -81,6 +81,12 @@ async def promote(st: Tender, why: str) -> str:
     writable_at = await first_write(st)
     lease = st.lease
     fault, basis = fault_of(before, detected)
+    detect_basis = "when this site first saw the lease free to take"
+    if detected < fault:
+        # Two sites' clocks disagree (or the fault time is an estimate from the other
+        # side): never a negative detection; say so.
+        detect_basis += f" ({fault - detected:.2f}s before the recorded fault time; counted 0)"
+        detected = fault
     kind = "failover" if "acquired" in why else "switchover-promotion"
     record = {
         "kind": kind,
@@ -100,6 +106,11 @@ async def promote(st: Tender, why: str) -> str:
         "detect_seconds": detected - fault,
         "promote_seconds": promoted - started,
         "rto_seconds": (writable_at - fault) if writable_at else None,
+        "detect_basis": detect_basis,
+        "rto_basis": (
+            "from the fault time (fault_basis) to the first write committed through this "
+            "site's database endpoint, as a client's would be"
+        ),
         "lag_at_fault": lag,
     }
     st.detected_at = None

@@ -2,8 +2,8 @@
 
 Whole means every instance ready (the controller says ``converged``) and every database
 replicating again: a synchronous one with its sync standby streaming, an asynchronous one
-with a standby. A site the fault fenced (the old primary) is asked once to rejoin as a
-standby (``db failback``: pg_rewind or a fresh base backup). A scenario that moves the
+with a standby. A site the fault fenced (the old primary) rejoins as a standby by itself
+(pg_rewind or a fresh base backup; nothing is asked of it). A scenario that moves the
 primary (``site-loss``) then moves it back where it was before the fault, by a
 switchover, so the platform ends the drill as it began.
 
@@ -84,8 +84,8 @@ async def database(api: ControllerApi, name: str) -> dict[str, Any]:
 async def _rejoined(
     api: ControllerApi, db: DatabaseTarget, asked: list[str], progress: Progress
 ) -> bool:
-    """Replicating again; a site fenced by the fault (the old primary) is asked to
-    rejoin as a standby once (``db failback``: pg_rewind or a fresh base backup)."""
+    """Replicating again; a site fenced by the fault (the old primary) rejoins as a
+    standby by itself: its fencing is put on the timeline once."""
     if await replicating(api, db):
         return True
     found = await database(api, db.name)
@@ -95,10 +95,9 @@ async def _rejoined(
         if r.get("role") == "fenced" and not r.get("stale")
     ]
     if fenced and not asked:
-        request = await api.db_request(db.name, "failback")
-        asked.append(str(request.get("id", "")))
+        asked.extend(fenced)
         progress.mark(
-            "rejoin", f"{db.name}: {', '.join(fenced)} fenced; asked to rejoin as standby"
+            "rejoin", f"{db.name}: {', '.join(fenced)} fenced; rejoining as a standby by itself"
         )
     return False
 

@@ -267,7 +267,7 @@ class Drill:
         site = self.fault_site()
         status = await self.api.status()
         fault: Fault
-        if s.target in ("instance", "gateway"):
+        if s.target in ("instance", "gateway", "etcd"):
             fault = self._process_target(status, site)
         elif s.target == "db-primary":
             db = ctx.databases[0]
@@ -321,7 +321,7 @@ class Drill:
         )
 
     def _process_target(self, status: dict[str, Any], site: str) -> Fault:
-        kind = "gateway" if self.scenario.target == "gateway" else "workload"
+        kind = {"gateway": "gateway", "etcd": "etcd"}.get(self.scenario.target, "workload")
         rows = [
             i
             for i in status.get("instances", [])

@@ -12,7 +12,7 @@ class Scenario:
     name: str
     summary: str
     fault: str  # kill | hang | site-hang | site-loss | partition | slowness | controller-kill
-    target: str  # instance | gateway | db-primary | site | witness | controller
+    target: str  # instance | gateway | etcd | db-primary | site | witness | controller
     hold: float  # seconds the fault stays in force before it is undone
     needs_database: bool = False
     max_failed: int | None = None  # requests allowed to fail (None: judged on RTO only)
@@ -104,6 +104,18 @@ SCENARIOS: dict[str, Scenario] = {
             "kill",
             "gateway",
             hold=5.0,
+        ),
+        Scenario(
+            "etcd-member-loss",
+            "SIGKILL the etcd member of a site (default: the database's primary site) under "
+            "load; the other two members keep the quorum, the primary keeps its lease, and "
+            "the controller restarts the member on its data. Judged: 0 failed requests.",
+            "kill",
+            "etcd",
+            hold=10.0,
+            needs_database=True,
+            max_failed=0,
+            primaries=True,
         ),
         Scenario(
             "controller-kill",

@@ -16,5 +16,6 @@ SCENARIO_NAMES = (
     "link-latency",
     "db-primary-kill",
     "gateway-kill",
+    "etcd-member-loss",
     "controller-kill",
 )
