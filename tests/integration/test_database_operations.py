@@ -243,8 +243,9 @@ def test_forced_failover_rejoin_and_failback_are_recorded(
     assert promotion["rto_seconds"] == promotion["writable_at"] - switch["stopped_at"]
     assert made.role("jakarta") == "primary" and made.role("surabaya") == "standby"
     shown = made.platform.cli("db", "status").stdout
-    assert "failover jakarta → surabaya, no writes for" in shown, shown
+    assert "rejoin: jakarta follows surabaya" in shown, shown
     assert "switchover-promotion surabaya → jakarta" in shown, shown
+    assert "failback surabaya → jakarta" in shown, shown
 
     failover_gap = _gap(writers, asked, failed_over)
     switch_gap = _gap(writers, switched, time.monotonic())

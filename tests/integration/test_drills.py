@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 import pytest
-from tests.support import Platform
+from tests.support import Platform, wait_for
 
 
 def drill(platform: Platform, *args: str, timeout: float = 300) -> tuple[int, dict[str, Any], str]:
@@ -95,7 +95,16 @@ def test_witness_loss_drill_loses_no_request_and_keeps_the_primary(
     stopped under registration load: the two workload sites' members are a quorum, so
     the primary keeps its lease; no request fails, no role changes, PostgreSQL is not
     restarted."""
-    before = json.loads(bank.cli("db", "status", "--json").stdout)[0]
+
+    def settled() -> dict[str, Any] | None:
+        found: dict[str, Any] = json.loads(bank.cli("db", "status", "--json").stdout)[0]
+        roles = {r["site"]: (r.get("role"), r.get("pid")) for r in found["sites"]}
+        ready = roles.get("jakarta", ("", None))[0] == "primary" and all(
+            pid for _, pid in roles.values()
+        )
+        return found if ready else None
+
+    before = wait_for("both sites' PostgreSQL reported", settled, timeout=60)
     pids = {r["site"]: r.get("pid") for r in before["sites"]}
     code, result, stderr = drill(
         bank,
@@ -132,6 +141,15 @@ def test_witness_loss_drill_loses_no_request_and_keeps_the_primary(
 
 # ------------------------------------------------------------------ the full matrix (soak)
 
+
+def _back(result: dict[str, Any]) -> str:
+    """Seconds from the undo until the databases replicated again (a rejoin's time)."""
+    marks = {m["kind"]: m["at"] for m in result.get("timeline") or [] if "at" in m}
+    if "undone" in marks and "replicating" in marks:
+        return f" replicating_again={marks['replicating'] - marks['undone']:.1f}s"
+    return ""
+
+
 MATRIX = (
     "instance-kill",
     "instance-hang",
@@ -140,6 +158,8 @@ MATRIX = (
     "site-partition",
     "link-latency",
     "controller-kill",
+    "etcd-member-loss",
+    "witness-loss",
     "site-loss",
 )
 
@@ -163,6 +183,7 @@ def test_every_scenario_on_the_bank(bank: Platform, tmp_path: Path) -> None:
             f"unacked_stored={w.get('unacknowledged_stored_count')} "
             f"ledger={len((w.get('ledger') or {}).get('problems') or [])} "
             f"max_writable={p.get('max_writable')} reason={result.get('reason')}"
+            f"{_back(result)}"
         )
         print(line, flush=True)
         verdicts[name] = (code, result.get("status"), line, stderr[-500:])

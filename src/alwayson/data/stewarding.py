@@ -335,9 +335,12 @@ class Steward(Tender):
         self.view["request"] = None
 
     def _claims(self, op: str | None) -> bool:
-        if op in ("switchover", "backup", "verify", "restore"):
-            return self.role is Role.PRIMARY
-        if op == "failback":
+        if op in ("switchover", "failback"):
+            # The primary moving away; never the site it moved to (it becomes primary
+            # before the request is cleared).
+            request = self.view.get("request") or {}
+            return self.role is Role.PRIMARY and request.get("to") != self.cfg.site
+        if op in ("backup", "verify", "restore"):
             return self.role is Role.PRIMARY
         if op == "drop-restore":
             # Whichever site runs it (it stays where it was made, through failovers).
