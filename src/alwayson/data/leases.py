@@ -186,6 +186,16 @@ def reclaim(lease: Lease | None, site: str, epoch: int, ttl: float, now: float) 
     return replace(lease, ttl=ttl, expires_at=now + ttl)
 
 
+def reclaimable(lease: Lease | None, site: str, epoch: int) -> bool:
+    """Whether a renewal refused for ``site`` at ``epoch`` may be followed by a reclaim:
+    the record still names it at that epoch, not revoked (only its holder key is gone)."""
+    return (
+        lease is not None
+        and (lease.holder, lease.epoch) == (site, epoch)
+        and lease.revoked_for is None
+    )
+
+
 def revoke(lease: Lease | None, to: str, now: float) -> Lease:
     """A forced failover: the holder can no longer renew; it expires within its ttl."""
     if lease is None:
