@@ -32,6 +32,7 @@ from alwayson.data.deciding import (
 from alwayson.data.engines import Engine, Postmaster
 from alwayson.data.failsafe import HttpAsker, failsafe_router
 from alwayson.data.leases import LeaseRefused
+from alwayson.data.promoting import take_handed_lease
 from alwayson.data.stewarding import Steward
 from alwayson.store.etcd_types import EtcdClient, EtcdUnavailable
 from alwayson.store.memory_etcd import MemoryEtcd
@@ -406,6 +407,29 @@ async def test_a_standby_with_a_running_promise_does_not_take_the_lease(pair: Pa
     assert standby.promise(HERE, 1, TTL)["why"] == (  # before it even promotes
         f"the lease this site saw names {THERE} at epoch 2, not {HERE} at epoch 1"
     )
+
+
+async def test_a_hand_over_during_a_promise_waits_and_survives_its_key_expiring(
+    pair: Pair,
+) -> None:
+    standby, clock = pair.standby, pair.clock
+    assert standby.promise(HERE, 1, TTL)["ok"] is True
+    await pair.boards[HERE].lease(DB, "handover", HERE, 1, TTL, 2.0, to=THERE)
+    await standby._refresh_view()
+
+    held = decide(standby.observe())
+
+    assert held.action is Action.FOLLOW
+    assert held.verdict.startswith(f"named holder, not promoting yet: promised {HERE} ")
+    clock.advance(TTL + 1.0)  # the promise is over, and so is the handed etcd lease
+    await standby._refresh_view()
+    assert decide(standby.observe()).action is Action.PROMOTE
+    assert not (await pair.boards[THERE].snapshot(DB)).live()
+
+    assert await take_handed_lease(standby)  # reclaimed at the handed epoch
+
+    assert standby.tenure is not None and standby.tenure.epoch == 2
+    assert (await pair.boards[THERE].snapshot(DB)).live()
 
 
 # -- etcd answers again ----------------------------------------------------------------
