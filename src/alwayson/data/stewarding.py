@@ -174,7 +174,7 @@ class Steward(Tender):
     # -- one cycle: observe, decide, act -----------------------------------------------
 
     async def cycle(self) -> str:
-        await self._refresh_view()
+        fresh = await self._refresh_view()
         starting = self.role is Role.STARTING
         decision = decide(self.observe())
         self.detected_at = decision.detected_at
@@ -183,22 +183,25 @@ class Steward(Tender):
             return verdict  # bootstrap: no requests or reports until a role is known
         await self._requests()
         await self._report()
-        await self.file_unsent_events()
+        if fresh:  # etcd answered this cycle: file what happened while it did not
+            await self.file_unsent_events()
         return verdict
 
-    async def _refresh_view(self) -> None:
+    async def _refresh_view(self) -> bool:
+        """Read the lease and the sites' reports; False when etcd did not answer."""
         try:
             sent = self.clock.wall()
             view = await self.board.view(self.name, self.cfg.sites, timeout=VIEW_DEADLINE)
         except TemporaryError as exc:
             self.last_error = str(exc)
-            return
+            return False
         self.view = view
         self.acquiring = False  # an acquire whose answer was lost shows in this view
         self.board_offset = float(view["now"]) - sent
         lease = Lease.from_json(view["lease"]) if view.get("lease") else None
         if self.role is not Role.PRIMARY or lease is None or lease.holder != self.cfg.site:
             self.lease = lease
+        return True
 
     def observe(self) -> StewardView:
         """One immutable view for this cycle's decision (files only where a role needs
