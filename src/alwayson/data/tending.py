@@ -319,6 +319,9 @@ class Tender:
             )
         except (TemporaryError, TimeoutError, OSError) as exc:
             return f"no answer ({exc})"
+        except Exception as exc:  # whatever went wrong, it is no confirmation
+            log.exception("%s: asking %s (failsafe)", self.name, peer)
+            return f"no answer ({exc!r})"
         if answer.get("ok") is not True:
             return str(answer.get("why") or f"no confirmation: {answer}")
         promised = answer.get("promise_seconds")
