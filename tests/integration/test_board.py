@@ -151,3 +151,70 @@ async def test_reports_requests_records_and_events(boards: Boards) -> None:
     assert await jakarta.pending_events() == pending  # until forgotten
     await jakarta.forget_events([key for key, _ in pending])
     assert await jakarta.pending_events() == []
+
+
+async def lose_holder_key(board: Board) -> int:
+    """Delete the holder key as etcd does when its lease runs out (revoking the lease),
+    the record untouched; returns the lost lease's id."""
+    snap = await board.snapshot(DB)
+    assert snap.holder is not None
+    await board.etcd.revoke(snap.holder.lease_id)
+    return snap.holder.lease_id
+
+
+async def test_a_holder_whose_key_is_gone_reclaims_it_at_the_same_epoch(boards: Boards) -> None:
+    jakarta, surabaya, _ = boards
+    await jakarta.lease(DB, "acquire", "jakarta", 0, 5.0, 2.0)
+    before = await jakarta.snapshot(DB)
+    lost = await lose_holder_key(jakarta)
+    with pytest.raises(LeaseRefused, match="expired"):
+        await jakarta.lease(DB, "renew", "jakarta", 1, 5.0, 2.0)
+
+    back = await jakarta.lease(DB, "reclaim", "jakarta", 1, 5.0, 2.0)
+
+    assert (back.holder, back.epoch) == ("jakarta", 1)
+    after = await jakarta.snapshot(DB)
+    assert after.live() and after.holder is not None and after.holder.lease_id != lost
+    assert after.record_version == before.record_version  # the record itself unchanged
+    assert (await jakarta.lease(DB, "renew", "jakarta", 1, 5.0, 2.0)).epoch == 1
+    with pytest.raises(LeaseRefused, match="holds the lease"):
+        await surabaya.lease(DB, "acquire", "surabaya", 0, 5.0, 2.0)
+
+
+async def test_a_reclaim_with_a_new_ttl_writes_it_into_the_record(boards: Boards) -> None:
+    jakarta, _, _ = boards
+    await jakarta.lease(DB, "acquire", "jakarta", 0, 5.0, 2.0)
+    await lose_holder_key(jakarta)
+
+    back = await jakarta.lease(DB, "reclaim", "jakarta", 1, 7.0, 2.0)
+
+    assert back.ttl == 7.0
+    snap = await jakarta.snapshot(DB)
+    assert snap.record is not None and snap.record.ttl == 7.0 and snap.live()
+
+
+async def test_a_reclaim_is_refused_once_another_site_took_over(boards: Boards) -> None:
+    jakarta, surabaya, _ = boards
+    await jakarta.lease(DB, "acquire", "jakarta", 0, 5.0, 2.0)
+    await lose_holder_key(jakarta)
+    await surabaya.lease(DB, "acquire", "surabaya", 0, 5.0, 2.0)
+
+    with pytest.raises(LeaseRefused, match="names surabaya at epoch 2"):
+        await jakarta.lease(DB, "reclaim", "jakarta", 1, 5.0, 2.0)
+
+    lease = await jakarta.read_lease(DB)
+    assert lease is not None and (lease.holder, lease.epoch) == ("surabaya", 2)
+
+
+async def test_a_revoked_or_live_lease_cannot_be_reclaimed(boards: Boards) -> None:
+    jakarta, surabaya, _ = boards
+    await jakarta.lease(DB, "acquire", "jakarta", 0, 5.0, 2.0)
+    with pytest.raises(LeaseRefused, match="live: renew it"):
+        await jakarta.lease(DB, "reclaim", "jakarta", 1, 5.0, 2.0)
+    await surabaya.revoke(DB, "surabaya")
+    await lose_holder_key(jakarta)
+
+    with pytest.raises(LeaseRefused, match="revoked for a failover to surabaya"):
+        await jakarta.lease(DB, "reclaim", "jakarta", 1, 5.0, 2.0)
+
+    assert (await surabaya.lease(DB, "acquire", "surabaya", 0, 5.0, 2.0)).epoch == 2

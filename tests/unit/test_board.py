@@ -11,7 +11,7 @@ from tests.integration import test_board as suite
 
 from alwayson.data.board import Board
 from alwayson.data.leases import LeaseRefused
-from alwayson.store.etcd_types import EtcdUnavailable
+from alwayson.store.etcd_types import EtcdUnavailable, Put
 from alwayson.store.memory_etcd import MemoryEtcd
 from alwayson.util.clocks import ManualClock
 from alwayson.util.errors import TemporaryError
@@ -73,3 +73,82 @@ async def test_a_renewal_with_a_shorter_etcd_lease_than_the_ttl_is_refused() -> 
     await board.lease(DB, "acquire", "jakarta", 0, 6.0, 2.0)
     with pytest.raises(LeaseRefused, match="less than the ttl"):
         await board.lease(DB, "renew", "jakarta", 1, 10.0, 2.0)
+
+
+async def test_a_lease_that_ran_out_with_nobody_taking_over_is_reclaimed() -> None:
+    clock = ManualClock()
+    etcd = MemoryEtcd(clock)
+    board = Board(etcd, "/r", clock)
+    await board.lease(DB, "acquire", "jakarta", 0, 6.0, 2.0)
+    clock.advance(7.0)  # the holder key is gone: etcd's lease ran out
+    with pytest.raises(LeaseRefused, match="expired"):
+        await board.lease(DB, "renew", "jakarta", 1, 6.0, 2.0)
+
+    back = await board.lease(DB, "reclaim", "jakarta", 1, 6.0, 2.0)
+
+    assert (back.holder, back.epoch, back.expires_at) == ("jakarta", 1, clock.wall() + 6.0)
+    clock.advance(5.0)
+    assert (await board.lease(DB, "renew", "jakarta", 1, 6.0, 2.0)).epoch == 1
+
+
+async def test_a_reclaim_is_temporary_without_a_quorum() -> None:
+    clock = ManualClock()
+    etcd = MemoryEtcd(clock)
+    board = Board(etcd, "/r", clock)
+    await board.lease(DB, "acquire", "jakarta", 0, 6.0, 2.0)
+    clock.advance(7.0)
+    etcd.available = False
+    with pytest.raises(EtcdUnavailable):
+        await board.lease(DB, "reclaim", "jakarta", 1, 6.0, 2.0)
+
+
+class FlakyWrites(MemoryEtcd):
+    """The next transaction that writes times out: after it landed (``"landed"``: its
+    answer was lost) or before (``"lost"``: it never reached a leader)."""
+
+    next_write: str | None = None
+
+    async def txn(  # type: ignore[no-untyped-def]
+        self, compare, success=(), failure=(), timeout=None
+    ):
+        fault, writes = self.next_write, any(isinstance(op, Put) for op in success)
+        if fault == "lost" and writes:
+            self.next_write = None
+            raise EtcdUnavailable("etcd: transaction: no member answered (simulated)")
+        result = await super().txn(compare, success, failure, timeout)
+        if fault == "landed" and writes and result[0]:
+            self.next_write = None
+            raise EtcdUnavailable("etcd: transaction: no answer in time (simulated)")
+        return result
+
+
+async def flaky_board_after_expiry() -> tuple[Board, FlakyWrites]:
+    clock = ManualClock()
+    etcd = FlakyWrites(clock)
+    board = Board(etcd, "/r", clock)
+    await board.lease(DB, "acquire", "jakarta", 0, 6.0, 2.0)
+    clock.advance(7.0)  # the holder key is gone, the record still names jakarta
+    return board, etcd
+
+
+async def test_a_reclaim_whose_answer_was_lost_is_recognised_as_landed() -> None:
+    board, etcd = await flaky_board_after_expiry()
+    etcd.next_write = "landed"
+
+    back = await board.lease(DB, "reclaim", "jakarta", 1, 6.0, 2.0)
+
+    assert back.epoch == 1 and etcd.next_write is None
+    assert (await board.snapshot(DB)).live()
+
+
+async def test_a_reclaim_that_did_not_land_is_temporary_while_still_reclaimable() -> None:
+    board, etcd = await flaky_board_after_expiry()
+    before = await board.snapshot(DB)
+    etcd.next_write = "lost"
+
+    with pytest.raises(TemporaryError, match="still reclaimable"):
+        await board.lease(DB, "reclaim", "jakarta", 1, 6.0, 2.0)
+
+    after = await board.snapshot(DB)
+    assert not after.live() and after.record == before.record and etcd.next_write is None
+    assert (await board.lease(DB, "reclaim", "jakarta", 1, 6.0, 2.0)).epoch == 1

@@ -118,9 +118,12 @@ def test_the_agent_and_its_links_in_the_first_site(spec: PlatformSpec, state_dir
         LinkConfig(peer="west", listen="127.1.0.3:20198", target="127.1.0.5:2379"),
         LinkConfig(peer="east", listen="127.1.0.3:20298", target="127.2.0.5:2379"),
         LinkConfig(peer="witness", listen="127.1.0.3:20398", target="127.3.0.5:2379"),
+        LinkConfig(peer="east", listen="127.1.0.3:20297", target="127.2.0.9:7400"),
         LinkConfig(peer="east", listen="127.1.0.3:20200", target="127.2.0.10:5432"),
         LinkConfig(peer="east", listen="127.1.0.3:20201", target="127.2.0.14:5432"),
     ]
+    # failsafe questions go to the other workload site's agent through slot 97
+    assert cfg.peer_agents == {"east": "127.1.0.3:20297"}
     assert cfg.state_dir == str(state_dir)
     assert cfg.token_file == str(state_dir / "token")
     assert cfg.partitions_file == str(state_dir / "data" / "partitions.json")
@@ -136,9 +139,11 @@ def test_the_agent_and_its_links_in_the_second_site(spec: PlatformSpec, state_di
         LinkConfig(peer="west", listen="127.2.0.3:20198", target="127.1.0.5:2379"),
         LinkConfig(peer="east", listen="127.2.0.3:20298", target="127.2.0.5:2379"),
         LinkConfig(peer="witness", listen="127.2.0.3:20398", target="127.3.0.5:2379"),
+        LinkConfig(peer="west", listen="127.2.0.3:20197", target="127.1.0.9:7400"),
         LinkConfig(peer="west", listen="127.2.0.3:20100", target="127.1.0.10:5432"),
         LinkConfig(peer="west", listen="127.2.0.3:20101", target="127.1.0.14:5432"),
     ]
+    assert cfg.peer_agents == {"west": "127.2.0.3:20197"}
 
 
 def test_each_database_as_one_site_runs_it(spec: PlatformSpec, state_dir: Path) -> None:
@@ -194,6 +199,9 @@ def test_peers_are_reached_through_this_sites_own_links(
                 assert link.peer == peer
                 other = config(spec, peer, state_dir).databases[db.index]
                 assert link.target == other.listen
+        for peer, address in cfg.peer_agents.items():
+            assert listens[address].peer == peer
+            assert listens[address].target == config(spec, peer, state_dir).admin
 
 
 def test_no_two_parts_share_an_address(spec: PlatformSpec, state_dir: Path) -> None:

@@ -22,6 +22,7 @@ from alwayson.data.leases import (
     Tenure,
     acquire,
     hand_over,
+    reclaim,
     release,
     renew,
     revoke,
@@ -287,6 +288,45 @@ def test_revoke_of_an_empty_key_reserves_it_for_the_target() -> None:
     with pytest.raises(LeaseRefused):
         acquire(lease, "west", TTL, 3.0)
     assert acquire(lease, "east", TTL, 3.0).epoch == 1
+
+
+# ---------------------------------------------------------------- reclaim (failsafe)
+
+
+def test_the_holder_reclaims_its_lost_lease_at_the_same_epoch() -> None:
+    lease = renew(held_by_west(0.0), "west", 1, TTL, 1.0, synchronous=True, sync_standby="east")
+
+    back = reclaim(lease, "west", 1, 9.0, 30.0)  # long after the holder key went
+
+    assert (back.holder, back.epoch, back.ttl, back.expires_at) == ("west", 1, 9.0, 39.0)
+    assert (back.synchronous, back.sync_standby, back.granted_at) == (True, "east", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("lease", "reason"),
+    [
+        (None, "west no longer holds the lease at epoch 1"),
+        (
+            acquire(held_by_west(0.0), "east", TTL, 7.0),
+            "west no longer holds the lease at epoch 1 (the record names east at epoch 2)",
+        ),
+        (
+            release(held_by_west(0.0), "west", 1, 2.0),
+            "west no longer holds the lease at epoch 1 (it was released)",
+        ),
+        (revoke(held_by_west(0.0), "east", 1.0), "lease revoked for a failover to east"),
+        (held_by_west(5.0), "the lease is live: renew it, there is nothing to reclaim"),
+    ],
+    ids=["no-lease", "taken-over", "released", "revoked", "still-live"],
+)
+def test_a_reclaim_is_refused_unless_the_record_still_names_the_holder(
+    lease: Lease | None, reason: str
+) -> None:
+    with pytest.raises(LeaseRefused) as refused:
+        reclaim(lease, "west", 1, TTL, 10.0)
+
+    assert refused.value.reason == reason
+    assert refused.value.lease == lease
 
 
 # ---------------------------------------------------------------- synchronous replication

@@ -22,6 +22,7 @@ from alwayson.data.deciding import (
     decide,
     decide_sync,
     endpoint_open,
+    failsafe_refusal,
     renewal_budget,
     renewal_due,
     watchdog_must_stop,
@@ -431,6 +432,164 @@ def test_a_standby_that_cannot_see_the_lease_keeps_its_detection(clock: ManualCl
     decision = decide(view(clock, Role.STANDBY, lease=None, detected_at=5.0))
     assert decision.action is Action.FOLLOW
     assert decision.detected_at == 5.0
+
+
+# -- failsafe: the standby's promise and its first ttl --------------------------------
+
+
+def expired_for_us(clock: ManualClock) -> tuple[Lease, float]:
+    """THERE's lease, seen expired now; and when its expiry was first seen."""
+    theirs = lease(clock, THERE)
+    clock.advance(TTL)
+    return theirs, clock.wall()
+
+
+def test_a_standby_with_a_running_promise_does_not_take_an_expired_lease(
+    clock: ManualClock,
+) -> None:
+    theirs, seen = expired_for_us(clock)
+    promised = view(
+        clock,
+        Role.STANDBY,
+        lease=theirs,
+        board_now=clock.wall(),
+        wall=clock.wall(),
+        promised_until=clock.monotonic() + 2.5,
+        promised_to=THERE,
+    )
+
+    decision = decide(promised)
+
+    assert decision.action is Action.FOLLOW
+    assert decision.verdict == (
+        f"not taking the lease after {THERE}'s expired: promised {THERE} not to take over "
+        "until 2.5s from now (failsafe: it confirmed that primary without etcd)"
+    )
+    assert decision.detected_at == seen  # the wait counts in the failover's detection
+    after = replace(promised, monotonic=promised.promised_until, detected_at=seen)
+    taken = decide(after)
+    assert taken.action is Action.ACQUIRE_AND_PROMOTE and taken.detected_at == seen
+
+
+def test_a_standby_with_a_running_promise_does_not_promote_even_when_named(
+    clock: ManualClock,
+) -> None:
+    named = view(
+        clock,
+        Role.STANDBY,
+        lease=lease(clock, HERE, epoch=4),
+        promised_until=clock.monotonic() + 1.0,
+        promised_to=THERE,
+    )
+
+    decision = decide(named)
+
+    assert decision.action is Action.FOLLOW
+    assert decision.verdict.startswith(f"named holder, not promoting yet: promised {THERE} ")
+    assert decide(replace(named, promised_until=clock.monotonic())).action is Action.PROMOTE
+
+
+def test_a_standby_takes_nothing_over_during_its_agents_first_ttl(clock: ManualClock) -> None:
+    theirs, _ = expired_for_us(clock)
+    started = view(
+        clock,
+        Role.STANDBY,
+        lease=theirs,
+        board_now=clock.wall(),
+        quiet_until=clock.monotonic() + 0.5,
+    )
+
+    decision = decide(started)
+
+    assert decision.action is Action.FOLLOW
+    assert decision.verdict == (
+        f"not taking the lease after {THERE}'s expired: the agent started less than a ttl "
+        "ago: no takeover for 0.5s more (a failsafe promise given before it restarted may "
+        "still run)"
+    )
+    assert decide(replace(started, monotonic=started.quiet_until)).action is (
+        Action.ACQUIRE_AND_PROMOTE
+    )
+    named = replace(started, lease=lease(clock, HERE, epoch=4))
+    assert decide(named).action is Action.FOLLOW
+
+
+def test_an_agent_up_for_a_ttl_takes_over_at_once(clock: ManualClock) -> None:
+    """The first-ttl rule costs a normal failover nothing: only the agent's start counts."""
+    theirs, seen = expired_for_us(clock)
+    up = view(
+        clock,
+        Role.STANDBY,
+        lease=theirs,
+        board_now=clock.wall(),
+        wall=clock.wall(),
+        quiet_until=clock.monotonic() - 30.0,
+        promised_until=clock.monotonic() - 0.01,
+        promised_to=THERE,
+    )
+    decision = decide(up)
+    assert decision.action is Action.ACQUIRE_AND_PROMOTE and decision.detected_at == seen
+
+
+def refusal(clock: ManualClock, **changes: object) -> str | None:
+    asked: dict[str, object] = {
+        "role": Role.STANDBY,
+        "lease": lease(clock, THERE, epoch=3),
+        "asker": THERE,
+        "epoch": 3,
+        "acquiring": False,
+        "monotonic": clock.monotonic(),
+        "quiet_until": clock.monotonic() - 1.0,
+        **changes,
+    }
+    return failsafe_refusal(**asked)  # type: ignore[arg-type]
+
+
+def test_a_following_standby_confirms_the_primary_it_saw(clock: ManualClock) -> None:
+    assert refusal(clock) is None
+    expired = lease(clock, THERE, epoch=3, expires_at=clock.wall() - 10.0)
+    assert refusal(clock, lease=expired) is None  # etcd lost its key: still that primary
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"role": Role.PRIMARY}, "this site is not a standby (primary)"),
+        ({"role": Role.STARTING}, "this site is not a standby (starting)"),
+        ({"acquiring": True}, "this site is acquiring the lease"),
+        ({"lease": None}, "this site has not seen the lease"),
+        ({"epoch": 2}, f"the lease this site saw names {THERE} at epoch 3, not {THERE} at epoch 2"),
+        (
+            {"asker": "medan"},
+            f"the lease this site saw names {THERE} at epoch 3, not medan at epoch 3",
+        ),
+        (
+            {"quiet_until": 1e9},
+            "this agent started less than a ttl ago: it promises nothing yet",
+        ),
+    ],
+    ids=["primary", "starting", "acquiring", "no-lease", "old-epoch", "other-site", "restarted"],
+)
+def test_a_standby_refuses_to_confirm(
+    clock: ManualClock, changes: dict[str, object], why: str
+) -> None:
+    assert refusal(clock, **changes) == why
+
+
+def test_a_standby_refuses_to_confirm_a_lease_it_now_holds_or_saw_revoked(
+    clock: ManualClock,
+) -> None:
+    mine = lease(clock, HERE, epoch=4)
+    assert refusal(clock, lease=mine) == (
+        f"the lease this site saw names {HERE} at epoch 4, not {THERE} at epoch 3"
+    )
+    for target in (HERE, "medan"):
+        revoked = lease(clock, THERE, epoch=3, revoked_for=target)
+        assert refusal(clock, lease=revoked) == f"the lease is revoked for a failover to {target}"
+    released = lease(clock, None, epoch=3, previous_holder=THERE)
+    assert refusal(clock, lease=released) == (
+        f"the lease this site saw names no holder at epoch 3, not {THERE} at epoch 3"
+    )
 
 
 @pytest.mark.parametrize("role", [Role.SWITCHING, Role.REJOINING])

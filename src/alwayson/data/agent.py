@@ -8,7 +8,9 @@ restarted) when the controller restarts. It owns, for its site:
 - the site links (relays to the other sites' PostgreSQL and etcd members);
 - the database endpoints (``DATABASE_URL``);
 - WAL/backup mirroring to the other site's repository and the backup schedule;
-- ``GET /healthz`` and ``GET /status`` on its admin address.
+- ``GET /healthz`` and ``GET /status`` on its admin address, and ``POST
+  /v1/failsafe/<db>`` (bearer token), where another site's primary that cannot reach
+  etcd asks whether this site follows it (:mod:`alwayson.data.failsafe`).
 
 PostgreSQL runs as its child with a parent-death signal: if this process dies, its
 primary stops with it (docs/DATA-DESIGN.md, "Self-fencing").
@@ -34,6 +36,7 @@ from fastapi import FastAPI
 from alwayson.data import archives, backups
 from alwayson.data.board import Board
 from alwayson.data.engines import Engine, Identity, find_binaries
+from alwayson.data.failsafe import HttpAsker, failsafe_router
 from alwayson.data.layout import AgentConfig
 from alwayson.data.links import Relay, Target, sweep_forever
 from alwayson.data.stewarding import Role, Steward
@@ -81,6 +84,8 @@ def build_app(agent: Agent) -> FastAPI:
     async def status() -> dict[str, Any]:
         return agent.status()
 
+    stewards = {s.name: s for s in agent.stewards}
+    app.include_router(failsafe_router(stewards, Path(agent.cfg.token_file)))
     return app
 
 
@@ -101,6 +106,7 @@ class Agent:
         self.log_dir = Path(cfg.state_dir) / "logs" / cfg.site
         self.log_dir.mkdir(parents=True, exist_ok=True)
         ident = Identity.of(cfg.user)
+        self.asker = HttpAsker(cfg.peer_agents, Path(cfg.token_file))
         self.stewards: list[Steward] = []
         self.relays: list[Relay] = []
         others = {link.peer for link in cfg.links if link.peer != cfg.site}
@@ -128,7 +134,9 @@ class Agent:
                 self.log_dir / f"{db.name}@{db.site}.tools.log",
                 clock,
             )
-            steward = Steward(db, self.board, engine, self.partitions, self.log_dir, clock)
+            steward = Steward(
+                db, self.board, engine, self.partitions, self.log_dir, clock, self.asker
+            )
             self.stewards.append(steward)
             self.relays.append(
                 Relay(
@@ -194,6 +202,7 @@ class Agent:
             await relay.close()
         with contextlib.suppress(asyncio.CancelledError):
             await serving
+        await self.asker.close()
         await self.board.close()
 
     async def _mirroring(self) -> None:

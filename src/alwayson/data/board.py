@@ -156,8 +156,9 @@ class Board:
         why: str = "",
         fault_at: float | None = None,
     ) -> Lease:
-        """One lease operation (``renew``, ``acquire``, ``release``, ``handover``); raises
-        LeaseRefused as the rules say, TemporaryError when etcd cannot be reached."""
+        """One lease operation (``renew``, ``acquire``, ``release``, ``handover``,
+        ``reclaim``); raises LeaseRefused as the rules say, TemporaryError when etcd cannot
+        be reached."""
         deadline = self.clock.monotonic() + timeout
 
         def left() -> float:
@@ -174,6 +175,8 @@ class Board:
             return await self._release(db, site, epoch, why, fault_at, left)
         if op == "handover" and to:
             return await self._hand_over(db, site, epoch, to, ttl, fault_at, left)
+        if op == "reclaim":
+            return await self._reclaim(db, site, epoch, ttl, left)
         raise ValueError(f"no lease operation {op!r}")
 
     async def _renew(
@@ -257,6 +260,50 @@ class Board:
                 "another site changed the lease first", self.shown(db, after, self.clock.wall())
             )
         return new
+
+    async def _reclaim(
+        self, db: str, site: str, epoch: int, ttl: float, left: Callable[[], float]
+    ) -> Lease:
+        """The holder's key is gone but the record still names it at ``epoch``, not
+        revoked (a failsafe period outlived its etcd lease): a new etcd lease and the
+        holder key again, at the same epoch. The record's version in the compare proves
+        nobody acquired meanwhile (an acquire raises the epoch in the same transaction);
+        the record itself changes only if the ttl did."""
+        snap = await self.snapshot(db, left())
+        now = self.clock.wall()
+        new = leases.reclaim(self.shown(db, snap, now), site, epoch, ttl, now)
+        assert snap.record is not None
+        lease_id = await self.etcd.grant(ttl, left())
+        holder = {"site": site, "epoch": epoch, "lease_id": lease_id}
+        ops: list[Op] = [Put(self.key(db, "holder"), _dump(holder), lease=lease_id)]
+        if snap.record.ttl != ttl:
+            ops.append(
+                Put(self.key(db, "lease"), _dump(self._stored(replace(snap.record, ttl=ttl))))
+            )
+        try:
+            ok, _, _ = await self.etcd.txn(
+                [
+                    Compare(self.key(db, "holder"), "version", 0),
+                    Compare(self.key(db, "lease"), "version", snap.record_version),
+                ],
+                ops,
+                timeout=left(),
+            )
+        except TemporaryError:
+            ok = False  # the outcome is unknown: the holder key tells
+        except EtcdError as exc:
+            raise TemporaryError(f"{db}: lease reclaim: {exc}") from exc
+        if ok or await self._wrote_holder(db, lease_id):
+            self.gone_seen.pop((db, epoch), None)
+            return new
+        await self._revoke_quietly(lease_id)
+        after = await self.snapshot(db, left())
+        now = self.clock.wall()
+        if after.live() and after.holder is not None and after.holder.site == site:
+            # Another call of this holder's (a renewal racing a sync step) won.
+            raise TemporaryError(f"{db}: the lease was reclaimed by a concurrent call")
+        leases.reclaim(self.shown(db, after, now), site, epoch, ttl, now)  # refused: why
+        raise TemporaryError(f"{db}: the reclaim did not land; the lease is still reclaimable")
 
     async def _wrote_holder(self, db: str, lease_id: int) -> bool:
         """Whether a write that timed out or lost its compare was ours after all (a retry

@@ -102,6 +102,13 @@ class StewardView:
     saved_epoch: int = 0
     reachable: frozenset[str] = field(default_factory=frozenset)
     """The sites the links let this one reach now (itself included)."""
+    promised_until: float = 0.0
+    """Monotonic time until which this standby promised a primary on failsafe not to
+    take over (0: no promise)."""
+    promised_to: str | None = None
+    quiet_until: float = 0.0
+    """Monotonic time one ttl after this agent started: a promise given before a restart
+    died with the agent's memory, so until then it takes nothing over."""
 
     @property
     def other_site(self) -> str | None:
@@ -280,6 +287,59 @@ def _rejoin(view: StewardView, lease: Lease, why: str) -> Decision | None:
     )
 
 
+def held_back(view: StewardView) -> str | None:
+    """Why a standby may not take the lease over now, even when etcd would let it: a
+    failsafe promise is running, or this agent started less than a ttl ago (a promise it
+    gave before restarting may still run). None: nothing holds it back."""
+    if view.monotonic < view.promised_until:
+        left = view.promised_until - view.monotonic
+        return (
+            f"promised {view.promised_to} not to take over until {left:.1f}s from now "
+            "(failsafe: it confirmed that primary without etcd)"
+        )
+    if view.monotonic < view.quiet_until:
+        left = view.quiet_until - view.monotonic
+        return (
+            f"the agent started less than a ttl ago: no takeover for {left:.1f}s more "
+            "(a failsafe promise given before it restarted may still run)"
+        )
+    return None
+
+
+def failsafe_refusal(
+    role: Role,
+    lease: Lease | None,
+    asker: str,
+    epoch: int,
+    acquiring: bool,
+    monotonic: float,
+    quiet_until: float,
+) -> str | None:
+    """Why this site will not confirm ``asker``, a primary at ``epoch`` that cannot reach
+    etcd (failsafe); None: it confirms, and promises not to take over for a ttl.
+
+    Only a standby that follows that primary at that epoch, as far as the last lease it
+    saw tells, and that is not taking the lease itself, may promise. A revoked lease is
+    never confirmed: etcd would refuse the holder's renewal, so the failsafe must too
+    (revoked for this site, it is how the operator's failover goes on)."""
+    if role is not Role.STANDBY:
+        return f"this site is not a standby ({role.value})"
+    if monotonic < quiet_until:
+        return "this agent started less than a ttl ago: it promises nothing yet"
+    if acquiring:
+        return "this site is acquiring the lease"
+    if lease is None:
+        return "this site has not seen the lease"
+    if (lease.holder, lease.epoch) != (asker, epoch):
+        return (
+            f"the lease this site saw names {lease.holder or 'no holder'} at epoch "
+            f"{lease.epoch}, not {asker} at epoch {epoch}"
+        )
+    if lease.revoked_for is not None:
+        return f"the lease is revoked for a failover to {lease.revoked_for}"
+    return None
+
+
 def may_take(lease: Lease, site: str, board_now: float) -> bool:
     """A standby may try to acquire: the lease is free (expired or released) and not
     reserved by the operator for another site. etcd's transaction still judges the attempt."""
@@ -301,6 +361,13 @@ def _as_standby(view: StewardView) -> Decision:
             detected_at=keep,
         )
     if lease is not None and holder == view.site:
+        held = held_back(view)
+        if held is not None:
+            # Not even after a hand-over: the record may name this site through an
+            # acquire of its own whose answer was lost and that landed after it promised.
+            return Decision(
+                Action.FOLLOW, f"named holder, not promoting yet: {held}", detected_at=keep
+            )
         return Decision(
             Action.PROMOTE,
             "promoted: the lease was handed over",
@@ -310,6 +377,14 @@ def _as_standby(view: StewardView) -> Decision:
     if lease is not None and may_take(lease, view.site, view.board_now):
         before = lease.holder or lease.previous_holder
         how = "was released" if lease.holder is None else "expired"
+        held = held_back(view)
+        if held is not None:
+            return Decision(
+                Action.FOLLOW,
+                f"not taking the lease after {before}'s {how}: {held}",
+                target=before,
+                detected_at=keep if keep is not None else view.wall,
+            )
         return Decision(
             Action.ACQUIRE_AND_PROMOTE,
             f"taking the lease after {before}'s {how}",

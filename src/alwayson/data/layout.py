@@ -9,7 +9,7 @@ addresses that no service can take (services get ``127.N.S.x`` with S ≥ 1):
 | etcd member (every site) | ``127.N.0.5``: clients 2379, peers 2380, ``/health`` 2381 |
 | PostgreSQL of database k | ``127.N.0.(10+4k):5432`` |
 | endpoint of database k | ``127.N.0.(11+4k):5432`` (``DATABASE_URL``) |
-| site link to site M | ``127.N.0.3:(20000 + 100·M + k)``; to M's etcd member ``…+98`` (M = N too) |
+| link to site M | ``127.N.0.3:(20000 + 100·M + k)``; etcd ``…+98`` (also M = N), agent ``…+97`` |
 
 Everything that leaves a site crosses one of its site links, which a drill can cut.
 """
@@ -31,6 +31,8 @@ AGENT_PORT = 7400
 PG_PORT = 5432
 LINK_BASE_PORT = 20000
 ETCD_LINK_SLOT = 98
+AGENT_LINK_SLOT = 97
+"""The link to another workload site's agent (failsafe questions)."""
 ETCD_HOST = 5
 SUPERUSER = "alwayson"
 
@@ -106,6 +108,9 @@ class AgentConfig(Frozen):
     user: str | None
     links: list[LinkConfig]
     databases: list[DatabaseConfig]
+    peer_agents: dict[str, str] = {}
+    """Other workload sites' agents (admin API) as reached through this site's links:
+    where a primary without etcd asks its standbys (the failsafe)."""
 
 
 def site_index(spec: PlatformSpec, site: str) -> int:
@@ -228,6 +233,12 @@ def agent_config(
             endpoints.insert(0, listen)
         else:
             endpoints.append(listen)
+    peer_agents: dict[str, str] = {}
+    for peer in workload:
+        if peer != site:
+            listen = link_address(spec, site, peer, AGENT_LINK_SLOT)
+            links.append(LinkConfig(peer=peer, listen=listen, target=agent_address(spec, peer)))
+            peer_agents[peer] = listen
     databases: list[DatabaseConfig] = []
     for index, db in enumerate(spec.databases):
         peers: dict[str, str] = {}
@@ -279,4 +290,5 @@ def agent_config(
         user=user,
         links=links,
         databases=databases,
+        peer_agents=peer_agents,
     )

@@ -165,6 +165,37 @@ def hand_over(
     )
 
 
+def reclaim(lease: Lease | None, site: str, epoch: int, ttl: float, now: float) -> Lease:
+    """The holder takes its own lease back at the same epoch after its liveness (the
+    holder key) was lost with nobody taking over: after a failsafe period, when etcd
+    answers again. Any other holder in between would have raised the epoch, so the
+    record still naming ``site`` at ``epoch``, not revoked, means none ever existed."""
+    if lease is None or lease.holder != site or lease.epoch != epoch:
+        now_held = ""
+        if lease is not None:
+            now_held = (
+                f" (the record names {lease.holder} at epoch {lease.epoch})"
+                if lease.holder
+                else " (it was released)"
+            )
+        raise LeaseRefused(f"{site} no longer holds the lease at epoch {epoch}{now_held}", lease)
+    if lease.revoked_for is not None:
+        raise LeaseRefused(f"lease revoked for a failover to {lease.revoked_for}", lease)
+    if not lease.expired(now):
+        raise LeaseRefused("the lease is live: renew it, there is nothing to reclaim", lease)
+    return replace(lease, ttl=ttl, expires_at=now + ttl)
+
+
+def reclaimable(lease: Lease | None, site: str, epoch: int) -> bool:
+    """Whether a renewal refused for ``site`` at ``epoch`` may be followed by a reclaim:
+    the record still names it at that epoch, not revoked (only its holder key is gone)."""
+    return (
+        lease is not None
+        and (lease.holder, lease.epoch) == (site, epoch)
+        and lease.revoked_for is None
+    )
+
+
 def revoke(lease: Lease | None, to: str, now: float) -> Lease:
     """A forced failover: the holder can no longer renew; it expires within its ttl."""
     if lease is None:

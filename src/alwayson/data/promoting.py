@@ -9,7 +9,7 @@ from alwayson.data.deciding import Decision, Role
 from alwayson.data.engines import conninfo, query
 from alwayson.data.failovers import fault_of, lease_free_at, with_wal_end
 from alwayson.data.layout import SUPERUSER
-from alwayson.data.leases import Lease, LeaseRefused
+from alwayson.data.leases import Lease, LeaseRefused, reclaimable
 from alwayson.data.lsns import lsn_int
 from alwayson.data.tending import Tender
 from alwayson.util.errors import TemporaryError
@@ -159,7 +159,21 @@ async def take_handed_lease(st: Tender) -> bool:
             sync=None,
             synchronous=st.synchronous,
         )
-    except (LeaseRefused, TemporaryError) as exc:
+    except LeaseRefused as exc:
+        if not reclaimable(exc.lease, st.cfg.site, lease.epoch):
+            st.last_error = str(exc)
+            return False
+        # The handed key expired before this site renewed it (it waited out a failsafe
+        # promise, or was slow): nobody acquired since, so it takes it back, same epoch.
+        sent = st.clock.monotonic()
+        try:
+            new = await st.board.lease(
+                st.name, "reclaim", st.cfg.site, lease.epoch, st.cfg.ttl, ACQUIRE_DEADLINE
+            )
+        except (LeaseRefused, TemporaryError) as again:
+            st.last_error = f"{exc}; reclaim: {again}"
+            return False
+    except TemporaryError as exc:
         st.last_error = str(exc)
         return False
     st.hold(new, sent)

@@ -22,7 +22,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alwayson.data import backups, restoring
 from alwayson.data.board import Board
@@ -49,6 +49,9 @@ from alwayson.util.clocks import Clock
 from alwayson.util.errors import AlwaysonError, TemporaryError
 from alwayson.util.sitelinks import Partitions
 
+if TYPE_CHECKING:
+    from alwayson.data.failsafe import Asker
+
 log = logging.getLogger("alwayson.agent")
 
 CYCLE = 0.25
@@ -71,8 +74,9 @@ class Steward(Tender):
         partitions: Partitions,
         log_dir: Path,
         clock: Clock,
+        asker: Asker | None = None,
     ) -> None:
-        super().__init__(cfg, board, engine, partitions, log_dir, clock)
+        super().__init__(cfg, board, engine, partitions, log_dir, clock, asker)
         self.restores: dict[str, Postmaster] = {}
         self.long_lock = asyncio.Lock()
         """One long job (backup, verify, restore) at a time: they share the scratch address."""
@@ -170,7 +174,7 @@ class Steward(Tender):
     # -- one cycle: observe, decide, act -----------------------------------------------
 
     async def cycle(self) -> str:
-        await self._refresh_view()
+        fresh = await self._refresh_view()
         starting = self.role is Role.STARTING
         decision = decide(self.observe())
         self.detected_at = decision.detected_at
@@ -179,20 +183,25 @@ class Steward(Tender):
             return verdict  # bootstrap: no requests or reports until a role is known
         await self._requests()
         await self._report()
+        if fresh:  # etcd answered this cycle: file what happened while it did not
+            await self.file_unsent_events()
         return verdict
 
-    async def _refresh_view(self) -> None:
+    async def _refresh_view(self) -> bool:
+        """Read the lease and the sites' reports; False when etcd did not answer."""
         try:
             sent = self.clock.wall()
             view = await self.board.view(self.name, self.cfg.sites, timeout=VIEW_DEADLINE)
         except TemporaryError as exc:
             self.last_error = str(exc)
-            return
+            return False
         self.view = view
+        self.acquiring = False  # an acquire whose answer was lost shows in this view
         self.board_offset = float(view["now"]) - sent
         lease = Lease.from_json(view["lease"]) if view.get("lease") else None
         if self.role is not Role.PRIMARY or lease is None or lease.holder != self.cfg.site:
             self.lease = lease
+        return True
 
     def observe(self) -> StewardView:
         """One immutable view for this cycle's decision (files only where a role needs
@@ -224,6 +233,9 @@ class Steward(Tender):
             reachable=frozenset(
                 s for s in self.cfg.sites if self.partitions.connected(self.cfg.site, s)
             ),
+            promised_until=self.promised_until,
+            promised_to=self.promised_to,
+            quiet_until=self.quiet_until,
         )
 
     async def act(self, decision: Decision) -> str:
@@ -378,6 +390,7 @@ class Steward(Tender):
         if role is Role.PRIMARY and self.watchdog_fired:
             # The watchdog thread stopped it; the next cycle records why.
             role = Role.FENCED
+        promise_left = self.promised_until - self.clock.monotonic()
         return {
             "site": self.cfg.site,
             "role": role.value,
@@ -398,6 +411,11 @@ class Steward(Tender):
             ),
             "final_wal": self.final_wal,
             "fence_reason": self.fence_reason,
+            "failsafe": self.on_failsafe,
+            "failsafe_since": self.failsafe_since if self.on_failsafe else None,
+            "failsafe_trouble": self.failsafe_trouble or None,
+            "promised_to": self.promised_to if promise_left > 0 else None,
+            "promise_left": round(promise_left, 3) if promise_left > 0 else None,
             "replication": self.replication,
             "verdict": self.last_verdict,
             "last_error": self.last_error,
