@@ -475,3 +475,51 @@ async def test_the_controller_runs_and_shows_members_and_readopts_them(tmp_path:
     assert {r["id"]: r["pid"] for r in again.status()["instances"]} == pids
 
     assert await again.down("test") == "stopped 11 processes"
+
+
+def test_an_apply_that_would_reshape_the_running_cluster_is_refused_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    from alwayson.control.consensus import (
+        membership_of,
+        record_membership,
+        recorded_membership,
+        reshaping,
+    )
+
+    state = tmp_path / "state"
+    loaded = load(tmp_path, SPEC + DATABASES)
+    assert recorded_membership(state) == {}  # before the first start: anything goes
+    record_membership(loaded.spec, state)
+    assert reshaping(recorded_membership(state), membership_of(loaded.spec, state)) == []
+
+    moved = load(
+        tmp_path,
+        (SPEC + DATABASES).replace(
+            "  - name: surabaya\n", "  - name: surabaya\n    subnet: 127.9.0.0/16\n"
+        ),
+    )
+    changes = reshaping(recorded_membership(state), membership_of(moved.spec, state))
+    assert changes == [
+        "site surabaya's member moves from https://127.2.0.5:2380 to https://127.9.0.5:2380"
+    ]
+    with pytest.raises(PermanentError) as refused:
+        preflight(
+            moved,
+            desire(moved, state),
+            [],
+            None,
+            lambda *_: None,
+            lambda h, p: True,
+            lambda p: True,
+            reshaped=changes,
+        )
+    text = str(refused.value)
+    assert "reshape the etcd cluster" in text and "127.9.0.5:2380" in text
+    assert "Nothing was changed" in text
+
+    renamed = load(tmp_path, (SPEC + DATABASES).replace("name: witness", "name: arbiter"))
+    assert reshaping(recorded_membership(state), membership_of(renamed.spec, state)) == [
+        "site arbiter added",
+        "site witness removed",
+    ]

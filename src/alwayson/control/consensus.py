@@ -15,8 +15,10 @@ member or an agent costs a few reads.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from alwayson.data.layout import etcd_members
@@ -75,6 +77,51 @@ def ensure_data_dirs(spec: PlatformSpec, state_dir: Path) -> None:
             os.chmod(member.data_dir, 0o700)
 
 
+def membership_path(state_dir: Path) -> Path:
+    return state_dir / "etcd" / "membership.json"
+
+
+def membership_of(spec: PlatformSpec, state_dir: Path) -> dict[str, str]:
+    """The cluster a spec asks for: each member's name and peer URL."""
+    return {m.name: m.peer_url for m in etcd_members(spec, state_dir)}
+
+
+def recorded_membership(state_dir: Path) -> dict[str, str]:
+    """The cluster the members were first started as (empty before that)."""
+    try:
+        found: dict[str, str] = json.loads(membership_path(state_dir).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found
+
+
+def record_membership(spec: PlatformSpec, state_dir: Path) -> None:
+    """Written once, at the cluster's first start: an apply is checked against it."""
+    path = membership_path(state_dir)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(json.dumps(membership_of(spec, state_dir), indent=1))
+
+
+def reshaping(recorded: Mapping[str, str], wanted: Mapping[str, str]) -> list[str]:
+    """How ``wanted`` would change a running cluster's membership (empty: it would not).
+
+    Members are started with a fixed initial cluster; a member added, removed or moved to
+    another address by an apply would start against data that names other peers (etcd
+    refuses, or worse, splits). Changing membership needs etcd's member add/remove, one
+    member at a time, which alwayson does not do yet."""
+    if not recorded:
+        return []
+    changes = [f"site {name} added" for name in sorted(set(wanted) - set(recorded))]
+    changes += [f"site {name} removed" for name in sorted(set(recorded) - set(wanted))]
+    changes += [
+        f"site {name}'s member moves from {recorded[name]} to {wanted[name]}"
+        for name in sorted(set(recorded) & set(wanted))
+        if recorded[name] != wanted[name]
+    ]
+    return changes
+
+
 def prepare_members(spec: PlatformSpec, state_dir: Path) -> None:
     """What must exist before a member (or a process that talks to the members) starts.
 
@@ -83,6 +130,7 @@ def prepare_members(spec: PlatformSpec, state_dir: Path) -> None:
     try:
         ensure_certificates(spec, state_dir)
         ensure_data_dirs(spec, state_dir)
+        record_membership(spec, state_dir)
     except (OSError, ValueError) as exc:
         raise PermanentError(
             f"etcd members: cannot make their certificates or data folders under {state_dir}: {exc}"

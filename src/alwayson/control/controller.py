@@ -18,6 +18,7 @@ from typing import Any
 from alwayson import __version__
 from alwayson.control.applied import Applied
 from alwayson.control.boards import EtcdBoards
+from alwayson.control.consensus import membership_of, recorded_membership, reshaping
 from alwayson.control.databases import DatabaseOps
 from alwayson.control.desired import allocate_slots, desired_instances
 from alwayson.control.drilling import DrillOps
@@ -230,7 +231,12 @@ class Controller:
             new = desired_instances(loaded.spec, counts, applied.context(loaded, slots))
             running = [s for s in self.runtime.statuses() if s.phase is not Phase.EXITED]
             user = applied.user_of(loaded)
-            preflight(loaded, new, running, user, self.can_run, self.address_free)
+            reshaped = reshaping(
+                recorded_membership(self.state_dir), membership_of(loaded.spec, self.state_dir)
+            )
+            preflight(
+                loaded, new, running, user, self.can_run, self.address_free, reshaped=reshaped
+            )
             # In one step (no await in between): the new spec and the releases it starts, so
             # no turn ever sees the new version without its release (it would replace the
             # old instances in place).

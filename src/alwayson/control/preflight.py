@@ -30,8 +30,18 @@ def preflight(
     can_run: UserCheck,
     address_free: AddressCheck = port_is_free,
     is_runnable: ProgramCheck = is_program,
+    reshaped: Sequence[str] = (),
 ) -> None:
-    """Raise PermanentError (nothing changed) if ``new`` cannot start as it stands."""
+    """Raise PermanentError (nothing changed) if ``new`` cannot start as it stands.
+    ``reshaped``: how the spec would change the etcd cluster's membership (refused)."""
+    if reshaped and any(inst.kind is Kind.ETCD for inst in new.values()):
+        raise PermanentError(
+            f"{loaded.path}: sites: this change would reshape the etcd cluster ("
+            + "; ".join(reshaped)
+            + "). Its members were started as one cluster and alwayson cannot yet add, "
+            "remove or move a member safely; keep the sites and their subnets as they are. "
+            "Nothing was changed."
+        )
     current = {s.spec.id: s for s in running}
     mine = {a for s in current.values() for a in listen_addresses(s.spec)}
     taken: list[str] = []
