@@ -88,7 +88,7 @@ def test_site_loss_drill_serves_from_the_other_site_and_fails_back(
     assert shown["measures"] == result["measures"]
 
 
-def test_witness_loss_drill_loses_no_request_and_keeps_the_primary(
+def test_witness_and_etcd_member_loss_drills_lose_no_request_and_keep_the_primary(
     bank: Platform, tmp_path: Path
 ) -> None:
     """Every process of the witness site (its etcd member, the controller beside it)
@@ -136,6 +136,19 @@ def test_witness_loss_drill_loses_no_request_and_keeps_the_primary(
     assert after["lease"]["holder"] == "jakarta"
     assert after["lease"]["epoch"] == before["lease"]["epoch"]  # no role change
     assert {r["site"]: r.get("pid") for r in after["sites"]} == pids  # no PostgreSQL restart
+    nothing_left_behind(bank, result)
+
+    # On the same bank: one etcd member killed (the primary site's); the other two keep
+    # the quorum and the controller restarts it on its data.
+    code, result, stderr = drill(bank, "etcd-member-loss", "--rate", "15", "--duration", "6s")
+    summary = {k: result.get(k) for k in ("status", "reason", "measures", "objectives", "notes")}
+    assert code == 0 and result["status"] == "passed", (stderr, summary)
+    assert result["faults"][0]["target"] == "etcd@jakarta"
+    m = result["measures"]
+    print(f"etcd-member-loss drill: {m['requests']} requests, {m['failed_after_fault']} failed")
+    assert m["failed_after_fault"] == 0 and result["primaries"]["max_writable"] == 1
+    final = json.loads(bank.cli("db", "status", "--json").stdout)[0]
+    assert final["lease"]["epoch"] == before["lease"]["epoch"]
     nothing_left_behind(bank, result)
 
 

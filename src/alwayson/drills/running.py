@@ -329,13 +329,11 @@ class Drill:
             and i["site"] == site
             and i["ready"]
             and i.get("pid")
-            and (kind == "gateway" or self.ctx.service in (None, i["service"]))
+            and (kind != "workload" or self.ctx.service in (None, i["service"]))
         ]
         if not rows:
-            what = (
-                "gateway"
-                if kind == "gateway"
-                else f"instance of {self.ctx.service or 'any service'}"
+            what = {"gateway": "gateway", "etcd": "etcd member"}.get(
+                kind, f"instance of {self.ctx.service or 'any service'}"
             )
             raise FaultError(f"no ready {what} in site {site} to {self.scenario.fault}")
         row = sorted(rows, key=lambda r: r["id"])[0]
