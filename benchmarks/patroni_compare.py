@@ -42,7 +42,15 @@ surabaya first: for alwayson the hosts are the two sites' endpoints (127.N.0.11,
 of which reaches the primary), for Patroni the two PostgreSQL servers (Patroni has no
 endpoint of its own: clients find the primary themselves, or through HAProxy polling its
 REST API, which this benchmark does not add). After 3 s of load the fault; writing goes on
-until every writer has had writes acknowledged again for 2 s. Figures per run:
+until every writer has had writes acknowledged again for 2 s.
+
+**The etcd raft leader** is placed before each fault with etcd's MoveLeader (``--etcd-leader``,
+default both): on the witness's member, or on the killed site's. It matters to both systems:
+a new raft leader re-grants every etcd lease its full ttl plus an election timeout (etcd's
+``lessor.Promote``), so when the killed site held the raft leader, both leader keys outlive
+the kill by about an election plus a whole ttl instead of the ttl left since the last renewal.
+
+Figures per run:
 
 - ``client RTO``: for each half of the writers (jakarta first / surabaya first), seconds
   from the kill to the first write acknowledged on a connection opened after the kill; the
@@ -68,6 +76,7 @@ import itertools
 import json
 import os
 import pwd
+import random
 import re
 import secrets
 import shutil
@@ -114,6 +123,7 @@ VENV = Path("/tmp/patroni-venv")
 PATRONI_PACKAGE = "patroni[etcd3,psycopg3]"
 WRITERS_PER_SIDE = 2
 LOAD_BEFORE_KILL = 3.0
+PHASE_SPREAD = 10.0  # plus a random 0-10 s: the kill falls anywhere in a renewal period
 RECOVERED_FOR = 2.0
 RECOVERY_LIMIT = 120.0
 TARGET_RTO = 10.0
@@ -191,10 +201,14 @@ def drive(
     tag: str,
     dsns: dict[str, str],
     fault: Callable[[], tuple[float, float, dict[str, Any]]],
+    spread: float = PHASE_SPREAD,
 ) -> tuple[dict[str, Any], list[Writer], float, float]:
     """Write through ``dsns`` (side -> DSN, WRITERS_PER_SIDE writers each), call ``fault``
-    after LOAD_BEFORE_KILL (it returns the kill's monotonic and wall times and what it did),
-    then write on until every writer has written again for RECOVERED_FOR."""
+    after LOAD_BEFORE_KILL plus a random part of ``spread`` (it returns the kill's monotonic
+    and wall times and what it did), then write on until every writer has written again for
+    RECOVERED_FOR. The random part keeps the kill from falling at the same point of a
+    renewal period each run: the benchmark's own steps before it (waiting for the standby
+    to be synchronous, which Patroni sets in one of its loops) would otherwise lock it."""
     stop = threading.Event()
     ids, lock = itertools.count(1), threading.Lock()
     writers = [
@@ -206,13 +220,16 @@ def drive(
     try:
         for w in writers:
             w.start()
-        time.sleep(LOAD_BEFORE_KILL)
+        load = LOAD_BEFORE_KILL + random.uniform(0.0, spread)
+        result["load_before_kill"] = round(load, 2)
+        time.sleep(load)
         before = sum(len(w.acks) for w in writers)
         if before == 0:
             errors = [e for w in writers for _, e in w.errors]
             raise RuntimeError(f"no write acknowledged before the fault: {errors[:3]}")
         kill, kill_wall, fault_info = fault()
         result["fault"] = fault_info
+        result["kill_wall"] = kill_wall
         log(f"[{tag}] {before} writes acknowledged before the kill")
         recovered: dict[str, float | None] = {}
         while time.monotonic() - kill < RECOVERY_LIMIT:
@@ -294,7 +311,9 @@ def count_lost(result: dict[str, Any], writers: list[Writer], kill: float, dsn: 
 # -- alwayson ------------------------------------------------------------------------------
 
 
-def alwayson_run(work: Path, n: int, placement: str, keep_logs: Path | None) -> dict[str, Any]:
+def alwayson_run(
+    work: Path, n: int, placement: str, keep_logs: Path | None, spread: float = PHASE_SPREAD
+) -> dict[str, Any]:
     tag = f"alwayson, etcd leader {placement}, run {n}"
     plat = Platform(work / f"alwayson-{placement}-{n}", "synchronous")
     result: dict[str, Any] = {"system": "alwayson", "run": n, "etcd_leader": placement}
@@ -349,7 +368,7 @@ def alwayson_run(work: Path, n: int, placement: str, keep_logs: Path | None) -> 
                 },
             )
 
-        figures, writers, kill, kill_wall = drive(tag, dsns, fault)
+        figures, writers, kill, kill_wall = drive(tag, dsns, fault, spread)
         result.update(figures)
 
         record: dict[str, Any] | None = None
@@ -372,6 +391,8 @@ def alwayson_run(work: Path, n: int, placement: str, keep_logs: Path | None) -> 
         if record is not None:
             result["own"] = {
                 "fault_after_kill": ago(record.get("fault_at"), kill_wall),
+                # fault_at is the old primary's last renewal as the record reckons it
+                "last_renewal_before_kill": ago(kill_wall, float(record.get("fault_at") or 0)),
                 "detected_after_kill": ago(record.get("detected_at"), kill_wall),
                 "promoted_after_kill": ago(record.get("promoted_at"), kill_wall),
                 "writable_after_kill": ago(record.get("writable_at"), kill_wall),
@@ -753,6 +774,14 @@ class PatroniCluster:
                 out.append((float(head.group(1)), head.group(2)))
         return out
 
+    def last_renewal(self, site: str, kill_wall: float) -> float | None:
+        """Seconds from the old leader's last logged leader-key update to the kill."""
+        last = None
+        for at, text in self.log_lines(site, kill_wall - 60):
+            if at <= kill_wall and "the leader with the lock" in text:
+                last = at
+        return None if last is None else round(kill_wall - last, 3)
+
     def own_record(self, site: str, kill_wall: float) -> dict[str, Any]:
         """What Patroni itself shows of the failover: its log and ``/history``."""
         lines = self.log_lines(site, kill_wall)
@@ -802,7 +831,12 @@ class PatroniCluster:
 
 
 def patroni_run(
-    work: Path, ttl: int, n: int, placement: str, keep_logs: Path | None
+    work: Path,
+    ttl: int,
+    n: int,
+    placement: str,
+    keep_logs: Path | None,
+    spread: float = PHASE_SPREAD,
 ) -> dict[str, Any]:
     tag = f"patroni ttl {ttl}, etcd leader {placement}, run {n}"
     cluster = PatroniCluster(work / f"patroni-ttl{ttl}-{placement}-{n}", ttl)
@@ -833,9 +867,10 @@ def patroni_run(
             return kill, kill_wall, info
 
         dsns = {s: cluster.dsn(s) for s in SITES}
-        figures, writers, kill, kill_wall = drive(tag, dsns, fault)
+        figures, writers, kill, kill_wall = drive(tag, dsns, fault, spread)
         result.update(figures)
         result["own"] = cluster.own_record(SITES[1], kill_wall)
+        result["own"]["last_renewal_before_kill"] = cluster.last_renewal(SITES[0], kill_wall)
         count_lost(result, writers, kill, dsns[SITES[1]])
         return result
     finally:
@@ -915,11 +950,14 @@ def print_report(report: dict[str, Any]) -> None:
         "seconds after the kill; client RTO = first write acknowledged on a new connection, the\n"
         "slower half of the writers; gap = longest time without any acknowledged write;\n"
         "own = the system's own record: alwayson's failover record (own RTO = its rto_seconds),\n"
-        "Patroni's log (detect = its first call to the old leader once the leader key is gone)"
+        "Patroni's log (detect = its first call to the old leader once the leader key is gone);\n"
+        "renewed = how long before the kill the old primary last renewed (alwayson: its record's\n"
+        "fault_at; Patroni: the old leader's last 'leader with the lock' log line)"
     )
     header = (
         f"{'system':<36}{'run':>4}{'client RTO':>11}{'gap':>7}{'own:detect':>11}"
-        f"{'promoted':>9}{'own RTO':>8}{'acked':>8}{'errors':>7}{'lost':>6}  etcd leader"
+        f"{'promoted':>9}{'own RTO':>8}{'renewed':>8}{'acked':>8}{'errors':>7}{'lost':>6}"
+        "  etcd leader"
     )
     print(header)
     for system, runs in report["runs"].items():
@@ -932,7 +970,7 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{system:<36}{r['run']:>4}{fmt(r.get('client_rto'), 11)}"
                 f"{fmt(r.get('write_gap'), 7)}{fmt(own.get('detected_after_kill'), 11)}"
                 f"{fmt(own.get('promoted_after_kill'), 9)}{fmt(own.get('rto_seconds'), 8)}"
-                f"{fmt(r.get('acknowledged'), 8)}"
+                f"{fmt(own.get('last_renewal_before_kill'), 8)}{fmt(r.get('acknowledged'), 8)}"
                 f"{fmt(r.get('errors_after_kill'), 7)}{fmt(r.get('lost'), 6)}  "
                 f"{(r.get('fault') or {}).get('etcd_leader_at_kill')}"
             )
@@ -941,7 +979,7 @@ def print_report(report: dict[str, Any]) -> None:
             print(
                 f"{system + ' median':<40}{fmt(s['client_rto'], 11)}{fmt(s['write_gap'], 7)}"
                 f"{fmt(s['detected_after_kill'], 11)}{fmt(s['promoted_after_kill'], 9)}"
-                f"{fmt(s['own_rto_seconds'], 8)}{fmt(s['acknowledged'], 8, 0)}"
+                f"{fmt(s['own_rto_seconds'], 8)}{'':>8}{fmt(s['acknowledged'], 8, 0)}"
                 f"{fmt(s['errors_after_kill'], 7, 0)}{fmt(s['lost_total'], 6)}  (lost: all runs)"
             )
     for system, t in report["patroni_timing"].items():
@@ -976,9 +1014,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 case = label(system, where)
                 try:
                     if system == "alwayson":
-                        r = alwayson_run(work, n, where, keep)
+                        r = alwayson_run(work, n, where, keep, args.phase_spread)
                     else:
-                        r = patroni_run(work, int(system.split()[-1]), n, where, keep)
+                        ttl = int(system.split()[-1])
+                        r = patroni_run(work, ttl, n, where, keep, args.phase_spread)
                 except Exception as exc:  # a broken run is a finding: keep the others
                     log(f"[{case} run {n}] FAILED: {type(exc).__name__}: {exc}")
                     r = {"system": system, "run": n, "error": f"{type(exc).__name__}: {exc}"}
@@ -998,6 +1037,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "writers": 2 * WRITERS_PER_SIDE,
         "backoff_seconds": BACKOFF,
         "load_before_kill_seconds": LOAD_BEFORE_KILL,
+        "phase_spread_seconds": args.phase_spread,
         "alwayson_lease": {"ttl": 6.0, "margin": 2.0, "renew_every": 2.0},
         "etcd_leader_placements": args.etcd_leader,
         "patroni_timing": {
@@ -1033,6 +1073,12 @@ def main() -> int:
         default=[WITNESS, SITES[0]],
         help="where the etcd raft leader is put before the fault: the witness's member, "
         "the killed site's, or left where it is",
+    )
+    parser.add_argument(
+        "--phase-spread",
+        type=float,
+        default=PHASE_SPREAD,
+        help="a random 0..S seconds of load added before each kill",
     )
     parser.add_argument("--only", choices=("alwayson", "patroni"), help="run one system")
     parser.add_argument("--json", action="store_true", help="print one JSON document at the end")
