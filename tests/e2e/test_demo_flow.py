@@ -34,8 +34,8 @@ def test_sample_bank_demo_flow(make_platform: Callable[..., Platform], tmp_path:
     assert status["converged"] is True
     workloads = [i for i in status["instances"] if i["kind"] == "workload"]
     assert len(workloads) == services * 2 * 2
-    # gateway, front door and the site agent of the database
-    assert {s["name"]: s["ready"] for s in status["sites"]}["jakarta"] == services * 2 + 3
+    # gateway, front door, the site agent of the database and the site's etcd member
+    assert {s["name"]: s["ready"] for s in status["sites"]}["jakarta"] == services * 2 + 4
 
     customer = {
         "name": "Siti Rahma",

@@ -644,3 +644,14 @@ def test_a_standby_takes_over_right_after_a_primary_cut_off_from_the_keeper() ->
     assert run.a_writable(11.999)
     assert not run.a_writable(12.0)  # sent at 8.0, fenced at 8 + 6 - 2
     assert run.overlaps() == []
+
+
+def test_an_expiry_is_dated_by_the_old_primarys_last_report_when_known() -> None:
+    """A new etcd leader re-grants every lease its ttl: "expiry - ttl" can come seconds
+    after the real fault; the old agent's last report (several a second) does not."""
+    expired = Lease(
+        holder="jakarta", epoch=2, ttl=6.0, expires_at=109.0, granted_at=90.0
+    )  # seen gone at 109: "renewed at 103", though the site died at 100.1
+    when, basis = fault_of(expired, detected=109.2, last_report=100.0)
+    assert when == 100.0 and "last report" in basis
+    assert fault_of(expired, detected=109.2)[0] == 103.0  # unknown report: as before

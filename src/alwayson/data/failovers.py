@@ -9,8 +9,11 @@ from alwayson.data.leases import Lease
 from alwayson.data.lsns import lsn_int
 
 
-def fault_of(before: Lease | None, detected: float) -> tuple[float, str]:
-    """When the fault behind a takeover happened, as best known, and what that rests on."""
+def fault_of(
+    before: Lease | None, detected: float, last_report: float | None = None
+) -> tuple[float, str]:
+    """When the fault behind a takeover happened, as best known, and what that rests on.
+    ``last_report``: when the old holder's agent last reported (every cycle while alive)."""
     if before is None:
         return detected, "unknown: no lease was seen before; from this site's detection"
     if before.revoked_for is not None and before.fault_at is not None:
@@ -20,8 +23,18 @@ def fault_of(before: Lease | None, detected: float) -> tuple[float, str]:
         return before.fault_at, f"the old primary's agent: {why}"
     if before.fault_at is not None:
         return before.fault_at, "the old primary stopped taking writes for the switchover"
+    renewal = before.expires_at - before.ttl
+    if last_report is not None and last_report <= detected:
+        # Nearer the truth than "expiry - ttl": the agent reports every cycle while alive,
+        # and an expiry can come later than ttl after the last renewal (a new etcd leader
+        # grants every lease its ttl again when the old one died with the site).
+        return (
+            last_report,
+            "the old primary's agent's last report (it reports several times a second while "
+            "alive; the fault came after it, within one report)",
+        )
     return (
-        before.expires_at - before.ttl,
+        renewal,
         "the old primary's last successful renewal (the lease then expired; the fault "
         "came after it, at most ttl/3 later)",
     )

@@ -80,7 +80,9 @@ async def promote(st: Tender, why: str) -> str:
     st.writable = True
     writable_at = await first_write(st)
     lease = st.lease
-    fault, basis = fault_of(before, detected)
+    old = (st.view.get("sites") or {}).get((before.holder if before else None) or "") or {}
+    reported = old.get("reported_at")
+    fault, basis = fault_of(before, detected, float(reported) if reported else None)
     detect_basis = "when this site first saw the lease free to take"
     if detected < fault:
         # Two sites' clocks disagree (or the fault time is an estimate from the other
