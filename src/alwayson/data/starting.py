@@ -102,6 +102,9 @@ async def become_primary_again(st: Tender, why: str) -> str:
     st.hold(lease, sent)
     await st.start(sync_names=[])
     await st.wait_ready()
+    # A data folder whose first start failed (or one cloned from a standby) may lack the
+    # standby's slot: without it the standby can never stream from this primary again.
+    await st.ensure_slots()
     st.role = Role.PRIMARY
     st.writable = True
     st.fence_reason = ""
