@@ -20,7 +20,8 @@ from alwayson.cli.common import (
     console,
     err,
 )
-from alwayson.util.errors import NotFoundError
+from alwayson.util.durations import parse_duration
+from alwayson.util.errors import ConflictError, NotFoundError
 from alwayson.util.replication import slot_name
 
 if TYPE_CHECKING:
@@ -53,12 +54,67 @@ async def _name(client: ApiClient, database: str | None) -> str:
     return str(found[0]["name"])
 
 
+# Refusals of a switchover that time cures: the target is rejoining or catching up.
+NOT_READY = ("is not streaming from", "bytes behind")
+
+
+def _wait_option(default: str) -> Any:
+    return typer.Option(
+        default,
+        "--wait",
+        help="How long to wait for the target site to stream and catch up before the "
+        "switchover (after a failover the old primary rejoins by itself first); 0s refuses "
+        "at once.",
+    )
+
+
+def _wait_seconds(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        err.print(f"--wait: {exc}")
+        raise Failed(2) from None
+
+
+async def _post_when_ready(
+    client: ApiClient, name: str, body: dict[str, Any], wait: float, what: str
+) -> dict[str, Any]:
+    """Post the request; while it is refused only because the target is not streaming or
+    is behind, ask again until ``wait`` has passed, saying what is awaited."""
+    deadline = time.monotonic() + wait
+    said = ""
+    with console.status(f"{what} ({name}) …") as status:
+        while True:
+            try:
+                request: dict[str, Any] = await client.post_json(
+                    f"/api/v1/databases/{name}/requests", body
+                )
+                return request
+            except ConflictError as exc:
+                if not any(words in str(exc) for words in NOT_READY):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise ConflictError(
+                        f"{exc} (waited {wait:.0f}s; --wait sets how long)" if wait else str(exc)
+                    ) from None
+                reason = str(exc).split(";")[0]
+                if reason != said:
+                    said = reason
+                    status.update(f"{what} ({name}): waiting, {reason} …")
+            await _sleep(1.0)
+
+
 async def _request(
-    client: ApiClient, database: str | None, body: dict[str, Any], timeout: float, what: str
+    client: ApiClient,
+    database: str | None,
+    body: dict[str, Any],
+    timeout: float,
+    what: str,
+    wait: float = 0.0,
 ) -> dict[str, Any]:
     """Hand a request to the agents and wait for its recorded result."""
     name = await _name(client, database)
-    request = await client.post_json(f"/api/v1/databases/{name}/requests", body)
+    request = await _post_when_ready(client, name, body, wait, what)
     ident = request["id"]
     deadline = time.monotonic() + timeout
     with console.status(f"{what} ({name}) …"):
@@ -77,11 +133,16 @@ async def _request(
 
 
 def _ask(
-    file: Path, command: str, database: str | None, body: dict[str, Any], timeout: float
+    file: Path,
+    command: str,
+    database: str | None,
+    body: dict[str, Any],
+    timeout: float,
+    wait: float = 0.0,
 ) -> dict[str, Any]:
     """One request to the agents from the command line, waited for."""
     what = str(body["op"])
-    return _call(file, command, lambda c: _request(c, database, body, timeout, what))
+    return _call(file, command, lambda c: _request(c, database, body, timeout, what, wait))
 
 
 async def _sleep(seconds: float) -> None:
@@ -177,16 +238,20 @@ def status(database: str | None = DbOpt, file: Path = SpecOpt, as_json: bool = J
 @db_app.command("switchover")
 def switchover(
     to: str = typer.Option(..., "--to", help="The standby's site that becomes primary."),
+    wait: str = _wait_option("0s"),
     database: str | None = DbOpt,
     file: Path = SpecOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Planned: hold new writes, stop the primary cleanly, wait until the standby has
     replayed everything, hand the lease over, promote. No acknowledged write is lost;
-    refused when the standby is not streaming or more than switchover_max_lag behind."""
+    refused when the standby is not streaming or more than switchover_max_lag behind
+    (with --wait, asked again until it is ready or the time is up)."""
 
     def go() -> None:
-        result = _ask(file, "db switchover", database, {"op": "switchover", "to": to}, 90)
+        seconds = _wait_seconds(wait)
+        body = {"op": "switchover", "to": to}
+        result = _ask(file, "db switchover", database, body, 90, seconds)
         took = float(result.get("finished_at", 0)) - float(result.get("started_at", 0))
         _finish(result, as_json, f"switched over to {to} in {took:.2f}s")
 
@@ -270,13 +335,20 @@ def _record_line(record: dict[str, Any]) -> str:
 
 
 @db_app.command("failback")
-def failback(database: str | None = DbOpt, file: Path = SpecOpt, as_json: bool = JsonOpt) -> None:
-    """Move the primary back to the spec's primary_site: a switchover, refused until that
-    site streams from the current primary. (A lost primary rejoins as a standby by itself,
-    with pg_rewind or a fresh clone: no command needed; `db status` shows each step.)"""
+def failback(
+    wait: str = _wait_option("2m"),
+    database: str | None = DbOpt,
+    file: Path = SpecOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Move the primary back to the spec's primary_site: a switchover, once that site
+    streams from the current primary and has caught up. A lost primary rejoins as a
+    standby by itself (pg_rewind or a fresh clone, `db status` shows each step), so right
+    after a failover this waits for that, up to --wait."""
 
     def go() -> None:
-        result = _ask(file, "db failback", database, {"op": "failback"}, 600)
+        seconds = _wait_seconds(wait)
+        result = _ask(file, "db failback", database, {"op": "failback"}, 600, seconds)
         _finish(
             result,
             as_json,

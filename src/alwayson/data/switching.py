@@ -155,8 +155,10 @@ async def _rejoin(st: Tender, holder: str, epoch: int | None) -> dict[str, Any]:
     # "servers diverged at WAL location 0/3000148 on timeline 1"
     found = re.search(r"diverged at WAL location ([0-9A-F]+/[0-9A-F]+)", output)
     diverged = found.group(1) if found else None
+    # final_wal stays in this site's reports until its next tenure: the new primary
+    # completes its failover record from it, and a rejoin (pg_rewind of a small
+    # database) can finish before any report carried it.
     end = (st.final_wal or {}).get("lsn")
-    st.final_wal = None
     return {
         "from": st.cfg.site,
         "method": method,

@@ -19,11 +19,20 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+# gRPC core registers pthread_atfork handlers unless told not to. The database agent
+# forks PostgreSQL and its tools (as another user, so without vfork) while gRPC threads
+# run: the child then ran gRPC's handler before exec, which aborted (seen in CI:
+# pg_basebackup died of SIGABRT in ev_epoll1_linux.cc 'next_worker->state == KICKED').
+# No process of the platform uses gRPC in a forked child: every fork here is followed
+# by exec, so the handlers are never needed. Read when grpc is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import grpc
 import grpc.aio
