@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -122,6 +123,22 @@ def test_members_run_over_tls_are_restarted_when_killed_and_readopted(
     assert "SIGKILL" in again["etcd@surabaya"]["last_exit"]
     assert put_get(platform, [members[1].endpoint], "/t/a") == b"1"
     assert put_get(platform, [members[1].endpoint], "/t/b", b"2") == b"2"
+
+    # A member's data folder lost (held still, emptied, killed): the controller removes it
+    # from the cluster, adds it back and starts it as `existing`; it copies the others'.
+    lost = again["etcd@surabaya"]["pid"]
+    os.kill(lost, signal.SIGSTOP)
+    shutil.rmtree(members[1].data_dir)
+    os.kill(lost, signal.SIGKILL)
+    again = wait_for(
+        "etcd@surabaya rejoined with the others' data",
+        lambda: (r := all_ready(platform)) and r["etcd@surabaya"]["pid"] != lost and r,
+        timeout=90,
+    )
+    assert (members[1].data_dir / "member").is_dir()
+    assert put_get(platform, [members[1].endpoint], "/t/b") == b"2"
+    events = platform.cli("events", "--kind", "etcd-member-rejoined", "--json").stdout
+    assert "lost its data folder" in events, events
 
     # Two members hang: the third has no majority. It turns unready and is left running
     # (restarting it would not bring the others back); the hung ones are not yet judged.

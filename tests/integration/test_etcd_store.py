@@ -11,7 +11,8 @@ import pytest
 from tests.support_etcd import Cluster, etcd_cluster, shared_etcd  # noqa: F401 - fixtures
 from tests.unit import test_store as suite
 
-from alwayson.store.etcd import Compare, Etcd, EtcdStore, EtcdUnavailable, Put
+from alwayson.store.etcd import Compare, Etcd, EtcdUnavailable, Put
+from alwayson.store.etcd_store import EtcdStore
 
 # Every check of the unit suite, here against etcd (the ``store`` fixture below).
 for _name, _check in vars(suite).items():

@@ -13,16 +13,30 @@ from pathlib import Path
 import pytest
 
 from alwayson.store.base import AuditEntry, Event, StateStore, Versioned
+from alwayson.store.etcd_store import EtcdStore
+from alwayson.store.etcd_types import Compare
 from alwayson.store.memory import MemoryStore
+from alwayson.store.memory_etcd import MemoryEtcd
 from alwayson.store.sqlite import SQLiteStore
+from alwayson.util.clocks import ManualClock
 from alwayson.util.errors import TemporaryError
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "etcd-memory", "etcd-guarded"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
     backend: StateStore
     if request.param == "memory":
         backend = MemoryStore()
+    elif request.param.startswith("etcd"):
+        # EtcdStore over the in-memory etcd (the real cluster runs this suite in
+        # tests/integration/test_etcd_store.py); guarded: every write also compares a key
+        # outside the store's root, as the leader controller's term is compared.
+        etcd = MemoryEtcd(ManualClock())
+        guard = None
+        if request.param == "etcd-guarded":
+            _, revision = await etcd.put("/control/leader", b"{}")
+            guard = lambda: [Compare("/control/leader", "create", revision)]  # noqa: E731
+        backend = EtcdStore(etcd, "/alwayson/t", guard)
     else:
         backend = await SQLiteStore(tmp_path / "state" / "alwayson.db").open()
     try:

@@ -9,7 +9,9 @@ from alwayson.data.board import Board
 from alwayson.data.layout import etcd_members, etcd_root, witness_of
 from alwayson.spec.models import PlatformSpec
 from alwayson.store.base import StateStore
-from alwayson.store.etcd import Etcd, EtcdStore
+from alwayson.store.etcd import Etcd
+from alwayson.store.etcd_store import EtcdStore
+from alwayson.store.etcd_types import EtcdClient, MemberAdmin
 from alwayson.store.members import endpoints_from
 from alwayson.util.certs import CLIENT, leaf_paths
 from alwayson.util.clocks import Clock
@@ -20,7 +22,7 @@ class EtcdBoards:
         self.state_dir = state_dir
         self.clock = clock
         self._made: tuple[tuple[tuple[str, ...], str], Board, EtcdStore] | None = None
-        self._retired: list[Etcd] = []
+        self._retired: list[EtcdClient] = []
 
     def _get(self, spec: PlatformSpec) -> tuple[Board, EtcdStore]:
         # The controller runs beside the witness: its member first.
@@ -40,6 +42,11 @@ class EtcdBoards:
 
     def keys(self, spec: PlatformSpec) -> StateStore:
         return self._get(spec)[1]
+
+    def cluster(self, spec: PlatformSpec) -> MemberAdmin:
+        etcd = self._get(spec)[1].etcd
+        assert isinstance(etcd, Etcd)
+        return etcd
 
     async def close(self) -> None:
         for etcd in self._retired:

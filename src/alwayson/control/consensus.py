@@ -16,15 +16,22 @@ member or an agent costs a few reads.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from alwayson.data.layout import etcd_members
+from alwayson.runtime.base import InstanceSpec
 from alwayson.spec.models import PlatformSpec
+from alwayson.store.etcd_types import EtcdError, EtcdUnavailable, MemberAdmin
+from alwayson.store.members import Member
 from alwayson.util.certs import CLIENT, TlsFiles, client_files, ensure_leaf, leaf_paths
 from alwayson.util.errors import PermanentError
+
+log = logging.getLogger("alwayson.consensus")
 
 DEBIAN_ETCD = "/usr/bin/etcd"
 """Where Debian's ``etcd-server`` (installed by ``scripts/setup.sh``) puts the binary."""
@@ -135,3 +142,80 @@ def prepare_members(spec: PlatformSpec, state_dir: Path) -> None:
         raise PermanentError(
             f"etcd members: cannot make their certificates or data folders under {state_dir}: {exc}"
         ) from exc
+
+
+# -- a member whose data folder was lost -------------------------------------------------
+
+STATE_FLAG = "--initial-cluster-state="
+MEMBERSHIP_DEADLINE = 3.0
+
+
+def joining_marker(member: Member) -> Path:
+    """Written once the member was added back to the cluster, until it has data again."""
+    return member.data_dir.parent / f"{member.name}.joining"
+
+
+async def join_state(admin: MemberAdmin, member: Member) -> tuple[str, str | None]:
+    """How ``member`` must start: ``("new", None)``, or ``("existing", what was done)``
+    when its data folder is empty although the cluster knows it as a member that ran.
+
+    etcd reads ``--initial-cluster-state`` only with an empty data folder. ``new`` is right
+    for a cluster's first start. A member that ran before and lost its data must not start
+    as ``new`` (it would form a cluster of its own, or be refused as a stranger): it is
+    removed from the cluster and added again, then started as ``existing`` and receives
+    everything from the others. Asking needs the others' quorum; with none (the cluster's
+    first start, or the whole cluster down) the member starts as its data say."""
+    marker = joining_marker(member)
+    if (member.data_dir / "member").exists():
+        marker.unlink(missing_ok=True)
+        return "new", None
+    if marker.exists():  # added back earlier; its first start as existing did not stick
+        return "existing", None
+    try:
+        listed = await admin.member_list(timeout=MEMBERSHIP_DEADLINE)
+    except (EtcdUnavailable, EtcdError):
+        return "new", None
+    known = next(
+        (m for m in listed if m.name == member.name or member.peer_url in m.peer_urls), None
+    )
+    if known is not None and not known.name:
+        return "new", None  # listed but never started: the cluster's first start
+    try:
+        if known is not None:
+            await admin.member_remove(known.id, timeout=MEMBERSHIP_DEADLINE)
+        await admin.member_add([member.peer_url], timeout=MEMBERSHIP_DEADLINE)
+    except (EtcdUnavailable, EtcdError) as exc:
+        raise PermanentError(
+            f"etcd member {member.name} lost its data folder ({member.data_dir}) and could "
+            f"not be added back to the cluster: {exc}"
+        ) from exc
+    marker.write_text(json.dumps({"removed": known.id if known else None}))
+    done = (
+        f"etcd member {member.name} had lost its data folder ({member.data_dir}): removed "
+        "from the cluster, added again, and started to copy everything from the others"
+    )
+    log.warning("%s", done)
+    return "existing", done
+
+
+async def start_member(
+    spec: InstanceSpec,
+    platform: PlatformSpec,
+    state_dir: Path,
+    cluster: Callable[[PlatformSpec], MemberAdmin],
+) -> tuple[InstanceSpec, str | None]:
+    """The member's command line for this start, and what was done to the cluster (None:
+    nothing). ``cluster`` is asked for a client only when the member's data are missing."""
+    member = next(m for m in etcd_members(platform, state_dir) if m.name == spec.site)
+    if (member.data_dir / "member").exists():
+        joining_marker(member).unlink(missing_ok=True)
+        return spec, None
+    state, done = await join_state(cluster(platform), member)
+    return with_join_state(spec, state), done
+
+
+def with_join_state(spec: InstanceSpec, state: str) -> InstanceSpec:
+    """The member's command line with ``state`` (not part of what identifies the process:
+    ``InstanceSpec.template_hash`` leaves the flag out)."""
+    argv = [f"{STATE_FLAG}{state}" if a.startswith(STATE_FLAG) else a for a in spec.argv]
+    return replace(spec, argv=argv)

@@ -18,7 +18,12 @@ from typing import Any
 from alwayson import __version__
 from alwayson.control.applied import Applied
 from alwayson.control.boards import EtcdBoards
-from alwayson.control.consensus import membership_of, recorded_membership, reshaping
+from alwayson.control.consensus import (
+    membership_of,
+    recorded_membership,
+    reshaping,
+    start_member,
+)
 from alwayson.control.databases import DatabaseOps
 from alwayson.control.desired import allocate_slots, desired_instances
 from alwayson.control.drilling import DrillOps
@@ -33,7 +38,7 @@ from alwayson.control.state import PlatformState, frozen_statuses, only_site, re
 from alwayson.control.statuses import status_view
 from alwayson.control.waiting import TaskOwner
 from alwayson.release.model import Release
-from alwayson.runtime.base import InstanceSpec, Phase, Runtime
+from alwayson.runtime.base import InstanceSpec, Kind, Phase, Runtime
 from alwayson.runtime.processes import Processes
 from alwayson.spec.loading import load_spec_text
 from alwayson.spec.models import MAX_REPLICAS, PlatformSpec
@@ -101,7 +106,7 @@ class Controller:
             self,
             self.tasks,
             self,
-            before_start=self.applied.prepare_start,
+            before_start=self._before_start,
             address_free=address_free,
         )
         self.databases = DatabaseOps(store, self.applied, clock, self.boards)
@@ -144,6 +149,17 @@ class Controller:
         await self.databases.file_events()
 
     # ------------------------------------------------------------ ports given to the parts
+
+    async def _before_start(self, spec: InstanceSpec) -> InstanceSpec:
+        """Files a process needs; an etcd member that lost its data rejoins (consensus)."""
+        self.applied.prepare_start(spec)
+        if spec.kind is not Kind.ETCD or self.applied.loaded is None:
+            return spec
+        platform = self.applied.loaded.spec
+        spec, done = await start_member(spec, platform, self.state_dir, self.boards.cluster)
+        if done:
+            await self.record_event("etcd-member-rejoined", spec.id, done)
+        return spec
 
     def wake(self) -> None:
         self._wake.set()

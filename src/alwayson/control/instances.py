@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +72,7 @@ class InstanceOps:
         waker: Waker,
         spawner: Spawner,
         publisher: Publisher,
-        before_start: Callable[[InstanceSpec], None] | None = None,
+        before_start: Callable[[InstanceSpec], Awaitable[InstanceSpec]] | None = None,
         address_free: Callable[[str, int], bool] = port_is_free,
     ) -> None:
         self.runtime = runtime
@@ -133,7 +133,7 @@ class InstanceOps:
                         f"(the etcd member of site {spec.site})"
                     )
             if self.before_start is not None:
-                self.before_start(spec)
+                spec = await self.before_start(spec)
             status = await self.runtime.start(spec)
         except PermanentError as exc:
             record = self.crashes.setdefault(spec.id, CrashRecord())

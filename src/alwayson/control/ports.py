@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from alwayson.metrics.promql import QueryEngine
     from alwayson.spec.models import PlatformSpec
     from alwayson.store.base import StateStore
+    from alwayson.store.etcd_types import MemberAdmin
 
 LabelFilter = Callable[[str, Mapping[str, str]], bool]
 
@@ -54,6 +55,10 @@ class Boards(Protocol):
     def board(self, spec: PlatformSpec) -> Board: ...
 
     def keys(self, spec: PlatformSpec) -> StateStore: ...
+
+    def cluster(self, spec: PlatformSpec) -> MemberAdmin:
+        """The spec's etcd cluster, for membership changes."""
+        ...
 
     async def close(self) -> None: ...
 

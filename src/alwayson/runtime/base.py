@@ -52,6 +52,9 @@ class Phase(StrEnum):
     EXITED = "exited"
 
 
+FIRST_START_ONLY = ("--initial-cluster-state=",)
+
+
 @dataclass(frozen=True)
 class InstanceSpec:
     id: str
@@ -70,9 +73,13 @@ class InstanceSpec:
     user: str | None = None
 
     def template_hash(self) -> str:
-        """Identity of what runs: a change of any of these means a new process."""
+        """Identity of what runs: a change of any of these means a new process.
+
+        Flags that a process reads only at its very first start (etcd's
+        ``--initial-cluster-state``, read only with an empty data folder) are left out: a
+        member started as ``existing`` to rejoin is the same member."""
         fields = {
-            "argv": self.argv,
+            "argv": [a for a in self.argv if not a.startswith(FIRST_START_ONLY)],
             "cwd": self.cwd,
             "env": self.env,
             "version": self.version,

@@ -1,5 +1,5 @@
 """etcd, the store every site shares: its v3 gRPC API over mutual TLS, every member's
-address known, and a :class:`StateStore` on top.
+address known (the :class:`StateStore` on top is ``store/etcd_store.py``).
 
 The only module that imports aetcd (its generated gRPC stubs and messages) and grpc.
 aetcd's own ``Client`` speaks plaintext to one address; the platform needs TLS with its
@@ -17,10 +17,8 @@ may have taken effect the first time: callers that must know write a value of th
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +36,6 @@ import grpc
 import grpc.aio
 from aetcd import rpc
 
-from alwayson.store.base import AuditEntry, Event, Versioned
 from alwayson.store.etcd_types import (
     Compare,
     Delete,
@@ -46,6 +43,7 @@ from alwayson.store.etcd_types import (
     EtcdError,
     EtcdUnavailable,
     Kv,
+    MemberInfo,
     Op,
     Put,
     Read,
@@ -62,9 +60,9 @@ __all__ = [
     "Etcd",
     "EtcdClient",
     "EtcdError",
-    "EtcdStore",
     "EtcdUnavailable",
     "Kv",
+    "MemberInfo",
     "Op",
     "Put",
     "Read",
@@ -147,6 +145,7 @@ class _Member:
     kv: Any = None
     lease: Any = None
     maintenance: Any = None
+    cluster: Any = None
 
 
 class Etcd:
@@ -182,6 +181,7 @@ class Etcd:
             member.kv = rpc.KVStub(channel)
             member.lease = rpc.LeaseStub(channel)
             member.maintenance = rpc.MaintenanceStub(channel)
+            member.cluster = rpc.ClusterStub(channel)
         return member
 
     async def _call(
@@ -356,6 +356,32 @@ class Etcd:
             "errors": list(reply.errors),
         }
 
+    async def member_list(self, timeout: float | None = None) -> list[MemberInfo]:
+        """The cluster's members as the answering member knows them; a member added but
+        never started has no name yet."""
+
+        async def call(m: _Member, t: float) -> Any:
+            return await m.cluster.MemberList(rpc.MemberListRequest(), timeout=t)
+
+        reply = await self._call("member list", call, timeout)
+        return [_member_info(m) for m in reply.members]
+
+    async def member_remove(self, member_id: int, timeout: float | None = None) -> None:
+        async def call(m: _Member, t: float) -> Any:
+            return await m.cluster.MemberRemove(rpc.MemberRemoveRequest(ID=member_id), timeout=t)
+
+        await self._call("member remove", call, timeout)
+
+    async def member_add(self, peer_urls: Sequence[str], timeout: float | None = None) -> int:
+        """Add a member (to be started with ``--initial-cluster-state=existing``); its id."""
+
+        async def call(m: _Member, t: float) -> Any:
+            request = rpc.MemberAddRequest(peerURLs=list(peer_urls))
+            return await m.cluster.MemberAdd(request, timeout=t)
+
+        reply = await self._call("member add", call, timeout)
+        return int(reply.member.ID)
+
     async def close(self) -> None:
         for member in self.members:
             if member.channel is not None:
@@ -363,101 +389,5 @@ class Etcd:
             member.channel = None
 
 
-class EtcdStore:
-    """The :class:`~alwayson.store.base.StateStore` on etcd, every key under ``root``.
-
-    A key's version is etcd's own per-key version (1 after its first put);
-    ``compare_and_set`` is one transaction comparing it. Audit entries and events are
-    keys named by time and a random suffix, so writers in several sites never collide.
-    """
-
-    def __init__(self, etcd: Etcd, root: str) -> None:
-        self.etcd = etcd
-        self.root = root.rstrip("/") + "/"
-
-    def key(self, key: str) -> str:
-        return self.root + key
-
-    async def get(self, key: str) -> Versioned | None:
-        found = await self.etcd.get(self.key(key))
-        return Versioned(found.json(), found.version) if found else None
-
-    async def put(self, key: str, value: dict[str, Any]) -> int:
-        version, _ = await self.etcd.put(self.key(key), _dump(value))
-        return version
-
-    async def compare_and_set(
-        self, key: str, expected_version: int | None, value: dict[str, Any]
-    ) -> bool:
-        full = self.key(key)
-        ok, _, _ = await self.etcd.txn(
-            [Compare(full, "version", expected_version or 0)], [Put(full, _dump(value))]
-        )
-        return ok
-
-    async def delete(self, key: str) -> None:
-        await self.etcd.delete(self.key(key))
-
-    async def list_prefix(self, prefix: str, limit: int = 1000) -> list[tuple[str, Versioned]]:
-        if limit <= 0:
-            return []
-        found = await self.etcd.range(self.key(prefix), limit=limit)
-        cut = len(self.root)
-        return [(kv.key[cut:], Versioned(kv.json(), kv.version)) for kv in found]
-
-    async def _append(self, kind: str, body: dict[str, Any]) -> None:
-        name = f"{kind}/{time.time_ns():020d}-{secrets.token_hex(3)}"
-        await self.etcd.put(self.key(name), _dump(body))
-
-    async def _newest(self, kind: str, limit: int) -> list[Kv]:
-        if limit <= 0:  # etcd reads a limit of 0 as "no limit"
-            return []
-        return await self.etcd.range(self.key(f"{kind}/"), limit=limit, newest_first=True)
-
-    async def append_audit(self, entry: AuditEntry) -> None:
-        await self._append(
-            "audit",
-            {"at": entry.at, "actor": entry.actor, "action": entry.action, "detail": entry.detail},
-        )
-
-    async def list_audit(self, limit: int = 100) -> list[AuditEntry]:
-        found = await self._newest("audit", limit)
-        out = []
-        for kv in found:
-            d = kv.json()
-            out.append(
-                AuditEntry(d["at"], d["actor"], d["action"], d["detail"], kv.create_revision)
-            )
-        return out
-
-    async def append_event(self, event: Event) -> None:
-        body = {
-            "at": event.at,
-            "kind": event.kind,
-            "subject": event.subject,
-            "message": event.message,
-            "data": event.data,
-        }
-        await self._append("events", body)
-
-    async def list_events(self, limit: int = 100, kind: str | None = None) -> list[Event]:
-        # Filtering by kind reads further back: events of one kind are a share of all.
-        found = await self._newest("events", limit if kind is None else max(limit * 20, 1000))
-        out: list[Event] = []
-        for kv in found:
-            d = kv.json()
-            if kind is not None and d["kind"] != kind:
-                continue
-            out.append(
-                Event(d["at"], d["kind"], d["subject"], d["message"], d["data"], kv.create_revision)
-            )
-            if len(out) >= limit:
-                break
-        return out
-
-    async def close(self) -> None:
-        await self.etcd.close()
-
-
-def _dump(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+def _member_info(m: Any) -> MemberInfo:
+    return MemberInfo(int(m.ID), str(m.name), list(m.peerURLs), list(m.clientURLs))

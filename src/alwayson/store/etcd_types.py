@@ -20,6 +20,12 @@ class EtcdUnavailable(TemporaryError):
     """No member could serve the call within its deadline."""
 
 
+class GuardFailed(TemporaryError):
+    """A guarded write refused, nothing changed: the writer's guard (the leader
+    controller's term) no longer holds. Its writer must stop acting; a later leader
+    writes instead."""
+
+
 class EtcdError(Exception):
     """etcd refused a call for a reason that trying again will not fix."""
 
@@ -37,6 +43,16 @@ class Kv:
     def json(self) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads(self.value)
         return loaded
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """One member of the cluster as etcd lists it (``name`` is empty until it starts)."""
+
+    id: int
+    name: str
+    peer_urls: list[str]
+    client_urls: list[str]
 
 
 Target = Literal["version", "mod", "create", "value", "lease"]
@@ -82,6 +98,16 @@ def _range_end(prefix: bytes) -> bytes:
             end[i] += 1
             return bytes(end[: i + 1])
     return b"\0"
+
+
+class MemberAdmin(Protocol):
+    """etcd's membership calls (the real client's; the in-memory etcd has one member)."""
+
+    async def member_list(self, timeout: float | None = None) -> list[MemberInfo]: ...
+
+    async def member_remove(self, member_id: int, timeout: float | None = None) -> None: ...
+
+    async def member_add(self, peer_urls: Sequence[str], timeout: float | None = None) -> int: ...
 
 
 class EtcdClient(Protocol):

@@ -38,6 +38,7 @@ from alwayson.store.etcd_types import (
     EtcdError,
     EtcdUnavailable,
     Kv,
+    MemberInfo,
     Op,
     Put,
     Read,
@@ -86,6 +87,11 @@ class MemoryEtcd:
         self._leases: dict[int, _Lease] = {}
         self._lease_ids = itertools.count(FIRST_LEASE_ID)
         self._available = True
+        self._members = [
+            MemberInfo(_member_id(i), f"member-{i}", [f"https://{a}"], [f"https://{a}"])
+            for i, a in enumerate(self._endpoints)
+        ]
+        self._member_ids = itertools.count(_member_id(len(self._endpoints)))
 
     @property
     def endpoints(self) -> list[str]:
@@ -324,6 +330,25 @@ class MemoryEtcd:
             "db_size": 20480,
             "errors": [],
         }
+
+    async def member_list(self, timeout: float | None = None) -> list[MemberInfo]:
+        await self._enter("member list")
+        return list(self._members)
+
+    async def member_remove(self, member_id: int, timeout: float | None = None) -> None:
+        await self._enter("member remove")
+        if not any(m.id == member_id for m in self._members):
+            raise self._refuse("member remove", "member not found")
+        self._members = [m for m in self._members if m.id != member_id]
+
+    async def member_add(self, peer_urls: Sequence[str], timeout: float | None = None) -> int:
+        """Added unstarted (no name), as etcd lists a member until it first starts."""
+        await self._enter("member add")
+        if any(set(peer_urls) & set(m.peer_urls) for m in self._members):
+            raise self._refuse("member add", "Peer URLs already exists")
+        added = MemberInfo(next(self._member_ids), "", list(peer_urls), [])
+        self._members.append(added)
+        return added.id
 
     async def close(self) -> None:
         """Nothing to let go of (as the real client, it may be used again after)."""
