@@ -21,7 +21,15 @@ def test_up_twice_is_harmless(running_small: Platform) -> None:
     before = {i["id"]: i["pid"] for i in running_small.status()["instances"]}
     again = running_small.cli("up")
     assert "is up" in again.stdout
+    assert "the spec is applied as it is" in again.stderr
     assert {i["id"]: i["pid"] for i in running_small.status()["instances"]} == before
+    # `up` of the same spec keeps drift (it does not re-apply); `apply` ends it.
+    running_small.cli("scale", "accounts", "2", "--site", "jakarta")
+    drift = [{"service": "accounts", "site": "jakarta", "replicas": 2}]
+    running_small.cli("up")
+    assert running_small.status()["drift"] == drift
+    running_small.cli("apply")
+    assert running_small.status()["drift"] == []
 
 
 def test_logs_show_every_instance_and_follow_new_lines(running_small: Platform) -> None:

@@ -190,6 +190,8 @@ def up(
     """Bring the whole platform up (or converge it) and return when every instance is ready.
 
     Starts the controller daemon if it is not running; running `up` twice is harmless.
+    A spec already applied as it is is not applied again: drift set by `deploy` or
+    `scale`, and a release in progress, are kept (`alwayson apply` ends drift).
     """
 
     def go() -> None:
@@ -199,10 +201,18 @@ def up(
         async def flow() -> dict[str, Any]:
             await _ensure_controller(loaded, as_json)
             async with _client(loaded, "up") as client:
-                result = await client.apply(loaded.text, str(loaded.path))
-                if not as_json:
-                    for change in result.changes:
-                        err.print(f"  {change}", markup=False)
+                now = await client.status()
+                if (now.get("digest"), now.get("spec")) == (loaded.digest, str(loaded.path)):
+                    # Already applied as it is: `up` only brings back what must run. It
+                    # does not re-apply, which would end `deploy`/`scale` drift and
+                    # race a release a restarted controller is continuing (`apply` does).
+                    if not as_json:
+                        err.print("  the spec is applied as it is; nothing to change")
+                else:
+                    result = await client.apply(loaded.text, str(loaded.path))
+                    if not as_json:
+                        for change in result.changes:
+                            err.print(f"  {change}", markup=False)
                 return await _wait_ready(client, as_json, timeout)
 
         status = _run(flow())
