@@ -20,6 +20,7 @@ from alwayson.store.etcd_types import (
     Op,
     Put,
     Read,
+    holds,
 )
 
 
@@ -63,7 +64,7 @@ class EtcdStore:
         if ok:
             return reads[-1][0] if reads[-1] else None
         for condition, found in zip(guard, reads, strict=True):
-            if not _holds(condition, found[0] if found else None):
+            if not holds(condition, found[0] if found else None):
                 raise GuardFailed(f"etcd refused a write to {full}: {condition.key} changed")
         return None
 
@@ -151,26 +152,6 @@ class EtcdStore:
 
     async def close(self) -> None:
         await self.etcd.close()
-
-
-def _holds(condition: Compare, kv: Kv | None) -> bool:
-    """Whether ``condition`` holds of ``kv`` (None: the key is absent), as etcd judges it."""
-    if condition.target == "value":
-        actual: int | bytes = kv.value if kv else b""
-    else:
-        fields = {"version": "version", "mod": "mod_revision", "create": "create_revision"}
-        name = fields.get(condition.target, "lease")
-        actual = getattr(kv, name) if kv else 0
-    expected = condition.value
-    match condition.op:
-        case "==":
-            return actual == expected
-        case "!=":
-            return actual != expected
-        case "<":
-            return actual < expected  # type: ignore[operator]
-        case _:
-            return actual > expected  # type: ignore[operator]
 
 
 def _dump(value: dict[str, Any]) -> bytes:

@@ -90,6 +90,28 @@ class Read:
 Op = Put | Delete | Read
 
 
+def holds(c: Compare, kv: Kv | None) -> bool:
+    """Whether ``c`` holds of ``kv`` (None: the key is absent), as etcd judges it."""
+    if c.target == "value":
+        if kv is None:
+            return False  # etcd: a missing key's value compares false, whatever the op
+        assert isinstance(c.value, bytes)
+        ours, theirs = kv.value, c.value
+        diff = (ours > theirs) - (ours < theirs)
+    else:
+        ours_int = 0
+        if kv is not None:
+            ours_int = {
+                "version": kv.version,
+                "mod": kv.mod_revision,
+                "create": kv.create_revision,
+                "lease": kv.lease,
+            }[c.target]
+        theirs_int = int(c.value)
+        diff = (ours_int > theirs_int) - (ours_int < theirs_int)
+    return {"==": diff == 0, "!=": diff != 0, "<": diff < 0, ">": diff > 0}[c.op]
+
+
 def _range_end(prefix: bytes) -> bytes:
     """The first key after every key starting with ``prefix`` (etcd's prefix range)."""
     end = bytearray(prefix)

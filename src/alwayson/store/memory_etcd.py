@@ -43,6 +43,7 @@ from alwayson.store.etcd_types import (
     Put,
     Read,
     _range_end,
+    holds,
 )
 from alwayson.store.members import ELECTION_MS, HEARTBEAT_MS
 from alwayson.util.clocks import Clock
@@ -234,25 +235,7 @@ class MemoryEtcd:
                 raise self._refuse(what, "requested lease not found")
 
     def _holds(self, c: Compare) -> bool:
-        kv = self._kvs.get(c.key)
-        if c.target == "value":
-            if kv is None:
-                return False  # etcd: a missing key's value compares false, whatever the op
-            assert isinstance(c.value, bytes)
-            ours, theirs = kv.value, c.value
-            diff = (ours > theirs) - (ours < theirs)
-        else:
-            ours_int = 0
-            if kv is not None:
-                ours_int = {
-                    "version": kv.version,
-                    "mod": kv.mod_revision,
-                    "create": kv.create_revision,
-                    "lease": kv.lease,
-                }[c.target]
-            theirs_int = int(c.value)
-            diff = (ours_int > theirs_int) - (ours_int < theirs_int)
-        return {"==": diff == 0, "!=": diff != 0, "<": diff < 0, ">": diff > 0}[c.op]
+        return holds(c, self._kvs.get(c.key))
 
     def _write(self, ops: Sequence[Op]) -> list[list[Kv]]:
         """Apply ``ops`` in order as one write transaction (validated already); the
