@@ -118,10 +118,26 @@ class Platform:
         ]
 
     def controller_pid(self) -> int | None:
+        """The only controller's pid, or the leader's of a platform with one per site."""
         try:
             return int(json.loads((self.state_dir / "controller.json").read_text())["pid"])
         except (OSError, ValueError, KeyError):
+            pass
+        leader = self.leader()
+        return int(leader["pid"]) if leader else None
+
+    def leader(self) -> dict[str, Any] | None:
+        """Who leads, as the first site controller that answers says (None: none does)."""
+        try:
+            apis = json.loads((self.state_dir / "control" / "cluster.json").read_text())["apis"]
+        except (OSError, ValueError, KeyError):
             return None
+        for api in apis.values():
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                found = httpx.get(f"http://{api}/healthz", timeout=1.0).json().get("leader")
+                if found:
+                    return dict(found)
+        return None
 
     def recorded_processes(self) -> list[tuple[int, float]]:
         return recorded_processes(self.state_dir)

@@ -122,7 +122,7 @@ def test_witness_and_etcd_member_loss_drills_lose_no_request_and_keep_the_primar
     fault = result["faults"][0]
     assert fault["kind"] == "site-hang" and fault["site"] == "witness", fault
     stopped = {what for _, _, what in fault["processes"]}
-    assert stopped == {"etcd@witness", "controller"}, stopped
+    assert stopped == {"etcd@witness", "controller@witness"}, stopped
     m = result["measures"]
     print(
         f"witness-loss drill: {m['requests']} requests, {m['failed_after_fault']} failed after "

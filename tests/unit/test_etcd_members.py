@@ -357,8 +357,9 @@ def ops(
 
 
 def test_members_come_first_up_and_last_down() -> None:
-    assert START_ORDER[:2] == (Kind.ETCD, Kind.AGENT)
-    assert STOP_ORDER[-2:] == (Kind.AGENT, Kind.ETCD)
+    # The controllers keep their state on etcd; the agents their leases.
+    assert START_ORDER[:3] == (Kind.ETCD, Kind.CONTROLLER, Kind.AGENT)
+    assert STOP_ORDER[-3:] == (Kind.AGENT, Kind.CONTROLLER, Kind.ETCD)
     assert set(START_ORDER) == set(Kind)
 
 
@@ -374,15 +375,16 @@ async def test_members_are_launched_before_the_agents_and_stopped_after(tmp_path
 
     launched = [p.argv for p in sorted(world.processes.values(), key=lambda p: p.pid)]
     kinds = [next(s.kind for s in desired.values() if s.argv == argv) for argv in launched]
-    assert kinds[:5] == [Kind.ETCD] * 3 + [Kind.AGENT] * 2
-    assert set(kinds[5:]) == {Kind.WORKLOAD, Kind.GATEWAY, Kind.FRONTDOOR}
+    assert kinds[:8] == [Kind.ETCD] * 3 + [Kind.CONTROLLER] * 3 + [Kind.AGENT] * 2
+    assert set(kinds[8:]) == {Kind.WORKLOAD, Kind.GATEWAY, Kind.FRONTDOOR}
     assert kinds.index(Kind.FRONTDOOR) > kinds.index(Kind.GATEWAY)
 
     assert await instances.stop_everything() == len(desired)
 
     stopped = [subject for kind, subject, _ in sink.events if kind == "stopped"]
     assert sorted(stopped[-3:]) == MEMBERS
-    assert sorted(stopped[-5:-3]) == ["agent@jakarta", "agent@surabaya"]
+    assert sorted(stopped[-6:-3]) == [f"controller@{site}" for site in SITES]
+    assert sorted(stopped[-8:-6]) == ["agent@jakarta", "agent@surabaya"]
     assert all(not p.running for p in world.processes.values())
 
 
@@ -435,11 +437,11 @@ async def test_the_controller_runs_and_shows_members_and_readopts_them(tmp_path:
     await ctl.apply(text, str(tmp_path / "alwayson.yaml"), "test")
     first = await ctl.turn()
 
-    assert first.startswith("started 11: ")
+    assert first.startswith("started 14: ")
     state = tmp_path / ".alwayson"
     for site in SITES:  # made before any member started
         assert member_tls(state, site).key.exists()
-    assert await settle(ctl) == "steady: 11/11 processes ready"
+    assert await settle(ctl) == "steady: 14/14 processes ready"
     rows = {r["id"]: r for r in ctl.status()["instances"]}
     assert {i: (rows[i]["kind"], rows[i]["site"]) for i in MEMBERS} == {
         etcd_id(s): ("etcd", s) for s in SITES
@@ -447,7 +449,7 @@ async def test_the_controller_runs_and_shows_members_and_readopts_them(tmp_path:
     assert rows[etcd_id("witness")]["address"] == "127.3.0.5:2381"
     assert rows[etcd_id("witness")]["log"].endswith("witness/etcd@witness.log")
     witness = next(s for s in ctl.status()["sites"] if s["name"] == "witness")
-    assert (witness["desired"], witness["ready"]) == (1, 1)
+    assert (witness["desired"], witness["ready"]) == (2, 2)  # its etcd member, its controller
 
     # A member without a majority answers /metrics but not /health: unready, not restarted.
     pid = rows[etcd_id("surabaya")]["pid"]
@@ -457,24 +459,24 @@ async def test_the_controller_runs_and_shows_members_and_readopts_them(tmp_path:
     assert (row["pid"], row["ready"], row["restarts"]) == (pid, False, 0)
     lab.world.set_ready(etcd_id("surabaya"), True)
     await run_for(ctl, lab, 5.0)
-    assert await settle(ctl) == "steady: 11/11 processes ready"
+    assert await settle(ctl) == "steady: 14/14 processes ready"
 
     # A member that stops answering at all is restarted like any process.
     lab.world.set_live(etcd_id("witness"), False)
     await run_for(ctl, lab, 30.0, until=lambda: member_row(ctl, "witness")["restarts"] > 0)
     assert member_row(ctl, "witness")["restarts"] == 1
     await run_for(ctl, lab, 5.0)  # its successor answers
-    assert await settle(ctl) == "steady: 11/11 processes ready"
+    assert await settle(ctl) == "steady: 14/14 processes ready"
 
     # A new controller adopts the members, restarting none.
     pids = {r["id"]: r["pid"] for r in ctl.status()["instances"]}
     await ctl.tasks.close()
     again = await lab.controller()
     again.applied.etcd_binary = sys.executable
-    assert await settle(again) == "steady: 11/11 processes ready"
+    assert await settle(again) == "steady: 14/14 processes ready"
     assert {r["id"]: r["pid"] for r in again.status()["instances"]} == pids
 
-    assert await again.down("test") == "stopped 11 processes"
+    assert await again.down("test") == "stopped 14 processes"
 
 
 def test_an_apply_that_would_reshape_the_running_cluster_is_refused_with_the_reason(

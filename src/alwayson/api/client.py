@@ -6,8 +6,9 @@ Every CLI command imports this module, so it stays light: the pydantic bodies of
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +38,31 @@ class ControllerUnreachable(TemporaryError):
 _NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
+NO_LEADER_HEADER = "X-Alwayson-No-Leader"
+NO_LEADER_WAIT = 10.0
+NO_LEADER_RETRY = 0.25
+PICK_TIMEOUT = 1.0
+"""How long a controller has to answer ``/healthz`` before the next one is asked."""
+
+
 class ApiClient:
-    def __init__(self, api: str, token: str | None, command: str, timeout: float = 30.0) -> None:
+    """The API of one platform. ``others``: the other controllers' addresses (a platform
+    with a controller in every site); the first of ``api`` and ``others`` whose
+    ``/healthz`` answers within a second is asked, so a lost, hung or stopped site's
+    controller costs a command one second, not its timeout. Any controller serves every
+    request: a follower passes it to the leader."""
+
+    def __init__(
+        self,
+        api: str,
+        token: str | None,
+        command: str,
+        timeout: float = 30.0,
+        others: Sequence[str] = (),
+    ) -> None:
         self.api = api
+        self.others = [a for a in others if a != api]
+        self._picked = not self.others
         headers = {"X-Alwayson-Command": command}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -59,16 +82,55 @@ class ApiClient:
     ) -> None:
         await self._http.aclose()
 
+    async def pick(self) -> str:
+        """The first controller that answers (``api`` first); ``api`` when none does."""
+        if self._picked:
+            return self.api
+        self._picked = True
+        for candidate in [self.api, *self.others]:
+            try:
+                answer = await self._http.get(f"http://{candidate}/healthz", timeout=PICK_TIMEOUT)
+            except httpx.TransportError:
+                continue
+            if answer.status_code != 200:
+                continue
+            self._use(candidate)
+            leader = _leader_api(answer)
+            if leader and leader != candidate:  # ask the leader itself: one hop fewer
+                try:
+                    direct = await self._http.get(f"http://{leader}/healthz", timeout=PICK_TIMEOUT)
+                except httpx.TransportError:
+                    return candidate
+                if direct.status_code == 200 and _leader_api(direct) == leader:
+                    self._use(leader)
+                    return leader
+            return candidate
+        return self.api
+
+    def _use(self, api: str) -> None:
+        self.api = api
+        self._http.base_url = httpx.URL(f"http://{api}")
+
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ControllerUnreachable(
-                f"no controller answers at {self.api} ({exc.__class__.__name__}); "
-                "start it with `alwayson up`"
-            ) from exc
-        _raise_for(response)
-        return response
+        await self.pick()
+        waited = 0.0
+        while True:
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                self._picked = not self.others  # the next request looks for one again
+                raise ControllerUnreachable(
+                    f"no controller answers at {', '.join([self.api, *self.others])} "
+                    f"({exc.__class__.__name__}); start it with `alwayson up`"
+                ) from exc
+            # A follower that knows no leader yet never passed the request on: asking
+            # again is safe, and the controllers elect a leader within seconds.
+            if response.headers.get(NO_LEADER_HEADER) and waited < NO_LEADER_WAIT:
+                await asyncio.sleep(NO_LEADER_RETRY)
+                waited += NO_LEADER_RETRY
+                continue
+            _raise_for(response)
+            return response
 
     async def healthy(self) -> bool:
         try:
@@ -183,6 +245,7 @@ class ApiClient:
         params: dict[str, Any] = {"service": service, "tail": tail, "follow": follow}
         if site:
             params["site"] = site
+        await self.pick()
         try:
             async with self._http.stream(
                 "GET", "/api/v1/logs", params=params, timeout=None
@@ -194,6 +257,15 @@ class ApiClient:
                     yield line
         except httpx.TransportError as exc:
             raise ControllerUnreachable(f"no controller answers at {self.api}: {exc}") from exc
+
+
+def _leader_api(answer: httpx.Response) -> str | None:
+    """The leader's address from a site controller's ``/healthz`` (None: not known)."""
+    try:
+        leader = answer.json().get("leader")
+    except (ValueError, AttributeError):
+        return None
+    return str(leader["api"]) if isinstance(leader, dict) and leader.get("api") else None
 
 
 def _raise_for(response: httpx.Response) -> None:

@@ -23,7 +23,7 @@ import uvicorn
 from alwayson.api.app import create_app
 from alwayson.api.tokens import ensure_token
 from alwayson.control.controller import Controller
-from alwayson.control.drilling import daemon_argv
+from alwayson.control.desired import daemon_argv
 from alwayson.control.pushing import RoutePusher
 from alwayson.runtime.local import LocalRuntime
 from alwayson.runtime.local_processes import LocalProcesses
@@ -85,6 +85,7 @@ async def serve(state_dir: Path, api: str) -> None:
         default_user,
         can_run=check_user_can_run,
     )
+    controller.only_one = True
     controller.drills.serve_at(api, token)
     await controller.load()
     adopted = await runtime.adopt()
@@ -124,6 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m alwayson.api.daemon")
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--api", default="127.0.0.1:7070")
+    parser.add_argument(
+        "--site",
+        default=None,
+        help="run as this site's controller, one of several elected on etcd (api/sites.py)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -131,7 +137,18 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stdout,
     )
     logging.Formatter.converter = time.gmtime
-    asyncio.run(serve(args.state_dir.resolve(), args.api))
+    state_dir = args.state_dir.resolve()
+    if args.site is None:
+        asyncio.run(serve(state_dir, args.api))
+        return
+    from alwayson.api.sites import SiteController, read_cluster
+
+    async def serve_site() -> None:
+        default_user = DEFAULT_ROOT_USER if os.geteuid() == 0 else None
+        site = SiteController(state_dir, args.api, args.site, read_cluster(state_dir), default_user)
+        await site.serve()
+
+    asyncio.run(serve_site())
 
 
 if __name__ == "__main__":

@@ -82,8 +82,20 @@ def _client(loaded: LoadedSpec | PlatformAddress, command: str) -> ApiClient:
     from alwayson.api.client import ApiClient
 
     if isinstance(loaded, PlatformAddress):
-        return ApiClient(loaded.api, read_token(loaded.state_dir), command)
-    return ApiClient(loaded.spec.controller.api, read_token(loaded.state_dir), command)
+        others = _other_controllers(loaded.state_dir)
+        return ApiClient(loaded.api, read_token(loaded.state_dir), command, others=others)
+    apis = list(loaded.spec.controller_apis().values())
+    return ApiClient(loaded.spec.controller.api, read_token(loaded.state_dir), command, others=apis)
+
+
+def _other_controllers(state_dir: Path) -> list[str]:
+    """Every site controller's address, as ``up`` recorded them from the spec (none for a
+    platform with one controller): reading the spec's sites would cost a YAML parse."""
+    try:
+        apis = json.loads((state_dir / "control" / "cluster.json").read_text())["apis"]
+        return [str(a) for a in apis.values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
 
 
 def _locate(file: Path) -> PlatformAddress:

@@ -16,7 +16,13 @@ from rich.table import Table
 from alwayson.cli.common import Failed, JsonOpt, SpecOpt, _call, _emit_json, _wrap, console, err
 from alwayson.spec.scenarios import SCENARIO_NAMES
 from alwayson.util.durations import parse_duration
-from alwayson.util.errors import AlwaysonError, ConflictError, NotFoundError, PermanentError
+from alwayson.util.errors import (
+    AlwaysonError,
+    ConflictError,
+    NotFoundError,
+    PermanentError,
+    TemporaryError,
+)
 
 if TYPE_CHECKING:
     from alwayson.api.client import ApiClient
@@ -153,7 +159,7 @@ async def _run_drill(client: ApiClient, body: dict[str, Any], quiet: bool) -> di
             try:
                 record = await client.get_json(f"/api/v1/drills/{ident}")
                 unreachable_since = None
-            except ControllerUnreachable:
+            except TemporaryError:  # unreachable, or a leader changing hands: ask again
                 unreachable_since = unreachable_since or time.monotonic()
                 if time.monotonic() - unreachable_since > UNREACHABLE_GRACE:
                     err.print(

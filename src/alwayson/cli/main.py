@@ -83,6 +83,15 @@ async def _ensure_controller(loaded: LoadedSpec, quiet: bool) -> None:
 
     from alwayson.api.daemon import LOG_FILE, controller_record, spawn
 
+    if loaded.spec.has_consensus:  # a controller in every site, on etcd
+        from alwayson.api.bootstrap import bring_up
+
+        def say(line: str) -> None:
+            if not quiet:
+                err.print(f"  {line}", markup=False)
+
+        await bring_up(loaded, say)
+        return
     api = loaded.spec.controller.api
     async with _client(loaded, "up") as probe:
         if controller_record(loaded.state_dir) is not None and await probe.healthy():
@@ -265,11 +274,15 @@ def down(
 
             await _ensure_controller(loaded, quiet=True)
             record = controller_record(loaded.state_dir)
+            pids = [int(str(record["pid"]))] if record else []
+            if loaded.spec.has_consensus:
+                from alwayson.api.bootstrap import site_controller_pids
+
+                pids = [p for p in site_controller_pids(loaded.state_dir) if _pid_alive(p)]
             async with _client(loaded, "down") as client:
                 message = (await client.down()).message
             deadline = time.monotonic() + DOWN_DEADLINE
-            pid = int(str(record["pid"])) if record else None
-            while pid is not None and _pid_alive(pid) and time.monotonic() < deadline:
+            while any(_pid_alive(p) for p in pids) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             return message
 

@@ -18,15 +18,18 @@ from alwayson.util.clocks import Clock
 
 
 class EtcdBoards:
-    def __init__(self, state_dir: Path, clock: Clock) -> None:
+    def __init__(self, state_dir: Path, clock: Clock, site: str | None = None) -> None:
         self.state_dir = state_dir
         self.clock = clock
+        self.site = site
+        """The site this controller runs in: its own member is asked first."""
         self._made: tuple[tuple[tuple[str, ...], str], Board, EtcdStore] | None = None
         self._retired: list[EtcdClient] = []
 
     def _get(self, spec: PlatformSpec) -> tuple[Board, EtcdStore]:
-        # The controller runs beside the witness: its member first.
-        endpoints = endpoints_from(etcd_members(spec, self.state_dir), witness_of(spec))
+        # The controller's own site's member first (the witness's, for the only controller).
+        first = self.site or witness_of(spec)
+        endpoints = endpoints_from(etcd_members(spec, self.state_dir), first)
         ident = (tuple(endpoints), etcd_root(spec))
         if self._made is not None and self._made[0] == ident:
             return self._made[1], self._made[2]

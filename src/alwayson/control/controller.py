@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from alwayson import __version__
 from alwayson.control.applied import Applied
 from alwayson.control.boards import EtcdBoards
 from alwayson.control.consensus import (
+    RaftPlacement,
     membership_of,
     recorded_membership,
     reshaping,
@@ -83,10 +85,22 @@ class Controller:
         can_run: UserCheck = _anyone_can_run,
         address_free: AddressCheck = port_is_free,
         boards: Boards | None = None,
+        itself: str | None = None,
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
+        self.itself = itself
+        self.downing = False
+        self.only_one = False
+        """The platform's only controller (``api.daemon``): it refuses a spec that needs a
+        controller in every site, which ``alwayson up`` starts instead."""
+        """``down`` is stopping everything, the etcd members last: it finishes although
+        the leadership it held lapses when their majority is gone."""
+        self.leader_view: Callable[[], dict[str, Any] | None] = lambda: None
+        """Which controller leads and which ones there are (set by a site's controller)."""
         self.boards: Boards = boards or EtcdBoards(state_dir, clock)
         self._events_filed_at = float("-inf")
+        self.raft = RaftPlacement(clock)
         self.runtime = runtime
         self.state_dir = state_dir
         self.clock = clock
@@ -108,11 +122,14 @@ class Controller:
             self,
             before_start=self._before_start,
             address_free=address_free,
+            itself=itself,
+            may_act=may_act,
         )
         self.databases = DatabaseOps(store, self.applied, clock, self.boards)
         self.drills = DrillOps(
             store, self, self, self.applied, runtime, processes, state_dir, clock
         )
+        self.drills.itself = itself
         self.observatory = Observatory(
             store,
             clock,
@@ -136,7 +153,7 @@ class Controller:
             self.routes,
             self,
             self._apply,
-            [self.releases.tick, self._file_events],
+            [self.releases.tick, self._file_events, self._place_raft],
         )
         (state_dir / "run" / "handover").mkdir(parents=True, exist_ok=True)
 
@@ -147,6 +164,17 @@ class Controller:
             return
         self._events_filed_at = now
         await self.databases.file_events()
+
+    async def _place_raft(self) -> None:
+        """Every 10 s: etcd's raft leader in the standby's site (``RaftPlacement``)."""
+        spec = self.applied.spec_or_none()
+        if spec is None or not spec.databases or not self.raft.due():
+            return
+        lease = await self.boards.board(spec).read_lease(spec.databases[0].name)
+        primary = lease.holder if lease else None
+        moved = await self.raft.tick(spec, self.state_dir, self.boards.cluster, primary)
+        if moved:
+            await self.record_event("etcd-leader-moved", "etcd", moved)
 
     # ------------------------------------------------------------ ports given to the parts
 
@@ -195,7 +223,17 @@ class Controller:
     def desired(self) -> dict[str, InstanceSpec]:
         """What should run (cached by ``Applied`` until something it depends on changes)."""
         releases = self.releases
-        return self.applied.desired(releases.variants, releases.cache_key(), self.drills.sites_down)
+        desired = self.applied.desired(
+            releases.variants, releases.cache_key(), self.drills.sites_down
+        )
+        if self.itself in desired:  # it runs as it was started: never replaced by itself
+            try:
+                running = self.runtime.status(self.itself).spec
+            except NotFoundError:
+                return desired
+            if running != desired[self.itself]:
+                return {**desired, self.itself: running}
+        return desired
 
     def state(self) -> PlatformState:
         """The platform as of now, frozen: what one turn (or one API view) decides from."""
@@ -237,6 +275,13 @@ class Controller:
     async def apply(self, text: str, path: str, actor: str) -> ApplyResult:
         """Validate everything first; only then replace the desired state (all or nothing)."""
         loaded = load_spec_text(text, Path(path))
+        if loaded.spec.has_consensus and self.only_one:
+            raise PermanentError(
+                f"{loaded.path}: databases: a platform with databases runs a controller in "
+                "every site, on etcd; this controller is the platform's only one. Run "
+                "`alwayson up` with this spec: it starts etcd and the site controllers, hands "
+                "this controller's state to them and applies the spec. Nothing was changed."
+            )
         async with self._lock:
             applied = self.applied
             current = applied.spec_or_none()
@@ -413,7 +458,7 @@ class Controller:
     # ------------------------------------------------------------ views and shutdown
 
     def status(self) -> dict[str, Any]:
-        return status_view(
+        view = status_view(
             self.state(),
             verdict=self.loop.verdict,
             cycles=self.loop.cycles,
@@ -421,9 +466,12 @@ class Controller:
             start_failures=self.instances.start_failures,
             log_path=self.runtime.log_path,
         )
+        view["leadership"] = self.leader_view()
+        return view
 
     async def down(self, actor: str) -> str:
         """Stop every process (front doors, then gateways, then workloads) and forget the spec."""
+        self.downing = True
         async with self._lock:
             await self._audit(actor, "down", {})
             self.applied.forget()

@@ -4,8 +4,9 @@ Every workload site gets one gateway and one front-door process. The front-door 
 of all sites share the front door's address (SO_REUSEPORT), so losing one site's process
 leaves the other accepting, and each prefers its own site's gateway.
 
-A spec with databases also gets a site agent per workload site and an etcd member per site,
-the witness included: the three members are the consensus the agents' leases live on.
+A spec with databases also gets a site agent per workload site, and an etcd member and a
+controller per site, the witness included: the three members are the consensus the agents'
+leases and the controllers' state live on, and one of the three controllers leads.
 """
 
 from __future__ import annotations
@@ -128,7 +129,51 @@ def desired_instances(
         for member in members:
             inst = etcd_instance(spec, member, members, ctx)
             out[inst.id] = inst
+    if spec.has_consensus:
+        for where, api in spec.controller_apis().items():
+            inst = controller_instance(where, api, ctx.state_dir)
+            out[inst.id] = inst
     return out
+
+
+def controller_id(site: str) -> str:
+    return f"controller@{site}"
+
+
+CONTROLLER_STOP_GRACE = 15.0
+
+
+def daemon_argv(state_dir: Path, api: str, site: str | None = None) -> list[str]:
+    """How a controller daemon is started: by ``alwayson up``, by the leader for the other
+    sites' controllers (``site`` given), and again by a drill that killed the only one."""
+    argv = [sys.executable, "-m", "alwayson.api.daemon", "--state-dir", str(state_dir)]
+    argv += ["--api", api]
+    return argv if site is None else [*argv, "--site", site]
+
+
+def controller_instance(site: str, api: str, state_dir: Path) -> InstanceSpec:
+    """One site's controller: a candidate for leader, supervised by whichever leads.
+
+    Alive while its API answers; a controller that cannot reach etcd still answers (as a
+    follower that knows no leader), so it is not restarted for what is not its fault."""
+    host, port = api.rsplit(":", 1)
+    probe = Probe(http="/healthz", interval=1.0, timeout=1.0, start_timeout=60.0)
+    return InstanceSpec(
+        id=controller_id(site),
+        kind=Kind.CONTROLLER,
+        site=site,
+        service="controller",
+        version="builtin",
+        argv=daemon_argv(state_dir, api, site),
+        cwd=str(state_dir),
+        env={"PYTHONUNBUFFERED": "1"},
+        host=host,
+        port=int(port),
+        readiness=probe,
+        liveness=Probe(http="/healthz", interval=2.0, timeout=2.0, failure_threshold=5),
+        stop_grace=CONTROLLER_STOP_GRACE,
+        user=None,
+    )
 
 
 def agent_id(site: str) -> str:
@@ -354,7 +399,7 @@ def takeover_args(inst: InstanceSpec) -> list[str]:
 
 def listen_addresses(inst: InstanceSpec) -> list[str]:
     """Addresses a process binds (for checking they are free before starting it)."""
-    if inst.kind in (Kind.WORKLOAD, Kind.AGENT):
+    if inst.kind in (Kind.WORKLOAD, Kind.AGENT, Kind.CONTROLLER):
         return [f"{inst.host}:{inst.port}"]
     if inst.kind is Kind.ETCD:  # --listen-client-urls=https://127.1.0.5:2379 and the like
         urls = [a.split("=", 1)[1] for a in inst.argv if a.startswith(ETCD_LISTEN_FLAGS)]

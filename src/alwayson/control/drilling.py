@@ -19,6 +19,7 @@ every process of the site by pid, PostgreSQL included; ``restore_site`` lets it 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from croniter import croniter
 
+from alwayson.control.desired import daemon_argv
 from alwayson.data.layout import (
     SUPERUSER,
     endpoint_address,
@@ -67,6 +69,8 @@ if TYPE_CHECKING:
     from alwayson.store.base import StateStore
     from alwayson.util.clocks import Clock
 
+SELF_KILL_DELAY = 0.5
+"""How long a leader that loses its own site (a drill) lives on to answer the request."""
 log = logging.getLogger(__name__)
 
 PREFIX = "drill/"
@@ -99,6 +103,8 @@ class DrillOps:
         self.active: dict[str, Any] | None = None  # the running drill's record
         self.sites_down: dict[str, str] = {}  # site -> the drill holding it down
         self.last_schedule_check = clock.wall()
+        self.itself: str | None = None
+        """This controller's own instance (one per site): a lost site takes it last."""
         self._recent: list[dict[str, Any]] = []
         self.api: str | None = None  # where the API serves, and its token: the drill
         self.token: str | None = None  # process calls back (set by the daemon)
@@ -284,7 +290,9 @@ class DrillOps:
             sites=[s.name for s in spec.workload_sites],
             witness=witness,
             controller_pid=os.getpid(),
-            controller_restart=daemon_argv(state_dir, api),
+            # A controller in every site: the next leader restarts a killed one.
+            controller_restart=[] if spec.has_consensus else daemon_argv(state_dir, api),
+            apis=list(spec.controller_apis().values()) if spec.has_consensus else [],
             rto_objective=rto,
             service=service,
             settle=spec.drills.settle,
@@ -452,10 +460,14 @@ class DrillOps:
         """SIGKILL every process of ``site``: its instances, gateway, front door, database
         agent, and PostgreSQL with its children (they run in their own sessions)."""
         killed: dict[int, str] = {}
+        mine = None
         for status in self.runtime.statuses():
             if status.spec.site != site or status.phase is Phase.EXITED or not status.pid:
                 continue
             ident = status.spec.id
+            if ident == self.itself:  # the leader is in the lost site: it goes after answering
+                mine = status
+                continue
             with contextlib.suppress(NotFoundError):
                 for pid in await self.runtime.kill(ident, signal.SIGKILL, tree=True):
                     killed.setdefault(pid, ident if pid == status.pid else f"{ident} child")
@@ -468,6 +480,13 @@ class DrillOps:
             what = f"postgres {db.name}@{site}"
             for pid in self.processes.signal_tree(postmaster.pid, None, signal.SIGKILL):
                 killed.setdefault(pid, what if pid == postmaster.pid else f"{what} child")
+        if mine is not None:
+            killed[mine.pid] = f"{mine.spec.id} (the leader: killed once it has answered)"
+            ident = mine.spec.id
+            asyncio.get_running_loop().call_later(
+                SELF_KILL_DELAY,
+                lambda: asyncio.ensure_future(self.runtime.kill(ident, signal.SIGKILL)),
+            )
         return [{"pid": pid, "what": what} for pid, what in killed.items()]
 
     async def restore_site(self, site: str, drill: str, actor: str) -> dict[str, Any]:
@@ -556,20 +575,6 @@ def _workload_site(spec: PlatformSpec, site: str) -> list[str]:
     if site not in workload:
         raise NotFoundError(f"unknown workload site {site!r} (sites: {', '.join(workload)})")
     return workload
-
-
-def daemon_argv(state_dir: Path, api: str) -> list[str]:
-    """How the controller daemon is started (by ``alwayson up``, and again by a drill that
-    killed it, as a supervisor would)."""
-    return [
-        sys.executable,
-        "-m",
-        "alwayson.api.daemon",
-        "--state-dir",
-        str(state_dir),
-        "--api",
-        api,
-    ]
 
 
 def _serves(spec: PlatformSpec, path: str) -> bool:

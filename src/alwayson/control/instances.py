@@ -35,8 +35,16 @@ from alwayson.util.errors import ConflictError, NotFoundError, PermanentError, T
 
 log = logging.getLogger("alwayson.controller")
 
-STOP_ORDER = (Kind.FRONTDOOR, Kind.GATEWAY, Kind.WORKLOAD, Kind.AGENT, Kind.ETCD)
-"""Traffic first, the consensus last: the agents still reach etcd while they stop."""
+STOP_ORDER = (
+    Kind.FRONTDOOR,
+    Kind.GATEWAY,
+    Kind.WORKLOAD,
+    Kind.AGENT,
+    Kind.CONTROLLER,
+    Kind.ETCD,
+)
+"""Traffic first, the consensus last: the agents and the other controllers still reach
+etcd while they stop."""
 START_ORDER = tuple(reversed(STOP_ORDER))
 """The etcd members are launched before the agents that keep their leases on them."""
 DRAIN_PUSH_DEADLINE = 5.0
@@ -74,8 +82,14 @@ class InstanceOps:
         publisher: Publisher,
         before_start: Callable[[InstanceSpec], Awaitable[InstanceSpec]] | None = None,
         address_free: Callable[[str, int], bool] = port_is_free,
+        itself: str | None = None,
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
         self.runtime = runtime
+        self.itself = itself
+        self.may_act = may_act
+        """False once this controller no longer leads: it then starts and stops nothing."""
+        """The instance this controller runs as (``controller@<site>``): never stopped here."""
         self.clock = clock
         self.events = events
         self.waker = waker
@@ -117,6 +131,9 @@ class InstanceOps:
             await asyncio.gather(*(self.start(s.spec, s.reason) for s in tier))
 
     async def start(self, spec: InstanceSpec, reason: str) -> None:
+        if not self.may_act():
+            log.warning("not starting %s: this controller no longer leads", spec.id)
+            return
         try:
             if spec.kind is Kind.WORKLOAD and not self.address_free(spec.host, spec.port):
                 raise PermanentError(
@@ -146,11 +163,17 @@ class InstanceOps:
 
     async def stop(self, ident: str, reason: str, drain: bool = True) -> None:
         """Take the process out of every routing table first, then SIGTERM it (drain)."""
+        if ident == self.itself or not self.may_act():
+            self.stopping.discard(ident)
+            return
         try:
             if drain:
                 await self.drain(ident)
             await self.runtime.stop(ident)
-            await self.events.record_event("stopped", ident, reason)
+            try:
+                await self.events.record_event("stopped", ident, reason)
+            except TemporaryError as exc:  # `down` stops the etcd members last of all
+                log.info("%s stopped (%s); the event was not kept: %s", ident, reason, exc)
         except NotFoundError:
             pass
         finally:
@@ -178,6 +201,8 @@ class InstanceOps:
 
     async def replace(self, spec: InstanceSpec, reason: str) -> dict[str, Any]:
         """Start a successor that takes the listening sockets over; the old one drains."""
+        if not self.may_act():
+            raise ConflictError(f"not replacing {spec.id}: this controller no longer leads")
         old = _status(self.runtime, spec.id)
         started = self.clock.monotonic()
         self.stopping.add(spec.id)
@@ -240,7 +265,11 @@ class InstanceOps:
     async def stop_everything(self) -> int:
         """Front doors, then gateways, workloads, agents and the etcd members; returns how
         many."""
-        statuses = [s for s in self.runtime.statuses() if s.phase is not Phase.EXITED]
+        statuses = [
+            s
+            for s in self.runtime.statuses()
+            if s.phase is not Phase.EXITED and s.spec.id != self.itself
+        ]
         for kind in STOP_ORDER:
             tier = [s.spec.id for s in statuses if s.spec.kind is kind]
             self.stopping.update(tier)

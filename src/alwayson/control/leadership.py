@@ -4,8 +4,10 @@ Every site runs a controller; exactly one of them acts (reconciles, releases, dr
 alerts). They agree on which through one etcd key, ``control/leader``, the pattern of
 etcd's own ``concurrency.Election``:
 
-- **Candidacy.** Each controller holds an etcd lease of ``ttl`` seconds (3 s by default),
-  kept alive every ``ttl / 3``.
+- **Candidacy.** Each controller holds an etcd lease of ``ttl`` seconds (4 s by default),
+  kept alive every ``ttl / 4`` and again within 0.2 s when a keep-alive fails (an etcd
+  election leaves about a second without a raft leader; etcd extends every lease when
+  its new leader takes over, so the gap never lets another candidate win early).
 - **Campaign.** One transaction: *if the key is absent, put it* (who leads, its API address)
   *attached to my lease; else read it*. Only one candidate's put can succeed, and the key
   disappears with its lease when that leader stops renewing (crash, lost site, no
@@ -47,8 +49,13 @@ from alwayson.util.clocks import Clock
 log = logging.getLogger("alwayson.leadership")
 
 LEADER_KEY = "control/leader"
-DEFAULT_TTL = 3.0
+DEFAULT_TTL = 4.0
 DEFAULT_MARGIN = 1.0
+RETRY = 0.2
+"""How soon a leader tries again after a renewal failed (an etcd election takes ~1 s)."""
+FOLLOW_EVERY = 0.5
+"""How often a candidate that does not lead campaigns: a lost leader's key is taken over
+within this of its lease's expiry."""
 
 
 @dataclass(frozen=True)
@@ -115,10 +122,16 @@ class Leadership:
         self.leader: Leader | None = None
         """Who leads, as last read (this candidate included)."""
         self.last_error = ""
+        self.failed = False
+        """The last step could not reach etcd."""
 
     @property
     def every(self) -> float:
-        return self.ttl / 3
+        """The pause before the next step: a leader renews every ``ttl / 4`` (at once again
+        when a renewal failed), a candidate campaigns every ``FOLLOW_EVERY``."""
+        if not self.term:
+            return min(FOLLOW_EVERY, self.ttl / 4)
+        return RETRY if self.failed else self.ttl / 4
 
     def leads(self) -> bool:
         if not self.term or self.renewed_at is None:
@@ -142,6 +155,7 @@ class Leadership:
         for etcd being away: the candidate then simply stops leading on its own clock."""
         deadline = max(0.2, self.ttl - self.margin) / 2
         sent = self.clock.monotonic()
+        self.failed = False
         try:
             if self.lease:
                 if await self.etcd.keep_alive(self.lease, timeout=deadline) > 0:
@@ -154,6 +168,7 @@ class Leadership:
             await self._campaign(deadline)
         except (EtcdUnavailable, EtcdError) as exc:
             self.last_error = str(exc)
+            self.failed = True
         if self.term and not self.leads():
             self._lost("it could not renew its lease in time")
         return self.leads()

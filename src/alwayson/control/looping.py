@@ -18,11 +18,12 @@ from alwayson.control.ports import Publisher, StateReader
 from alwayson.control.pushing import RouteBook
 from alwayson.control.reconciling import Decision, Observed, Snapshot, decide
 from alwayson.control.waiting import first_of, wait_for_work
-from alwayson.runtime.base import Runtime, RuntimeEvent
+from alwayson.runtime.base import Kind, Runtime, RuntimeEvent
 from alwayson.util.clocks import Clock
 from alwayson.util.errors import AlwaysonError, TemporaryError
 
 log = logging.getLogger("alwayson.controller")
+CONSENSUS = (Kind.ETCD, Kind.CONTROLLER)
 
 Step = Callable[[], Awaitable[None]]
 
@@ -76,12 +77,15 @@ class Reconciler:
         return self.verdict
 
     async def cycle(self) -> Decision:
+        """While nothing is applied the etcd members and the site controllers are left
+        alone: ``up`` starts them before the spec it then applies through them."""
         state = self.view.state()
         observed = {
             s.spec.id: Observed(
                 s.spec.id, s.spec.site, s.spec.service, s.spec.template_hash(), s.phase
             )
             for s in state.running()
+            if state.loaded is not None or s.spec.kind not in CONSENSUS
         }
         snap = Snapshot(
             now=state.now,

@@ -102,7 +102,9 @@ class Observatory:
         self.drills = drills
         self.state_dir = state_dir
         self.settings = Metrics()
-        self.series = SeriesStore(state_dir / "metrics", self.settings.retention)
+        # Opened by ``load``: the files are the leader's, and a controller built ahead of
+        # its term (api/sites.py) must not read them early nor hold them open.
+        self.series = SeriesStore(None, self.settings.retention)
         self.engine = QueryEngine(self.series)
         self.scraper = Scraper()
         self.book = AlertBook()
@@ -126,6 +128,10 @@ class Observatory:
     # ------------------------------------------------------------ lifecycle
 
     async def load(self) -> None:
+        if self.series.path is None:
+            self.series.close()
+            self.series = SeriesStore(self.state_dir / "metrics", self.settings.retention)
+            self.engine = QueryEngine(self.series)
         found = await self.store.get(ALERTS_KEY)
         if found is not None:
             self.book = AlertBook.from_json(found.value)

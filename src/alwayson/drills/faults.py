@@ -27,9 +27,11 @@ from typing import Any, Protocol
 import psutil
 
 from alwayson.drills.model import JOURNAL_FILE, write_atomic
-from alwayson.util.errors import PermanentError
+from alwayson.util.errors import PermanentError, TemporaryError
 from alwayson.util.sitelinks import Slowness, read_partitions, write_partitions
 
+CONTROL_DEADLINE = 30.0
+"""How long an undo waits for a controller to answer (a new leader is elected in ~4 s)."""
 log = logging.getLogger(__name__)
 
 
@@ -179,10 +181,19 @@ async def undo(fault: Fault, control: SiteControl, journal: Journal | None = Non
             if _same_process(int(pid), float(create_time)) is not None:
                 os.kill(int(pid), signal.SIGCONT)
     elif fault.kind == "site-loss" and fault.site is not None:
-        await control.restore_site(fault.site, fault.drill)
+        # The leader may have been in the lost site: the next one answers within seconds.
+        deadline = time.monotonic() + CONTROL_DEADLINE
+        while True:
+            try:
+                await control.restore_site(fault.site, fault.drill)
+                break
+            except TemporaryError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
     elif fault.kind in ("partition", "slowness"):
         _edit_links(fault, add=False)
-    elif fault.kind == "controller-kill" and not await control.alive():
+    elif fault.kind == "controller-kill" and fault.restart and not await control.alive():
         _restart_controller(fault)
         deadline = time.monotonic() + 60
         while not await control.alive():

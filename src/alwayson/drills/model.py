@@ -66,6 +66,10 @@ class DrillContext:
     service: str | None = None  # the service the journey enters by (instance faults hit it)
     settle: float = 5.0
     databases: list[DatabaseTarget] = field(default_factory=list)
+    apis: list[str] = field(default_factory=list)
+    """Every site controller's address (a platform with one per site; else empty): the
+    runner asks the next one when one does not answer, and a killed leader is restarted
+    by the controller elected after it, not by the runner."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

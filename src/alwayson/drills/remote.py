@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -10,11 +11,21 @@ from alwayson.util.errors import TemporaryError
 
 
 class ControllerApi:
-    def __init__(self, api: str, token: str, timeout: float = 5.0) -> None:
+    """``others``: the other site controllers; a call that finds no controller at the
+    current address fails (the runner retries it) and moves on to the next one."""
+
+    def __init__(
+        self, api: str, token: str, timeout: float = 5.0, others: Sequence[str] = ()
+    ) -> None:
         base = api if api.startswith("http") else f"http://{api}"
+        self.addresses = [base, *(f"http://{a}" for a in others if f"http://{a}" != base)]
         self.http = httpx.AsyncClient(
             base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
         )
+
+    def _next(self) -> None:
+        at = self.addresses.index(str(self.http.base_url).rstrip("/"))
+        self.http.base_url = httpx.URL(self.addresses[(at + 1) % len(self.addresses)])
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -22,6 +33,9 @@ class ControllerApi:
     async def _get(self, path: str, **params: Any) -> Any:
         try:
             response = await self.http.get(path, params=params or None)
+        except httpx.TransportError as exc:
+            self._next()
+            raise TemporaryError(f"controller API {path}: {exc!r}") from exc
         except httpx.HTTPError as exc:
             raise TemporaryError(f"controller API {path}: {exc!r}") from exc
         if response.status_code >= 400:
@@ -31,6 +45,9 @@ class ControllerApi:
     async def _post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
             response = await self.http.post(path, json=body or {})
+        except httpx.TransportError as exc:
+            self._next()
+            raise TemporaryError(f"controller API {path}: {exc!r}") from exc
         except httpx.HTTPError as exc:
             raise TemporaryError(f"controller API {path}: {exc!r}") from exc
         if response.status_code >= 400:
@@ -38,11 +55,19 @@ class ControllerApi:
         return response.json()
 
     async def alive(self) -> bool:
-        try:
-            response = await self.http.get("/healthz", timeout=1.0)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        """Whether a controller that acts answers: the only one, or the leader of several
+        (a follower answers too, but while no one leads it can only say so). The next
+        address is tried when this one is not it."""
+        for _ in self.addresses:
+            try:
+                response = await self.http.get("/healthz", timeout=1.0)
+                role = response.json().get("role", "leader") if response.status_code == 200 else ""
+            except (httpx.HTTPError, ValueError, AttributeError):
+                role = ""
+            if role == "leader":
+                return True
+            self._next()
+        return False
 
     async def status(self) -> dict[str, Any]:
         found: dict[str, Any] = await self._get("/api/v1/status")

@@ -72,7 +72,7 @@ class Drill:
         self.run_dir = run_dir
         self.generator = generator
         self.scenario: Scenario = scenario(ctx.scenario)
-        self.api = ControllerApi(ctx.api, ctx.token)
+        self.api = ControllerApi(ctx.api, ctx.token, others=ctx.apis)
         self.journal = Journal(run_dir)
         self.log = measuring.OutcomeLog()
         self.marks: list[Mark] = []
@@ -88,6 +88,9 @@ class Drill:
         self.writes = Writes()  # filled by the bank's registration journey
         self.primaries: list[dict[str, Any]] = []  # samples: {at, writable: [sites]}
         self.controller_down: list[float] = []
+        self.controller_back: float | None = None
+        """When, after the controller was killed, one answered the API again (the next
+        leader, on a platform with a controller per site)."""
         self.notes: list[str] = []
         self.original_primary: dict[str, str] = {}
 
@@ -291,8 +294,8 @@ class Drill:
                 for i in status.get("instances", [])
                 if i["site"] == site and i.get("pid")
             ]
-            # The controller runs beside the witness: it goes with it.
-            stopped.append((ctx.controller_pid, "controller"))
+            if not ctx.apis:  # the only controller runs beside the witness: it goes too
+                stopped.append((ctx.controller_pid, "controller"))
             fault = site_hang(site, ctx.id, stopped)
         elif s.target == "controller":
             fault = process_fault("controller-kill", "controller", ctx.id, ctx.controller_pid)
@@ -345,8 +348,14 @@ class Drill:
         while time.monotonic() < end:
             if self.scenario.primaries:
                 await self.sample_primaries()
-            if self.scenario.target == "controller" and not await self.api.alive():
-                self.controller_down.append(time.time())
+            if self.scenario.target == "controller":
+                if not await self.api.alive():
+                    self.controller_down.append(time.time())
+                elif self.controller_down and self.controller_back is None:
+                    self.controller_back = time.time()
+                    self.mark(
+                        "api-back", "a controller answers the API again", self.controller_back
+                    )
             await self.pause(min(POLL, max(end - time.monotonic(), 0)))
 
     async def sample_primaries(self) -> None:
@@ -457,6 +466,11 @@ class Drill:
                 "recovered_at": recovered,
                 "longest_gap_seconds": gap,
                 "longest_gap_at": gap_at,
+                "controller_api_back_seconds": (
+                    round(self.controller_back - fault_at, 3)
+                    if self.controller_back and fault_at
+                    else None
+                ),
             },
             "writes": writes.to_dict(),
             "rpo": {

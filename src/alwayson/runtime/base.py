@@ -42,6 +42,7 @@ class Kind(StrEnum):
     FRONTDOOR = "frontdoor"
     AGENT = "agent"
     ETCD = "etcd"
+    CONTROLLER = "controller"
 
 
 class Phase(StrEnum):

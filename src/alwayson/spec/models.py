@@ -411,6 +411,10 @@ class Database(Strict):
     )
 
 
+CONTROLLER_HOST = 6
+"""The last octet of a workload site's controller address (``127.N.0.6``)."""
+
+
 class Controller(Strict):
     api: ListenAddress = Field(default=DEFAULT_API, description="REST API and dashboard.")
     state_dir: str = Field(default=DEFAULT_STATE_DIR, description="Relative to the spec's folder.")
@@ -476,6 +480,29 @@ class PlatformSpec(Strict):
 
     def gateway_address(self, site: str) -> str:
         return self.site_address(site, 0, 1)
+
+    @property
+    def has_consensus(self) -> bool:
+        """A spec with databases has an etcd member and a controller in every site."""
+        return bool(self.databases)
+
+    def controller_apis(self) -> dict[str, str]:
+        """Every controller's API address, by site, the first the one the CLI asks first.
+
+        Without databases there is one controller, at ``controller.api``. With them each
+        site runs one: the witness site's at ``controller.api``, each workload site's on its
+        own address (``127.N.0.6``) at the same port; one of them leads (etcd elects it)."""
+        if not self.has_consensus:
+            return {next(s.name for s in self.sites): self.controller.api}
+        port = self.controller.api.rsplit(":", 1)[1]
+        out: dict[str, str] = {}
+        for site in sorted(self.sites, key=lambda s: not s.witness):
+            out[site.name] = (
+                self.controller.api
+                if site.witness
+                else f"{self.site_address(site.name, 0, CONTROLLER_HOST)}:{port}"
+            )
+        return out
 
 
 Location = tuple[str | int, ...]

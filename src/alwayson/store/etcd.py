@@ -356,6 +356,34 @@ class Etcd:
             "errors": list(reply.errors),
         }
 
+    async def move_leader(self, address: str, timeout: float = 2.0) -> str | None:
+        """Make the member at ``address`` raft's leader (etcd's MoveLeader, sent to the
+        member that leads now); what was done, None when it leads already."""
+        target = await self.member_status(address, timeout)
+        if target["leader"] == target["member_id"]:
+            return None
+        leader = None
+        for endpoint in self.endpoints:
+            try:
+                if (await self.member_status(endpoint, timeout))["member_id"] == target["leader"]:
+                    leader = endpoint
+                    break
+            except EtcdUnavailable:
+                continue
+        if leader is None:
+            raise EtcdUnavailable(f"etcd: move leader: the raft leader is none of {self.endpoints}")
+        member = self._open(next(m for m in self.members if m.address == leader))
+        try:
+            await asyncio.wait_for(
+                member.maintenance.MoveLeader(
+                    rpc.MoveLeaderRequest(targetID=target["member_id"]), timeout=timeout
+                ),
+                timeout + 0.05,
+            )
+        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            raise EtcdUnavailable(f"etcd {leader}: move leader to {address}: {exc!r}") from exc
+        return f"etcd's raft leader moved from {leader} to {address}"
+
     async def member_list(self, timeout: float | None = None) -> list[MemberInfo]:
         """The cluster's members as the answering member knows them; a member added but
         never started has no name yet."""

@@ -131,6 +131,10 @@ class MemberAdmin(Protocol):
 
     async def member_add(self, peer_urls: Sequence[str], timeout: float | None = None) -> int: ...
 
+    async def move_leader(self, address: str, timeout: float = 2.0) -> str | None:
+        """Make the member at ``address`` raft's leader; what was done (None: it was)."""
+        ...
+
 
 class EtcdClient(Protocol):
     """The calls of :class:`alwayson.store.etcd.Etcd` (which documents them); every one

@@ -93,6 +93,8 @@ class MemoryEtcd:
             for i, a in enumerate(self._endpoints)
         ]
         self._member_ids = itertools.count(_member_id(len(self._endpoints)))
+        self.raft_leader = self._endpoints[0]
+        """The member raft elected (``move_leader`` hands it on)."""
 
     @property
     def endpoints(self) -> list[str]:
@@ -332,6 +334,15 @@ class MemoryEtcd:
         added = MemberInfo(next(self._member_ids), "", list(peer_urls), [])
         self._members.append(added)
         return added.id
+
+    async def move_leader(self, address: str, timeout: float = 2.0) -> str | None:
+        await self._enter("move leader")
+        if address not in self.endpoints:
+            raise self._refuse("move leader", f"no member at {address}")
+        if address == self.raft_leader:
+            return None
+        was, self.raft_leader = self.raft_leader, address
+        return f"etcd's raft leader moved from {was} to {address}"
 
     async def close(self) -> None:
         """Nothing to let go of (as the real client, it may be used again after)."""
