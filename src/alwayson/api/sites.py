@@ -259,6 +259,8 @@ class SiteController:
         steps, and in time to stop acting should renewing fail."""
         while not self._stop.is_set():
             self._changed.clear()
+            if self._term_task is not None and self._term_task.done():
+                self._term_task = None  # it failed (logged): the next turn begins it again
             leads = self.leadership.leads()
             term = self.leadership.term
             downing = self.controller is not None and self.controller.downing

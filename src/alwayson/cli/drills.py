@@ -239,6 +239,8 @@ def _print_result(record: dict[str, Any]) -> None:
         ("RTO", _fmt_s(m.get("rto_seconds"))),
         ("longest gap", _fmt_s(m.get("longest_gap_seconds"))),
     ]
+    if m.get("controller_api_back_seconds") is not None:
+        rows.append(("API back", f"{_fmt_s(m['controller_api_back_seconds'])} (next leader)"))
     if writes.get("checked"):
         rows.append(
             (

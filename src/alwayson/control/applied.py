@@ -130,8 +130,12 @@ class Applied:
     async def load(self, store: StateStore) -> Mapping[str, Any]:
         """Read what was applied; returns the releases' saved state."""
         record = await store.get(DESIRED_KEY)
-        slots = await store.get(SLOTS_KEY)
-        self.slots = {k: int(v) for k, v in (slots.value if slots else {}).items()}
+        if record is not None and "slots" in record.value:
+            kept = record.value["slots"]
+        else:  # written by an older alwayson, beside the record
+            slots = await store.get(SLOTS_KEY)
+            kept = slots.value if slots else {}
+        self.slots = {k: int(v) for k, v in kept.items()}
         if record is None:
             return {}
         value = record.value
@@ -154,9 +158,11 @@ class Applied:
                 "autoscaled": [[s, site, n] for (s, site), n in sorted(self.autoscaled.items())],
                 "releases": dict(releases),
                 "applied_at": now,
+                # One write with the spec: a leader that loses its term between two writes
+                # must not leave a spec without the addresses its instances were given.
+                "slots": dict(self.slots),
             },
         )
-        await store.put(SLOTS_KEY, dict(self.slots))
 
     def forget(self) -> None:
         """``alwayson down``: nothing is applied any more."""
