@@ -10,14 +10,14 @@ instance ready, the primary writable, the standby streaming), lets it settle, th
 the CPU time of every process over ``--seconds`` and prints cores used per process and per
 role. Nothing sends it traffic: what it measures is the price of being up.
 
-The processes are found from the platform's own records, never by name: the controller's
-``controller.json``, the runtime's ``run/instances/*.json`` (agents, etcd members, gateways,
-front doors, workloads, each with its kind) and PostgreSQL's ``postmaster.pid``. Each
-recorded process is the root of a group that also holds its descendants that are not
-roots themselves (PostgreSQL's backends belong to ``postgres``, not to the agent that
-started the postmaster). A group's CPU is user + system time read from ``/proc`` every
-``--every`` seconds, including children it reaped during the window (so short-lived
-backends and helper commands count too).
+The processes are found from the platform's own records, never by name: a lone controller's
+``controller.json``, the runtime's ``run/instances/*.json`` (site controllers, agents, etcd
+members, gateways, front doors, workloads, each with its kind) and PostgreSQL's
+``postmaster.pid``. Each recorded process is the root of a group that also holds its
+descendants that are not roots themselves (PostgreSQL's backends belong to ``postgres``, not
+to the agent that started the postmaster). A group's CPU is user + system time read from
+``/proc`` every ``--every`` seconds, including children it reaped during the window (so
+short-lived backends and helper commands count too).
 
 The figure the issue sets a target for is ``platform``: controller + database agents +
 etcd members (target <= 0.1 core; issue 13 set it with the lease keeper in their place).
@@ -116,7 +116,8 @@ class Bank:
         raise RuntimeError(f"not converged within {timeout:g}s; last: {last}")
 
     def close(self) -> None:
-        if (self.state_dir / "controller.json").exists():
+        one = (self.state_dir / "controller.json").exists()
+        if one or (self.state_dir / "control" / "cluster.json").exists():
             try:
                 self.cli("down", check=False, timeout=180)
             except subprocess.TimeoutExpired:

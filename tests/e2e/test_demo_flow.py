@@ -34,8 +34,9 @@ def test_sample_bank_demo_flow(make_platform: Callable[..., Platform], tmp_path:
     assert status["converged"] is True
     workloads = [i for i in status["instances"] if i["kind"] == "workload"]
     assert len(workloads) == services * 2 * 2
-    # gateway, front door, the site agent of the database and the site's etcd member
-    assert {s["name"]: s["ready"] for s in status["sites"]}["jakarta"] == services * 2 + 4
+    # gateway, front door, the site agent of the database, the site's etcd member and its
+    # controller
+    assert {s["name"]: s["ready"] for s in status["sites"]}["jakarta"] == services * 2 + 5
 
     customer = {
         "name": "Siti Rahma",
@@ -61,8 +62,8 @@ def test_sample_bank_demo_flow(make_platform: Callable[..., Platform], tmp_path:
     assert "no changes" in platform.cli("plan").stdout
 
     pids = [pid for pid, _ in platform.recorded_processes()]
-    # instances, 2 gateways, 2 front doors, 2 site agents, 3 etcd members, the controller
-    assert len(pids) == services * 4 + 4 + 2 + 3 + 1
+    # instances, 2 gateways, 2 front doors, 2 site agents, 3 etcd members, 3 controllers
+    assert len(pids) == services * 4 + 4 + 2 + 3 + 3
     database = json.loads(platform.cli("db", "status", "--json").stdout)[0]
     roles = {s["site"]: s["role"] for s in database["sites"]}
     assert roles == {"jakarta": "primary", "surabaya": "standby"}

@@ -88,8 +88,15 @@ def test_leader_killed_mid_canary_another_site_answers_and_continues_it(bank: Pl
     )
     assert passed.status_code == 200, passed.text
     assert passed.headers["X-Alwayson-Leader"] == first["site"]
+    kept = httpx.get(f"http://{follower}/api/v1/audit", headers=auth, timeout=5)
+    assert kept.status_code == 200 and "X-Alwayson-Leader" not in kept.headers  # its own read
+    assert any(a["action"] == "scale" for a in kept.json())
     anonymous = httpx.get(f"http://{follower}/api/v1/status", timeout=5)
     assert anonymous.status_code == 401  # the leader checks the token of a passed request
+    page = httpx.get(f"http://{follower}/", timeout=5)  # the dashboard, from any controller
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    board = httpx.get(f"http://{follower}/api/v1/dashboard", headers=auth, timeout=10)
+    assert board.status_code == 200, board.text
 
     traffic = Traffic(bank.front_door)
     try:
@@ -149,9 +156,12 @@ def test_leader_killed_mid_canary_another_site_answers_and_continues_it(bank: Pl
     terms = {e["data"]["term"] for e in leaders}
     assert {first["term"], second["term"]} <= terms
     audit = json.loads(bank.cli("audit", "--json").stdout)
-    assert [a["action"] for a in audit if a["action"] in ("scale", "deploy")][:2] == [
-        "deploy",
-        "scale",
+    done = [
+        (a["action"], a["detail"]["leader"]) for a in audit if a["action"] in ("scale", "deploy")
+    ]
+    assert done[:2] == [
+        ("deploy", f"controller@{first['site']}"),
+        ("scale", f"controller@{first['site']}"),
     ]
 
 

@@ -193,39 +193,21 @@ async def test_the_only_controllers_state_moves_to_etcd_once_oldest_first(tmp_pa
     await local.close()
 
 
-async def test_etcds_raft_leader_is_kept_in_the_standbys_site_checked_every_10s(
-    tmp_path: Path,
-) -> None:
-    from alwayson.control.consensus import RaftPlacement
+async def test_up_places_etcds_raft_leader_in_the_standbys_site(tmp_path: Path) -> None:
+    from alwayson.control.consensus import place_raft_leader, raft_site
     from alwayson.data.layout import etcd_members
     from alwayson.store.memory_etcd import MemoryEtcd
 
     spec = load(tmp_path, SPEC + DATABASES).spec
+    assert raft_site(spec) == "surabaya"  # jakarta is the primary_site
+    assert raft_site(load(tmp_path, SPEC).spec) == "witness"
     state = tmp_path / "state"
     members = {m.name: m.endpoint for m in etcd_members(spec, state)}
-    clock = ManualClock()
-    etcd = MemoryEtcd(clock, [members["jakarta"], members["surabaya"], members["witness"]])
-    placement = RaftPlacement(clock)
+    etcd = MemoryEtcd(ManualClock(), [members["jakarta"], members["surabaya"], members["witness"]])
 
-    def cluster(_: object) -> MemoryEtcd:
-        return etcd
-
-    moved = await placement.tick(spec, state, cluster, "jakarta")
+    moved = await place_raft_leader(spec, state, etcd)
     assert moved == f"etcd's raft leader moved from {members['jakarta']} to {members['surabaya']}"
     assert etcd.raft_leader == members["surabaya"]
-    assert await placement.tick(spec, state, cluster, "surabaya") is None  # not yet time
-    clock.advance(10.0)
+    assert await place_raft_leader(spec, state, etcd) is None  # already there
     etcd.available = False
-    assert await placement.tick(spec, state, cluster, "surabaya") is None  # etcd away
-    assert placement.last_error
-    clock.advance(10.0)
-    etcd.available = True
-    assert await placement.tick(spec, state, cluster, "surabaya") is not None  # failed over
-    assert etcd.raft_leader == members["jakarta"]
-    clock.advance(10.0)
-    assert await placement.tick(spec, state, cluster, None) is not None  # no primary known
-    assert etcd.raft_leader == members["witness"]
-    clock.advance(10.0)
-    assert await placement.tick(spec, state, cluster, None) is None
-    alone = load(tmp_path, SPEC).spec
-    assert await RaftPlacement(clock).tick(alone, state, cluster, None) is None
+    assert await place_raft_leader(spec, state, etcd) is None  # etcd away: left as it is

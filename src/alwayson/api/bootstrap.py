@@ -23,16 +23,28 @@ import httpx
 
 from alwayson.api.sites import Cluster, write_cluster
 from alwayson.control.boards import EtcdBoards
-from alwayson.control.consensus import find_etcd, prepare_members, start_member
-from alwayson.control.desired import Context, controller_id, controller_instance, etcd_instance
+from alwayson.control.consensus import (
+    find_etcd,
+    place_raft_leader,
+    prepare_members,
+    start_member,
+)
+from alwayson.control.desired import (
+    Context,
+    controller_id,
+    controller_instance,
+    etcd_instance,
+    listen_addresses,
+)
+from alwayson.control.preflight import field_of
 from alwayson.data.layout import etcd_members
-from alwayson.runtime.base import InstanceSpec, Phase
+from alwayson.runtime.base import InstanceSpec, Kind, Phase
 from alwayson.runtime.local import LocalRuntime
 from alwayson.spec.loading import LoadedSpec
 from alwayson.store.base import StateStore
 from alwayson.store.etcd import Etcd
 from alwayson.store.etcd_store import EtcdStore
-from alwayson.util.addresses import port_is_free
+from alwayson.util.addresses import port_is_free, split_hostport
 from alwayson.util.certs import CLIENT, leaf_paths
 from alwayson.util.clocks import SystemClock
 from alwayson.util.errors import NotFoundError, PermanentError
@@ -77,25 +89,33 @@ async def bring_up(loaded: LoadedSpec, say: Callable[[str], None]) -> None:
     boards = EtcdBoards(state_dir, SystemClock())
     started: list[str] = []
     try:
-        running = {s.spec.id for s in await runtime.adopt()}
+        adopted = await runtime.adopt()
+        running = {s.spec.id for s in adopted}
         members = etcd_members(spec, state_dir)
         ctx = Context(loaded.folder, state_dir, None, {}, etcd_binary=find_etcd())
+        members_to_start = [
+            i for m in members if (i := etcd_instance(spec, m, members, ctx)).id not in running
+        ]
+        controllers = [
+            i
+            for site, api in cluster.apis.items()
+            if (i := controller_instance(site, api, state_dir)).id not in running
+        ]
+        _check_free(loaded, [*members_to_start, *controllers], [s.spec for s in adopted])
         first_start = not any((m.data_dir / "member").exists() for m in members)
-        for member in members:
-            inst = etcd_instance(spec, member, members, ctx)
-            if inst.id in running:
-                continue
+        for inst in members_to_start:
             if not first_start:  # a member that lost its data rejoins (consensus.py)
                 inst, _ = await start_member(inst, spec, state_dir, boards.cluster)
             await _start(runtime, inst, say, started)
         await _wait_members(runtime, [f"etcd@{m.name}" for m in members], state_dir)
+        if not any(s.spec.kind is Kind.AGENT for s in adopted):
+            moved = await place_raft_leader(spec, state_dir, boards.cluster(spec))
+            if moved:
+                say(moved)
         moved = await migrate_local_state(state_dir, cluster)
         if moved:
             say(moved)
-        for site, api in cluster.apis.items():
-            inst = controller_instance(site, api, state_dir)
-            if inst.id in running:
-                continue
+        for inst in controllers:
             await _start(runtime, inst, say, started)
         await _wait_leader(runtime, apis, [controller_id(site) for site in cluster.apis])
     except BaseException:
@@ -110,14 +130,30 @@ async def bring_up(loaded: LoadedSpec, say: Callable[[str], None]) -> None:
         await boards.close()
 
 
+def _check_free(
+    loaded: LoadedSpec, starting: list[InstanceSpec], running: list[InstanceSpec]
+) -> None:
+    """Every address the members and controllers to start will bind must be free (or be
+    one of this platform's running processes'): checked before anything starts."""
+    mine = {a for spec in running for a in listen_addresses(spec)}
+    taken = []
+    for inst in starting:
+        for address in listen_addresses(inst):
+            host, port = split_hostport(address)
+            if address not in mine and not port_is_free(host, port):
+                taken.append(f"{address} ({field_of(inst)})")
+    if taken:
+        raise BringUpFailed(
+            f"{loaded.path}: address already in use by another process: "
+            + ", ".join(sorted(set(taken)))
+            + ". Stop that process or change the port (or subnet) in the spec; nothing was "
+            "changed."
+        )
+
+
 async def _start(
     runtime: LocalRuntime, inst: InstanceSpec, say: Callable[[str], None], started: list[str]
 ) -> None:
-    if not port_is_free(inst.host, inst.port):
-        raise BringUpFailed(
-            f"{inst.id}: {inst.host}:{inst.port} is in use by another process; stop it or "
-            "give the site another subnet (or the controller another port) in the spec"
-        )
     await runtime.start(inst)
     started.append(inst.id)
     say(f"started {inst.id} (pid {runtime.status(inst.id).pid})")
@@ -131,7 +167,8 @@ def _exited(runtime: LocalRuntime, idents: list[str]) -> str | None:
             continue
         if status.phase is Phase.EXITED:
             log = runtime.log_path(status.spec.site, ident)
-            return f"{ident} exited ({status.exit_reason}); its log: {log}"
+            what = f"{status.spec.service} in {status.spec.site}"
+            return f"\n  {ident} ({what}): {status.exit_reason}\n    log: {log}"
     return None
 
 
@@ -141,7 +178,7 @@ async def _wait_members(runtime: LocalRuntime, idents: list[str], state_dir: Pat
     while time.monotonic() < deadline:
         gone = _exited(runtime, idents)
         if gone:
-            raise BringUpFailed(f"the etcd cluster cannot start: {gone}")
+            raise BringUpFailed(f"the etcd cluster cannot start; nothing is left running:{gone}")
         ready = [s for s in runtime.statuses() if s.spec.id in idents and s.phase is Phase.READY]
         if len(ready) >= majority:
             return
@@ -160,7 +197,7 @@ async def _wait_leader(runtime: LocalRuntime, apis: list[str], idents: list[str]
             return
         gone = _exited(runtime, idents)
         if gone:
-            raise BringUpFailed(f"a controller did not start: {gone}")
+            raise BringUpFailed(f"a controller did not start; nothing is left running:{gone}")
         await asyncio.sleep(POLL)
     logs = ", ".join(runtime.log_path(i.split("@", 1)[1], i) for i in idents)
     raise BringUpFailed(

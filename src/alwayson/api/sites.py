@@ -9,10 +9,10 @@ leads). Every controller is a candidate (``control/leadership.py``):
   ``EtcdStore`` under ``<root>/control/``, every write guarded by the term), adopts the
   running processes and reconciles, serving the whole API. When its term ends (it lost
   etcd, or another controller was elected) it stops acting and becomes a follower.
-- **A follower** answers ``/healthz`` and ``/api/v1/leader`` itself and passes every
-  other request to the leader, so the CLI and the dashboard work against any
-  controller. While no controller leads (a term changes hands, or no etcd quorum is
-  reachable) it answers 503 and says why.
+- **A follower** answers ``/healthz``, ``/api/v1/leader``, and ``audit`` and ``events``
+  (read from etcd) itself, and passes every other request to the leader, so the CLI and
+  the dashboard work against any controller. While no controller leads (a term changes
+  hands, or no etcd quorum is reachable) it answers those with 503 and says why.
 
 Nothing a leader acknowledged lives in its memory only: every change is written to etcd
 (a majority of the three sites) before the API answers, so the next leader continues a
@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from typing import Any
 
 import httpx
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.types import Receive, Scope, Send
@@ -57,6 +58,7 @@ from alwayson.store.etcd_store import EtcdStore
 from alwayson.util.addresses import split_hostport
 from alwayson.util.certs import CLIENT, leaf_paths
 from alwayson.util.clocks import Clock, SystemClock
+from alwayson.util.errors import TemporaryError
 
 log = logging.getLogger("alwayson.controller")
 
@@ -397,6 +399,26 @@ class SiteController:
         @app.get("/api/v1/leader")
         async def leader() -> dict[str, Any]:
             return self.leader_view()
+
+        def authorize(authorization: str = Header(default="")) -> None:
+            scheme, _, given = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), self.token):
+                raise HTTPException(401, "missing or wrong bearer token (see .alwayson/token)")
+
+        @app.exception_handler(TemporaryError)
+        async def _temporary(_: Request, exc: TemporaryError) -> JSONResponse:
+            return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+        # What happened is read from etcd by any controller, even while none leads.
+        @app.get("/api/v1/audit", dependencies=[Depends(authorize)])
+        async def audit(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
+            return [e.__dict__ for e in await self.store.list_audit(limit)]
+
+        @app.get("/api/v1/events", dependencies=[Depends(authorize)])
+        async def events(
+            limit: int = Query(100, ge=1, le=10_000), kind: str | None = None
+        ) -> list[dict[str, Any]]:
+            return [e.__dict__ for e in await self.store.list_events(limit, kind)]
 
         @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
         async def passed_on(request: Request, path: str) -> Response:

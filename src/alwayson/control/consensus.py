@@ -29,7 +29,6 @@ from alwayson.spec.models import PlatformSpec
 from alwayson.store.etcd_types import EtcdError, EtcdUnavailable, MemberAdmin
 from alwayson.store.members import Member
 from alwayson.util.certs import CLIENT, TlsFiles, client_files, ensure_leaf, leaf_paths
-from alwayson.util.clocks import Clock
 from alwayson.util.errors import PermanentError
 
 log = logging.getLogger("alwayson.consensus")
@@ -222,53 +221,33 @@ def with_join_state(spec: InstanceSpec, state: str) -> InstanceSpec:
     return replace(spec, argv=argv)
 
 
-RAFT_CHECK_EVERY = 10.0
-
-
-class RaftPlacement:
-    """Keeps etcd's raft leader in the database's standby site.
+def raft_site(spec: PlatformSpec) -> str:
+    """Where etcd's raft leader should be: the first database's standby site (the workload
+    site that is not its ``primary_site``), else the witness.
 
     Losing the member that leads raft costs an election (1 to 2 s without a raft leader),
     and etcd's new leader extends every lease by its whole ttl (it cannot know how long the
     old leader was gone). If that member was in the primary's site, the database's lease
-    then expires one ttl late and a site loss takes about 15 s instead of under 10; if it
+    then expires one ttl late and a site loss takes 11 to 15 s instead of under 10; if it
     was the witness's, the primary's renewals wait through the election. With raft led
-    from the standby's site, losing the primary's site or the witness costs no election;
-    losing the standby's does, but then the primary keeps its lease anyway
-    (docs/DATA-DESIGN.md, "RTO with etcd's leader in the lost site"). Without a known
-    primary, the witness's member leads. Checked every ``RAFT_CHECK_EVERY`` seconds by the
-    leading controller; an etcd that cannot answer is asked again at the next check."""
+    from the standby's site, losing the primary's site or the witness costs no election
+    (docs/DATA-DESIGN.md, "RTO with etcd's leader in the lost site")."""
+    workload = [s.name for s in spec.workload_sites]
+    if spec.databases and len(workload) == 2:
+        primary = spec.databases[0].primary_site
+        return next((s for s in workload if s != primary), primary)
+    return next(s.name for s in spec.sites if s.witness)
 
-    def __init__(self, clock: Clock, every: float = RAFT_CHECK_EVERY) -> None:
-        self.clock = clock
-        self.every = every
-        self._next = float("-inf")
-        self.last_error = ""
 
-    def due(self) -> bool:
-        return self.clock.monotonic() >= self._next
-
-    async def tick(
-        self,
-        spec: PlatformSpec,
-        state_dir: Path,
-        cluster: Callable[[PlatformSpec], MemberAdmin],
-        primary: str | None,
-    ) -> str | None:
-        """What was moved this turn (None: nothing, or not time yet)."""
-        if not spec.databases or not self.due():
-            return None
-        self._next = self.clock.monotonic() + self.every
-        standby = [s.name for s in spec.workload_sites if s.name != primary]
-        if primary is not None and len(standby) == 1:
-            site = standby[0]
-        else:
-            site = next(s.name for s in spec.sites if s.witness)
-        member = next(m for m in etcd_members(spec, state_dir) if m.name == site)
-        try:
-            moved = await cluster(spec).move_leader(member.endpoint, timeout=2.0)
-        except (EtcdUnavailable, EtcdError) as exc:
-            self.last_error = str(exc)
-            return None
-        self.last_error = ""
-        return moved
+async def place_raft_leader(spec: PlatformSpec, state_dir: Path, admin: MemberAdmin) -> str | None:
+    """Move etcd's raft leadership to :func:`raft_site`'s member; what was done (None:
+    nothing). Only before any database agent runs (``up`` of a stopped platform): a move
+    changes raft's term, which costs a running primary one lease renewal, and one such
+    move in CI fenced the primary, so a running platform is never rearranged."""
+    site = raft_site(spec)
+    member = next(m for m in etcd_members(spec, state_dir) if m.name == site)
+    try:
+        return await admin.move_leader(member.endpoint, timeout=MEMBERSHIP_DEADLINE)
+    except (EtcdUnavailable, EtcdError) as exc:
+        log.warning("etcd's raft leader stays where it is: %s", exc)
+        return None

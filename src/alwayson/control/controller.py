@@ -20,7 +20,6 @@ from alwayson import __version__
 from alwayson.control.applied import Applied
 from alwayson.control.boards import EtcdBoards
 from alwayson.control.consensus import (
-    RaftPlacement,
     membership_of,
     recorded_membership,
     reshaping,
@@ -100,7 +99,6 @@ class Controller:
         """Which controller leads and which ones there are (set by a site's controller)."""
         self.boards: Boards = boards or EtcdBoards(state_dir, clock)
         self._events_filed_at = float("-inf")
-        self.raft = RaftPlacement(clock)
         self.runtime = runtime
         self.state_dir = state_dir
         self.clock = clock
@@ -153,7 +151,7 @@ class Controller:
             self.routes,
             self,
             self._apply,
-            [self.releases.tick, self._file_events, self._place_raft],
+            [self.releases.tick, self._file_events],
         )
         (state_dir / "run" / "handover").mkdir(parents=True, exist_ok=True)
 
@@ -164,17 +162,6 @@ class Controller:
             return
         self._events_filed_at = now
         await self.databases.file_events()
-
-    async def _place_raft(self) -> None:
-        """Every 10 s: etcd's raft leader in the standby's site (``RaftPlacement``)."""
-        spec = self.applied.spec_or_none()
-        if spec is None or not spec.databases or not self.raft.due():
-            return
-        lease = await self.boards.board(spec).read_lease(spec.databases[0].name)
-        primary = lease.holder if lease else None
-        moved = await self.raft.tick(spec, self.state_dir, self.boards.cluster, primary)
-        if moved:
-            await self.record_event("etcd-leader-moved", "etcd", moved)
 
     # ------------------------------------------------------------ ports given to the parts
 
@@ -426,6 +413,8 @@ class Controller:
 
     async def _audit(self, actor: str, action: str, detail: dict[str, Any]) -> None:
         safe = {k: [str(c) for c in v] if k == "changes" else v for k, v in detail.items()}
+        if self.itself is not None:  # which site's controller led when it was done
+            safe["leader"] = self.itself
         await self.store.append_audit(AuditEntry(self.clock.wall(), actor, action, safe))
 
     # ------------------------------------------------------------ gateways

@@ -84,4 +84,6 @@ def field_of(inst: InstanceSpec) -> str:
         return f"etcd member {inst.id}, an address of sites.{inst.site}.subnet"
     if inst.kind is Kind.AGENT:
         return f"database agent {inst.id}, an address of sites.{inst.site}.subnet"
+    if inst.kind is Kind.CONTROLLER:
+        return f"site controller {inst.id}: controller.api's port, on sites.{inst.site}'s subnet"
     return f"services.{inst.service}.port"
