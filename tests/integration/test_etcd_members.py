@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -119,9 +120,11 @@ def test_members_run_over_tls_are_restarted_when_killed_and_readopted(
         lambda: (r := all_ready(platform)) and r["etcd@surabaya"]["pid"] != killed and r,
         timeout=60,
     )
-    assert again["etcd@surabaya"]["restarts"] == 1
-    # `up` started it and the leader adopted it: not its parent, it cannot read its status.
-    assert "exited while adopted" in again["etcd@surabaya"]["last_exit"]
+    # `up` started it and the leader adopted it: not its parent, the leader cannot read its
+    # exit status. Kept on etcd whoever leads (a restart count is a leader's own memory,
+    # and losing raft's leader can hand the controllers' leadership on).
+    crashed = json.loads(platform.cli("events", "--kind", "crashed", "--json").stdout)
+    assert any(e["subject"] == "etcd@surabaya" for e in crashed), crashed
     assert put_get(platform, [members[1].endpoint], "/t/a") == b"1"
     assert put_get(platform, [members[1].endpoint], "/t/b", b"2") == b"2"
 
@@ -141,8 +144,9 @@ def test_members_run_over_tls_are_restarted_when_killed_and_readopted(
     events = platform.cli("events", "--kind", "etcd-member-rejoined", "--json").stdout
     assert "lost its data folder" in events, events
 
-    # Two members hang: the third has no majority. It turns unready and is left running
-    # (restarting it would not bring the others back); the hung ones are not yet judged.
+    # Two members hang: the third has no majority. No controller can lead (they keep their
+    # state on etcd), so none acts: the status says why, and the third member is left
+    # running (restarting it would not bring the others back).
     witness = again["etcd@witness"]
     hung = {
         again[f"etcd@{site}"]["pid"]: psutil.Process(again[f"etcd@{site}"]["pid"]).create_time()
@@ -151,17 +155,17 @@ def test_members_run_over_tls_are_restarted_when_killed_and_readopted(
     for pid in hung:
         os.kill(pid, signal.SIGSTOP)
     try:
-        wait_for(
-            "etcd@witness unready without a majority",
-            lambda: not rows(platform)["etcd@witness"]["ready"],
-            timeout=30,
-        )
-        held_until = time.monotonic() + 18.0  # longer than 8 failed liveness probes 2 s apart
+
+        def refused() -> str | None:
+            answer = platform.cli("status", "--json", check=False, timeout=60)
+            return answer.stderr if answer.returncode == 1 else None
+
+        why = wait_for("no controller leads without etcd's majority", refused, timeout=90)
+        assert "no controller leads now" in why and "etcd" in why, why
+        held_until = time.monotonic() + 10.0
         while time.monotonic() < held_until:
-            row = rows(platform)["etcd@witness"]
-            assert (row["pid"], row["restarts"]) == (witness["pid"], 0), row
+            assert running(witness["pid"])  # nobody restarts it
             time.sleep(1.0)
-        assert "503" in rows(platform)["etcd@witness"]["last_probe"]
     finally:
         for pid, started in hung.items():
             if same_process(pid, started):

@@ -255,6 +255,18 @@ class SiteController:
             await asyncio.to_thread(self.candidacy.stop, not self._downed)
             await self._proxy.aclose()
             await self.store.close()
+            if self._downed:
+                self._forget_own_record()
+
+    def _forget_own_record(self) -> None:
+        """After ``down`` the leader, which stopped everything but itself, leaves no record
+        of itself behind (the runtime removes the others' as it stops them)."""
+        record = self.state_dir / "run" / "instances" / f"{controller_id(self.site)}.json"
+        try:
+            if int(json.loads(record.read_text())["pid"]) == os.getpid():
+                record.unlink()
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
 
     async def _roles(self) -> None:
         """Begin or end a term as the candidacy's answer changes: woken by each of its

@@ -51,6 +51,7 @@ from alwayson.util.errors import (
     ConflictError,
     NotFoundError,
     PermanentError,
+    TemporaryError,
 )
 
 log = logging.getLogger("alwayson.controller")
@@ -67,6 +68,7 @@ def _anyone_can_run(user: str | None, argv0: str, cwd: str) -> str | None:
 
 
 EVENTS_EVERY = 2.0
+UNSENT_KEPT = 1000
 """How often the agents' events are moved from etcd into the controller's store (s)."""
 
 
@@ -99,6 +101,7 @@ class Controller:
         """Which controller leads and which ones there are (set by a site's controller)."""
         self.boards: Boards = boards or EtcdBoards(state_dir, clock)
         self._events_filed_at = float("-inf")
+        self._unsent: list[Event] = []
         self.runtime = runtime
         self.state_dir = state_dir
         self.clock = clock
@@ -161,6 +164,7 @@ class Controller:
         if now - self._events_filed_at < EVENTS_EVERY:
             return
         self._events_filed_at = now
+        await self._send_unsent()
         await self.databases.file_events()
 
     # ------------------------------------------------------------ ports given to the parts
@@ -182,7 +186,19 @@ class Controller:
     async def record_event(
         self, kind: str, subject: str, message: str, data: dict[str, Any] | None = None
     ) -> None:
-        await self.store.append_event(Event(self.clock.wall(), kind, subject, message, data or {}))
+        event = Event(self.clock.wall(), kind, subject, message, data or {})
+        try:
+            await self.store.append_event(event)
+        except TemporaryError as exc:  # etcd electing a leader: the act goes on regardless
+            if len(self._unsent) < UNSENT_KEPT:
+                self._unsent.append(event)
+            log.warning("event kept to send again (%s %s): %s", kind, subject, exc)
+
+    async def _send_unsent(self) -> None:
+        """Events the store could not take when they happened, in order, as soon as it can."""
+        while self._unsent:
+            await self.store.append_event(self._unsent[0])
+            self._unsent.pop(0)
 
     def spec_or_none(self) -> PlatformSpec | None:
         return self.applied.spec_or_none()

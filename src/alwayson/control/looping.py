@@ -111,5 +111,15 @@ class Reconciler:
         return decision
 
     async def handle(self, event: RuntimeEvent) -> None:
-        for intent in await self.instances.handle(event, self.view.state()):
+        try:
+            intents = await self.instances.handle(event, self.view.state())
+        except (TemporaryError, OSError) as exc:
+            log.warning(
+                "runtime event %s of %s not fully handled: %s",
+                event.kind.value,
+                event.instance_id,
+                exc,
+            )
+            return
+        for intent in intents:
             self.apply_intent(intent)
