@@ -33,4 +33,5 @@ say "pytest"
 # session is running out of their files.
 BASETEMP="/tmp/alwayson-tests-$(id -u)-$(printf %s "$ROOT" | cksum | cut -d' ' -f1)"
 mkdir -p "$BASETEMP" && chmod 755 "$BASETEMP"
-exec .venv/bin/pytest -q -n "${PYTEST_WORKERS:-2}" --dist worksteal --basetemp "$BASETEMP" "$@"
+# The 25 slowest tests are listed at the end: the run must stay under 20 minutes.
+exec .venv/bin/pytest -q -n "${PYTEST_WORKERS:-2}" --dist worksteal --durations=25 --basetemp "$BASETEMP" "$@"

@@ -318,6 +318,14 @@ def _print_status(data: dict[str, Any]) -> None:
         f"front door {data['front_door']}"
     )
     console.print(f"controller: {data['verdict']}", markup=False)
+    leader = (data.get("leadership") or {}).get("leader")
+    if leader:
+        others = ", ".join(sorted(data["leadership"].get("controllers", {})))
+        console.print(
+            f"leader: controller@{leader['site']} ({leader['api']}, term {leader['term']}); "
+            f"controllers in {others}",
+            markup=False,
+        )
     sites = Table("site", "subnet", "role", "ready")
     for site in data["sites"]:
         role = "witness" if site["witness"] else "workloads"
