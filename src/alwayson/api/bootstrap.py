@@ -107,24 +107,16 @@ async def bring_up(loaded: LoadedSpec, say: Callable[[str], None]) -> None:
             if not first_start:  # a member that lost its data rejoins (consensus.py)
                 inst, _ = await start_member(inst, spec, state_dir, boards.cluster)
             await _start(runtime, inst, say, started)
-        # The controllers start beside the members (their interpreter takes seconds to
-        # load; they campaign once etcd answers), unless a lone controller's state must
-        # first be moved to etcd: no site controller may read etcd before that.
-        migrating = (state_dir / "state.db").exists()
-        if not migrating:
-            for inst in controllers:
-                await _start(runtime, inst, say, started)
         await _wait_members(runtime, [f"etcd@{m.name}" for m in members], state_dir)
         if not any(s.spec.kind is Kind.AGENT for s in adopted):
             moved = await place_raft_leader(spec, state_dir, boards.cluster(spec))
             if moved:
                 say(moved)
-        if migrating:
-            moved = await migrate_local_state(state_dir, cluster)
-            if moved:
-                say(moved)
-            for inst in controllers:
-                await _start(runtime, inst, say, started)
+        moved = await migrate_local_state(state_dir, cluster)
+        if moved:
+            say(moved)
+        for inst in controllers:
+            await _start(runtime, inst, say, started)
         await _wait_leader(runtime, apis, [controller_id(site) for site in cluster.apis])
     except BaseException:
         for ident in reversed(started):
