@@ -34,9 +34,8 @@ from alwayson.control.desired import (
     controller_id,
     controller_instance,
     etcd_instance,
-    listen_addresses,
 )
-from alwayson.control.preflight import field_of
+from alwayson.control.preflight import check_addresses
 from alwayson.data.layout import etcd_members
 from alwayson.runtime.base import InstanceSpec, Kind, Phase
 from alwayson.runtime.local import LocalRuntime
@@ -44,7 +43,6 @@ from alwayson.spec.loading import LoadedSpec
 from alwayson.store.base import StateStore
 from alwayson.store.etcd import Etcd
 from alwayson.store.etcd_store import EtcdStore
-from alwayson.util.addresses import port_is_free, split_hostport
 from alwayson.util.certs import CLIENT, leaf_paths
 from alwayson.util.clocks import SystemClock
 from alwayson.util.errors import NotFoundError, PermanentError
@@ -101,7 +99,8 @@ async def bring_up(loaded: LoadedSpec, say: Callable[[str], None]) -> None:
             for site, api in cluster.apis.items()
             if (i := controller_instance(site, api, state_dir)).id not in running
         ]
-        _check_free(loaded, [*members_to_start, *controllers], [s.spec for s in adopted])
+        starting = {i.id: i for i in [*members_to_start, *controllers]}
+        check_addresses(loaded, starting, [s.spec for s in adopted])
         first_start = not any((m.data_dir / "member").exists() for m in members)
         for inst in members_to_start:
             if not first_start:  # a member that lost its data rejoins (consensus.py)
@@ -128,27 +127,6 @@ async def bring_up(loaded: LoadedSpec, say: Callable[[str], None]) -> None:
     finally:
         await runtime.close()
         await boards.close()
-
-
-def _check_free(
-    loaded: LoadedSpec, starting: list[InstanceSpec], running: list[InstanceSpec]
-) -> None:
-    """Every address the members and controllers to start will bind must be free (or be
-    one of this platform's running processes'): checked before anything starts."""
-    mine = {a for spec in running for a in listen_addresses(spec)}
-    taken = []
-    for inst in starting:
-        for address in listen_addresses(inst):
-            host, port = split_hostport(address)
-            if address not in mine and not port_is_free(host, port):
-                taken.append(f"{address} ({field_of(inst)})")
-    if taken:
-        raise BringUpFailed(
-            f"{loaded.path}: address already in use by another process: "
-            + ", ".join(sorted(set(taken)))
-            + ". Stop that process or change the port (or subnet) in the spec; nothing was "
-            "changed."
-        )
 
 
 async def _start(

@@ -170,10 +170,7 @@ class InstanceOps:
             if drain:
                 await self.drain(ident)
             await self.runtime.stop(ident)
-            try:
-                await self.events.record_event("stopped", ident, reason)
-            except TemporaryError as exc:  # `down` stops the etcd members last of all
-                log.info("%s stopped (%s); the event was not kept: %s", ident, reason, exc)
+            await self.events.record_event("stopped", ident, reason)
         except NotFoundError:
             pass
         finally:

@@ -42,24 +42,8 @@ def preflight(
             "remove or move a member safely; keep the sites and their subnets as they are. "
             "Nothing was changed."
         )
-    current = {s.spec.id: s for s in running}
-    mine = {a for s in current.values() for a in listen_addresses(s.spec)}
-    taken: list[str] = []
-    for ident, inst in new.items():
-        was = current.get(ident)
-        if was is not None and listen_addresses(was.spec) == listen_addresses(inst):
-            continue
-        for address in listen_addresses(inst):
-            host, port = split_hostport(address)
-            if address not in mine and not address_free(host, port):
-                taken.append(f"{address} ({field_of(inst)})")
-    if taken:
-        raise PermanentError(
-            f"{loaded.path}: address already in use by another process: "
-            + ", ".join(sorted(set(taken)))
-            + ". Stop that process or change the port (or subnet) in the spec; nothing was "
-            "changed."
-        )
+    check_addresses(loaded, new, [s.spec for s in running], address_free)
+    current = {s.spec.id for s in running}
     members = sorted(i for i, inst in new.items() if inst.kind is Kind.ETCD and i not in current)
     if members and not is_runnable(new[members[0]].argv[0]):
         raise PermanentError(
@@ -73,6 +57,34 @@ def preflight(
         problem = can_run(user, workloads[0].argv[0], workloads[0].cwd)
         if problem:
             raise PermanentError(f"{loaded.path}: runtime.user: {problem}")
+
+
+def check_addresses(
+    loaded: LoadedSpec,
+    new: Mapping[str, InstanceSpec],
+    running: Sequence[InstanceSpec],
+    address_free: AddressCheck = port_is_free,
+) -> None:
+    """PermanentError naming every address of ``new`` that another process holds (one
+    of ``running``, this platform's own, may hold it); nothing was changed."""
+    current = {s.id: s for s in running}
+    mine = {a for s in running for a in listen_addresses(s)}
+    taken: list[str] = []
+    for ident, inst in new.items():
+        was = current.get(ident)
+        if was is not None and listen_addresses(was) == listen_addresses(inst):
+            continue
+        for address in listen_addresses(inst):
+            host, port = split_hostport(address)
+            if address not in mine and not address_free(host, port):
+                taken.append(f"{address} ({field_of(inst)})")
+    if taken:
+        raise PermanentError(
+            f"{loaded.path}: address already in use by another process: "
+            + ", ".join(sorted(set(taken)))
+            + ". Stop that process or change the port (or subnet) in the spec; nothing was "
+            "changed."
+        )
 
 
 def field_of(inst: InstanceSpec) -> str:
