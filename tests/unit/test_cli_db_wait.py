@@ -70,3 +70,33 @@ def test_other_refusals_are_not_waited_for(clock: list[float]) -> None:
     with pytest.raises(ConflictError, match="already the primary"):
         post(client, 120.0)
     assert client.posts == 1
+
+
+def _db(replication: str, sync: str | None, **roles: tuple[str, bool]) -> dict[str, Any]:
+    return {
+        "name": "bank",
+        "replication": replication,
+        "lease": {"holder": "jakarta", "sync_standby": sync},
+        "sites": [
+            {"site": site, "role": role, "writable": writable, "stale": False}
+            for site, (role, writable) in roles.items()
+        ],
+    }
+
+
+def test_up_waits_for_a_writable_primary_and_a_named_synchronous_standby() -> None:
+    starting = _db("synchronous", None, jakarta=("starting", False), surabaya=("unknown", False))
+    assert databases.serving_gaps([starting]) == [
+        "bank: no writable primary yet (jakarta starting, surabaya unknown)"
+    ]
+    cloning = _db("synchronous", None, jakarta=("primary", True), surabaya=("starting", False))
+    assert databases.serving_gaps([cloning]) == [
+        "bank: primary in jakarta, no synchronous standby yet"
+    ]
+    serving = _db("synchronous", "surabaya", jakarta=("primary", True), surabaya=("standby", False))
+    assert databases.serving_gaps([serving]) == []
+    # Asynchronous: the primary alone serves; a stale report is not a primary.
+    alone = _db("asynchronous", None, jakarta=("primary", True), surabaya=("starting", False))
+    assert databases.serving_gaps([alone]) == []
+    alone["sites"][0]["stale"] = True
+    assert databases.serving_gaps([alone])[0].startswith("bank: no writable primary yet")

@@ -162,6 +162,26 @@ def _finish(result: dict[str, Any], as_json: bool, summary: str) -> None:
         raise Failed(1)
 
 
+def serving_gaps(found: list[dict[str, Any]]) -> list[str]:
+    """What keeps each database (rows of ``/api/v1/databases``) from serving: no writable
+    primary reported, or, synchronous, no standby named in the lease (commits would wait
+    for one). Empty: every database serves."""
+    gaps = []
+    for db in found:
+        primaries = [
+            s["site"]
+            for s in db["sites"]
+            if s.get("role") == "primary" and s.get("writable") and not s.get("stale")
+        ]
+        lease = db.get("lease") or {}
+        if not primaries:
+            roles = ", ".join(f"{s['site']} {s.get('role', 'unknown')}" for s in db["sites"])
+            gaps.append(f"{db['name']}: no writable primary yet ({roles})")
+        elif db["replication"] == "synchronous" and not lease.get("sync_standby"):
+            gaps.append(f"{db['name']}: primary in {primaries[0]}, no synchronous standby yet")
+    return gaps
+
+
 def _lag(site: dict[str, Any], primary: dict[str, Any] | None) -> str:
     if site.get("role") == "primary" or primary is None:
         return ""

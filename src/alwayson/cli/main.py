@@ -134,8 +134,11 @@ def _tail(path: Path, lines: int) -> str:
         return "(no log)"
 
 
-async def _wait_ready(client: ApiClient, quiet: bool, timeout: float) -> dict[str, Any]:
-    """Wait until every desired process is ready, showing progress per site."""
+async def _wait_ready(
+    client: ApiClient, quiet: bool, timeout: float, databases: bool = False
+) -> dict[str, Any]:
+    """Wait until every desired process is ready, showing progress per site, then (with
+    ``databases``) until every database serves."""
     import asyncio
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -164,7 +167,7 @@ async def _wait_ready(client: ApiClient, quiet: bool, timeout: float) -> dict[st
                         tasks[site["name"]], completed=site["ready"], total=site["desired"]
                     )
             if status["converged"]:
-                return status
+                break
             failures = [
                 i
                 for i in status["instances"]
@@ -175,6 +178,29 @@ async def _wait_ready(client: ApiClient, quiet: bool, timeout: float) -> dict[st
                 return status
             await asyncio.sleep(0.1)
             status = await client.status()
+    if databases:
+        status["waiting_for"] = await _wait_databases(client, quiet, started + timeout)
+    return status
+
+
+async def _wait_databases(client: ApiClient, quiet: bool, deadline: float) -> list[str]:
+    """Wait until every database takes writes (and, synchronous, has its standby named in
+    the lease): processes ready is not yet a bank that can register a customer. What is
+    still missing at the deadline; empty: every database serves."""
+    import asyncio
+
+    from alwayson.cli.databases import serving_gaps
+
+    shown: list[str] = []
+    while True:
+        gaps = serving_gaps(await client.get_json("/api/v1/databases"))
+        if not gaps or time.monotonic() > deadline:
+            return gaps
+        if gaps != shown and not quiet:
+            for gap in gaps:
+                err.print(f"  waiting: {gap}", markup=False)
+            shown = gaps
+        await asyncio.sleep(0.2)
 
 
 def _report_not_ready(status: dict[str, Any]) -> None:
@@ -222,7 +248,7 @@ def up(
                     if not as_json:
                         for change in result.changes:
                             err.print(f"  {change}", markup=False)
-                return await _wait_ready(client, as_json, timeout)
+                return await _wait_ready(client, as_json, timeout, bool(loaded.spec.databases))
 
         status = _run(flow())
         took = time.monotonic() - started
@@ -230,6 +256,12 @@ def up(
             _emit_json({"seconds": round(took, 3), **status})
         if not status["converged"]:
             _report_not_ready(status)
+            raise Failed(1)
+        if status.get("waiting_for"):
+            err.print("[red]every process is ready, but not every database serves:[/red]")
+            for gap in status["waiting_for"]:
+                err.print(f"  {gap}", markup=False)
+            err.print("  see: alwayson db status", markup=False)
             raise Failed(1)
         if not as_json:
             _print_ready(status, took)
