@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -13,7 +14,14 @@ from pathlib import Path
 import pytest
 from tests.support import free_port
 
-from alwayson.runtime.base import EventKind, InstanceSpec, Kind, Phase, RuntimeEvent
+from alwayson.runtime.base import (
+    EventKind,
+    InstanceSpec,
+    InstanceStatus,
+    Kind,
+    Phase,
+    RuntimeEvent,
+)
 from alwayson.runtime.local import LocalRuntime
 from alwayson.spec.models import Probe
 
@@ -131,3 +139,45 @@ async def test_start_timeout_is_reported(runtime: LocalRuntime, tmp_path: Path) 
     event = await next_event(runtime, EventKind.START_TIMEOUT)
     assert event.instance_id == "never-1" and "not ready 0.6s after start" in event.detail
     assert "exit 1" in event.detail
+
+
+async def test_a_process_whose_launcher_died_before_recording_it_is_adopted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A controller SIGKILLed between starting a process and writing its pid file left an
+    orphan that held the address: the next controller could not start the instance and
+    never adopted it. The launch intent and its marker find it."""
+
+    class Died(Exception):
+        pass
+
+    launched: list[InstanceStatus] = []
+
+    def dies(self: LocalRuntime, status: InstanceStatus) -> None:
+        launched.append(status)
+        raise Died  # the launcher is gone before the pid file is written
+
+    first = LocalRuntime(tmp_path / "state")
+    monkeypatch.setattr(LocalRuntime, "_write_pidfile", dies)
+    with pytest.raises(Died):
+        await first.start(spec("orphan-1", "import time; time.sleep(120)", tmp_path))
+    monkeypatch.undo()
+    await first.close()
+    pid = launched[0].pid
+    run = tmp_path / "state" / "run" / "instances"
+    try:
+        intent = json.loads((run / "orphan-1.launching").read_text())
+        assert not (run / "orphan-1.json").exists()
+        # An intent whose process never started is dropped, nothing adopted for it.
+        never = {**intent, "marker": "0" * 24, "spec": {**intent["spec"], "id": "never-1"}}
+        (run / "never-1.launching").write_text(json.dumps(never))
+        second = LocalRuntime(tmp_path / "state")
+        try:
+            adopted = await second.adopt()
+            assert [(s.spec.id, s.pid, s.adopted) for s in adopted] == [("orphan-1", pid, True)]
+            assert sorted(p.name for p in run.iterdir()) == ["orphan-1.json"]
+        finally:
+            await second.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -6,6 +6,11 @@ its start time. Exits are watched with a pidfd, which works for processes we did
 too, so a restarted controller adopts running instances instead of restarting them. Only
 processes we started ourselves have a known exit code; an adopted one that exits is
 reported with the code unknown.
+
+A launch is recorded before the process exists (``<id>.launching``, with a random marker
+the process gets in ``ALWAYSON_LAUNCH``) and replaced by its pid file once it runs. A
+controller killed in between leaves the intent behind: the next one finds the process by
+its marker and adopts it, instead of starting a second one that cannot get the address.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -44,6 +50,15 @@ from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
 __all__ = ["LocalRuntime", "check_user_can_run", "describe_exit"]
 
 log = logging.getLogger(__name__)
+LAUNCH_ENV = "ALWAYSON_LAUNCH"  # the launch's marker, in the process's environment
+LAUNCHING = ".launching"  # suffix of a launch intent beside the pid files
+
+
+def _write_json(target: Path, record: dict[str, object]) -> None:
+    tmp = target.with_name(f"{target.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(target)
+
 
 STARTUP_PROBE_PERIOD = 0.1
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
@@ -94,6 +109,7 @@ class LocalRuntime:
     # ----------------------------------------------------------------- adopt
 
     async def adopt(self) -> list[InstanceStatus]:
+        self._recover_launches()
         adopted: list[InstanceStatus] = []
         for pidfile in sorted(self._run_dir.glob("*.json")):
             try:
@@ -204,6 +220,10 @@ class LocalRuntime:
         ident = identity(spec.user)
         env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
         env.update(spec.env)
+        marker = secrets.token_hex(12)
+        env[LAUNCH_ENV] = marker
+        intent = self._run_dir / f"{spec.id}{LAUNCHING}"
+        _write_json(intent, {"marker": marker, "at": time.time(), "spec": spec.to_json()})
         with log_file.open("ab") as out:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             argv = [*spec.argv, *extra_args]
@@ -224,11 +244,13 @@ class LocalRuntime:
                     extra_groups=ident.extra_groups,
                 )
             except FileNotFoundError as exc:
+                intent.unlink(missing_ok=True)
                 raise PermanentError(
                     f"{spec.service}: cannot start {spec.argv[0]!r}: no such file "
                     f"(working directory {spec.cwd})"
                 ) from exc
             except PermissionError as exc:
+                intent.unlink(missing_ok=True)
                 raise PermanentError(
                     f"{spec.service}: cannot start {spec.argv[0]!r}: permission denied "
                     f"({exc}); if workloads run as an unprivileged user, it must be able to "
@@ -238,6 +260,7 @@ class LocalRuntime:
             spec=spec, pid=popen.pid, start_time=start_time_of(popen.pid), started_at=time.time()
         )
         self._write_pidfile(status)
+        intent.unlink(missing_ok=True)
         self._watch(status, popen=popen, probe_first=True)
         return status
 
@@ -248,10 +271,35 @@ class LocalRuntime:
             "started_at": status.started_at,
             "spec": status.spec.to_json(),
         }
-        target = self._run_dir / f"{status.spec.id}.json"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(target)
+        _write_json(self._run_dir / f"{status.spec.id}.json", record)
+
+    def _recover_launches(self) -> None:
+        """Pid files for processes whose launcher died before writing one: found by the
+        marker of their launch intent. An intent whose process is not found is dropped
+        (the process never started, or has exited: nothing holds its address)."""
+        for intent in sorted(self._run_dir.glob(f"*{LAUNCHING}")):
+            try:
+                record = json.loads(intent.read_text())
+                spec = InstanceSpec.from_json(record["spec"])
+                marker, at = str(record["marker"]), float(record["at"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring unreadable launch intent %s: %s", intent, exc)
+                intent.unlink(missing_ok=True)
+                continue
+            if not (self._run_dir / f"{spec.id}.json").exists():
+                found = LocalProcesses().find_by_env(LAUNCH_ENV, marker)
+                if found is not None:
+                    pid, start_time = found
+                    log.warning(
+                        "%s: pid %d was started by a controller that died before recording "
+                        "it; adopting it",
+                        spec.id,
+                        pid,
+                    )
+                    self._write_pidfile(
+                        InstanceStatus(spec=spec, pid=pid, start_time=start_time, started_at=at)
+                    )
+            intent.unlink(missing_ok=True)
 
     def _watch(
         self, status: InstanceStatus, popen: subprocess.Popen[bytes] | None, probe_first: bool

@@ -33,6 +33,21 @@ class LocalProcesses:
         except (*_GONE, ValueError):
             return False
 
+    def find_by_env(self, name: str, value: str) -> tuple[int, float] | None:
+        """The pid and start time of the live process whose environment holds
+        ``name=value`` (a marker only one launch was given); None when there is none."""
+        wanted = f"{name}={value}".encode()
+        for proc in psutil.process_iter():
+            try:
+                with open(f"/proc/{proc.pid}/environ", "rb") as env:
+                    if wanted not in env.read().split(b"\0"):
+                        continue
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    return proc.pid, float(proc.create_time())
+            except (*_GONE, OSError):
+                continue
+        return None
+
     def signal(self, pid: int, start_time: float | None, signum: int) -> bool:
         return self.alive(pid, start_time) and send(pid, signum)
 
