@@ -45,6 +45,10 @@ STOP_ORDER = (
 )
 """Traffic first, the consensus last: the agents and the other controllers still reach
 etcd while they stop."""
+DOWN_GRACE = {Kind.ETCD: 1.0}
+"""``down`` stops every etcd member at once: a leader's attempt to hand its leadership over
+to members that are stopping too only runs into etcd's own timeout (7 s), so it is given a
+second; etcd's WAL makes a kill safe."""
 START_ORDER = tuple(reversed(STOP_ORDER))
 """The etcd members are launched before the agents that keep their leases on them."""
 DRAIN_PUSH_DEADLINE = 5.0
@@ -161,15 +165,18 @@ class InstanceOps:
             return
         log.debug("started %s pid %d (%s)", spec.id, status.pid, reason)
 
-    async def stop(self, ident: str, reason: str, drain: bool = True) -> None:
-        """Take the process out of every routing table first, then SIGTERM it (drain)."""
+    async def stop(
+        self, ident: str, reason: str, drain: bool = True, grace: float | None = None
+    ) -> None:
+        """Take the process out of every routing table first, then SIGTERM it (drain);
+        SIGKILL after ``grace`` (default: its spec's ``stop_grace``)."""
         if ident == self.itself or not self.may_act():
             self.stopping.discard(ident)
             return
         try:
             if drain:
                 await self.drain(ident)
-            await self.runtime.stop(ident)
+            await self.runtime.stop(ident, grace)
             await self.events.record_event("stopped", ident, reason)
         except NotFoundError:
             pass
@@ -270,7 +277,8 @@ class InstanceOps:
         for kind in STOP_ORDER:
             tier = [s.spec.id for s in statuses if s.spec.kind is kind]
             self.stopping.update(tier)
-            await asyncio.gather(*(self.stop(i, "down", drain=False) for i in tier))
+            grace = DOWN_GRACE.get(kind)
+            await asyncio.gather(*(self.stop(i, "down", drain=False, grace=grace) for i in tier))
         return len(statuses)
 
     # ------------------------------------------------------------ events
