@@ -185,15 +185,9 @@ async def _wait_leader(runtime: LocalRuntime, apis: list[str], idents: list[str]
 
 def site_controller_pids(state_dir: Path) -> list[int]:
     """The pids the site controllers were recorded with (alive or not)."""
-    import json
+    from alwayson.runtime.local import recorded_pids
 
-    out = []
-    for record in (state_dir / "run" / "instances").glob("controller@*.json"):
-        try:
-            out.append(int(json.loads(record.read_text())["pid"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return out
+    return recorded_pids(state_dir, "controller@*")
 
 
 async def _retire_only_controller(state_dir: Path, say: Callable[[str], None]) -> None:

@@ -49,7 +49,7 @@ from alwayson.control.desired import controller_id
 from alwayson.control.leadership import Leadership
 from alwayson.control.pushing import RoutePusher
 from alwayson.data.layout import etcd_members, etcd_root, write_private
-from alwayson.runtime.local import LocalRuntime
+from alwayson.runtime.local import LocalRuntime, forget_record
 from alwayson.runtime.local_processes import LocalProcesses
 from alwayson.runtime.users import check_user_can_run
 from alwayson.spec.models import PlatformSpec
@@ -261,12 +261,7 @@ class SiteController:
     def _forget_own_record(self) -> None:
         """After ``down`` the leader, which stopped everything but itself, leaves no record
         of itself behind (the runtime removes the others' as it stops them)."""
-        record = self.state_dir / "run" / "instances" / f"{controller_id(self.site)}.json"
-        try:
-            if int(json.loads(record.read_text())["pid"]) == os.getpid():
-                record.unlink()
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        forget_record(self.state_dir, controller_id(self.site), os.getpid())
 
     async def _roles(self) -> None:
         """Begin or end a term as the candidacy's answer changes: woken by each of its

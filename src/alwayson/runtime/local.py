@@ -54,6 +54,33 @@ LAUNCH_ENV = "ALWAYSON_LAUNCH"  # the launch's marker, in the process's environm
 LAUNCHING = ".launching"  # suffix of a launch intent beside the pid files
 
 
+def run_dir(state_dir: Path) -> Path:
+    """Where the pid files (and launch intents) of a state directory's processes are."""
+    return state_dir / "run" / "instances"
+
+
+def recorded_pids(state_dir: Path, pattern: str = "*") -> list[int]:
+    """The pids the pid files of instances matching ``pattern`` record (alive or not)."""
+    out = []
+    for record in run_dir(state_dir).glob(f"{pattern}.json"):
+        try:
+            out.append(int(json.loads(record.read_text())["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def forget_record(state_dir: Path, instance_id: str, pid: int) -> None:
+    """Remove ``instance_id``'s pid file if it records ``pid`` (a process that records
+    itself out as it leaves, as the last controller does after ``down``)."""
+    record = state_dir / "run" / "instances" / f"{instance_id}.json"
+    try:
+        if int(json.loads(record.read_text())["pid"]) == pid:
+            record.unlink()
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+
+
 def _write_json(target: Path, record: dict[str, object]) -> None:
     tmp = target.with_name(f"{target.name}.tmp")
     tmp.write_text(json.dumps(record, indent=1))
@@ -78,7 +105,7 @@ class _Watched:
 class LocalRuntime:
     def __init__(self, state_dir: Path) -> None:
         self.events: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
-        self._run_dir = state_dir / "run" / "instances"
+        self._run_dir = run_dir(state_dir)
         self._log_dir = state_dir / "logs"
         self._run_dir.mkdir(parents=True, exist_ok=True)
         self._log_dir.mkdir(parents=True, exist_ok=True)
