@@ -41,23 +41,19 @@ from alwayson.util.errors import (
 LOG_POLL = 0.2
 
 
-def create_app(
-    controller: Controller, token: str, on_down: Callable[[], None] | None = None
-) -> FastAPI:
-    app = FastAPI(
-        title="alwayson",
-        version=__version__,
-        description="Control plane of an alwayson platform. Send `Authorization: Bearer "
-        "<token>`; the token is in the state directory (`.alwayson/token`, mode 0600).",
-    )
+def bearer_check(token: str) -> Callable[[str], None]:
+    """A FastAPI dependency: 401 unless the request carries ``Bearer <token>``."""
 
     def authorize(authorization: str = Header(default="")) -> None:
         scheme, _, given = authorization.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), token):
             raise HTTPException(401, "missing or wrong bearer token (see .alwayson/token)")
 
-    def actor(x_alwayson_command: str = Header(default="api")) -> str:
-        return x_alwayson_command
+    return authorize
+
+
+def answer_errors(app: FastAPI) -> None:
+    """Each kind of alwayson error as its status code, with the reason as JSON."""
 
     @app.exception_handler(SpecError)
     async def _spec_error(_: Request, exc: SpecError) -> JSONResponse:
@@ -80,6 +76,24 @@ def create_app(
     async def _temporary(_: Request, exc: TemporaryError) -> JSONResponse:
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
         return JSONResponse({"error": str(exc)}, status_code=503, headers=headers)
+
+
+def create_app(
+    controller: Controller, token: str, on_down: Callable[[], None] | None = None
+) -> FastAPI:
+    app = FastAPI(
+        title="alwayson",
+        version=__version__,
+        description="Control plane of an alwayson platform. Send `Authorization: Bearer "
+        "<token>`; the token is in the state directory (`.alwayson/token`, mode 0600).",
+    )
+
+    authorize = bearer_check(token)
+
+    def actor(x_alwayson_command: str = Header(default="api")) -> str:
+        return x_alwayson_command
+
+    answer_errors(app)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

@@ -25,7 +25,6 @@ import asyncio
 import json
 import logging
 import os
-import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,13 +33,13 @@ from typing import Any
 
 import httpx
 import uvicorn
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.types import Receive, Scope, Send
 
 from alwayson import __version__
-from alwayson.api.app import create_app
+from alwayson.api.app import answer_errors, bearer_check, create_app
 from alwayson.api.client import NO_LEADER_HEADER
 from alwayson.api.tokens import ensure_token
 from alwayson.control.boards import EtcdBoards
@@ -58,7 +57,6 @@ from alwayson.store.etcd_store import EtcdStore
 from alwayson.util.addresses import split_hostport
 from alwayson.util.certs import CLIENT, leaf_paths
 from alwayson.util.clocks import Clock, SystemClock
-from alwayson.util.errors import TemporaryError
 
 log = logging.getLogger("alwayson.controller")
 
@@ -407,14 +405,8 @@ class SiteController:
         async def leader() -> dict[str, Any]:
             return self.leader_view()
 
-        def authorize(authorization: str = Header(default="")) -> None:
-            scheme, _, given = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), self.token):
-                raise HTTPException(401, "missing or wrong bearer token (see .alwayson/token)")
-
-        @app.exception_handler(TemporaryError)
-        async def _temporary(_: Request, exc: TemporaryError) -> JSONResponse:
-            return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        authorize = bearer_check(self.token)
+        answer_errors(app)
 
         # What happened is read from etcd by any controller, even while none leads.
         @app.get("/api/v1/audit", dependencies=[Depends(authorize)])
