@@ -25,10 +25,10 @@ from tests.unit.stewardfakes import (
 
 from alwayson.data import leases
 from alwayson.data.board import Board
-from alwayson.data.deciding import Action, Role, decide
+from alwayson.data.deciding import Action, Role, decide, report_due
 from alwayson.data.engines import Engine, Postmaster
 from alwayson.data.leases import Tenure
-from alwayson.data.stewarding import Steward
+from alwayson.data.stewarding import CYCLE, Steward
 from alwayson.util.clocks import ManualClock
 from alwayson.util.sitelinks import Partitions
 
@@ -202,3 +202,31 @@ async def test_the_watchdog_rule_is_the_tenure_the_steward_holds(
     assert isinstance(tenure, Tenure)
     assert tenure.fence_at() == clock.monotonic() + TTL - MARGIN
     assert tenure.epoch == 1 and steward.saved_epoch() == 1
+
+
+def test_a_report_is_due_when_it_says_something_new_or_has_aged() -> None:
+    last = {"role": "primary", "lsn": "0/3000060", "xact_total": 10, "promise_left": None}
+    # Only the clockwork moved: not due until the last report is REPORT_EVERY old.
+    moved = {**last, "xact_total": 14}
+    assert not report_due(moved, last, now=10.5, last_at=10.0, every=1.0)
+    assert report_due(moved, last, now=11.0, last_at=10.0, every=1.0)
+    # Anything else new goes at once: a WAL position, a role, a field that appeared.
+    assert report_due({**last, "lsn": "0/3000100"}, last, now=10.1, last_at=10.0, every=1.0)
+    assert report_due({**last, "role": "fenced"}, last, now=10.1, last_at=10.0, every=1.0)
+    assert report_due({**last, "alert": "RPO"}, last, now=10.1, last_at=10.0, every=1.0)
+    assert report_due(last, None, now=0.0, last_at=0.0, every=1.0)  # the first one
+
+
+async def test_an_idle_primary_reports_once_a_second_and_a_change_at_once(
+    tmp_path: Path, clock: ManualClock, keeper: FakeKeeper
+) -> None:
+    steward = await primary(tmp_path, clock, keeper)
+    steward.facts = {"lsn": "0/3000060", "xact_total": 1}
+    for turn in range(8):  # two seconds of cycles with nothing new but the clockwork
+        steward.facts["xact_total"] = turn
+        await steward._report()
+        clock.advance(CYCLE)
+    assert len(keeper.reports) == 2
+    steward.facts["lsn"] = "0/3000100"  # a write: its position goes out at once
+    await steward._report()
+    assert len(keeper.reports) == 3 and keeper.reports[-1]["lsn"] == "0/3000100"

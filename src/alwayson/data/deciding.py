@@ -19,8 +19,10 @@ The fencing side comes first, because it is what keeps two writers apart:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from alwayson.data.leases import Lease, Tenure
 
@@ -51,6 +53,31 @@ def renewal_budget(tenure: Tenure, sent: float) -> float | None:
     None when no time is left to renew at all."""
     budget = min(RENEWAL_DEADLINE, tenure.fence_at() - sent - RENEWAL_SLACK)
     return budget if budget > 0 else None
+
+
+REPORT_CLOCKWORK = frozenset(
+    {"xact_total", "replay_age_seconds", "standby_missing_for", "promise_left"}
+)
+"""Fields of a site's report that move with time alone (the agent's own queries count as
+transactions; ages and countdowns grow or shrink): they make a report due only with age."""
+
+
+def report_due(
+    status: Mapping[str, Any],
+    last: Mapping[str, Any] | None,
+    now: float,
+    last_at: float,
+    every: float,
+) -> bool:
+    """Whether a site's report must be written now: it says something new (any field but
+    the clockwork ones), or the last one is ``every`` seconds old."""
+    if last is None or now - last_at >= every:
+        return True
+    return any(
+        status.get(key) != last.get(key)
+        for key in status.keys() | last.keys()
+        if key not in REPORT_CLOCKWORK
+    )
 
 
 def renewal_due(role: Role, tenure: Tenure | None, now: float) -> bool:

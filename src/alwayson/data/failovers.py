@@ -13,7 +13,8 @@ def fault_of(
     before: Lease | None, detected: float, last_report: float | None = None
 ) -> tuple[float, str]:
     """When the fault behind a takeover happened, as best known, and what that rests on.
-    ``last_report``: when the old holder's agent last reported (every cycle while alive)."""
+    ``last_report``: when the old holder's agent last reported (at once when its position
+    moves, at least once a second while alive)."""
     if before is None:
         return detected, "unknown: no lease was seen before; from this site's detection"
     if before.revoked_for is not None and before.fault_at is not None:
@@ -25,13 +26,14 @@ def fault_of(
         return before.fault_at, "the old primary stopped taking writes for the switchover"
     renewal = before.expires_at - before.ttl
     if last_report is not None and last_report <= detected:
-        # Nearer the truth than "expiry - ttl": the agent reports every cycle while alive,
+        # Nearer the truth than "expiry - ttl": the agent reports at least every second,
         # and an expiry can come later than ttl after the last renewal (a new etcd leader
         # grants every lease its ttl again when the old one died with the site).
         return (
             last_report,
-            "the old primary's agent's last report (it reports several times a second while "
-            "alive; the fault came after it, within one report)",
+            "the old primary's agent's last report (it reports at once when its WAL position "
+            "moves and at least once a second while alive; the fault came after it, within "
+            "one report)",
         )
     return (
         renewal,

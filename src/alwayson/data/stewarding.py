@@ -34,6 +34,7 @@ from alwayson.data.deciding import (
     decide,
     endpoint_open,
     renewal_due,
+    report_due,
     watchdog_must_stop,
 )
 from alwayson.data.engines import Engine, Postmaster
@@ -61,6 +62,9 @@ VIEW_DEADLINE = 1.0
 LONG_REQUESTS = ("backup", "verify", "restore", "drop-restore")
 REJOIN_RETRY = 10.0
 """After a failed rejoin, the next attempt waits this long (s)."""
+REPORT_EVERY = 1.0
+"""A report that says nothing new is written at most this often (readers count a report
+older than 5 s as stale); one that says something new goes at once."""
 
 __all__ = ["CYCLE", "Role", "Steward"]
 
@@ -82,6 +86,8 @@ class Steward(Tender):
         """One long job (backup, verify, restore) at a time: they share the scratch address."""
         self._job: asyncio.Task[None] | None = None
         self._stop = threading.Event()
+        self._reported: dict[str, Any] | None = None  # the last report written, and when
+        self._reported_at = 0.0
         self._watchdog = threading.Thread(target=self._watch, name=f"fence-{cfg.name}", daemon=True)
 
     def endpoint_target(self) -> Target | None:
@@ -428,5 +434,13 @@ class Steward(Tender):
         }
 
     async def _report(self) -> None:
+        """Write this site's report: at once when it says something new, else once every
+        ``REPORT_EVERY``. Each write is a raft proposal on every etcd member: written every
+        cycle, the two agents' reports were most of an idle platform's etcd work."""
+        status = self.status()
+        now = self.clock.monotonic()
+        if not report_due(status, self._reported, now, self._reported_at, REPORT_EVERY):
+            return
         with contextlib.suppress(TemporaryError):
-            await self.board.report(self.name, self.cfg.site, self.status())
+            await self.board.report(self.name, self.cfg.site, status)
+            self._reported, self._reported_at = status, now
