@@ -110,6 +110,32 @@ async def test_a_leader_with_nothing_applied_leaves_etcd_and_the_controllers_run
     assert stray.id not in running  # a process of no spec is still stopped
 
 
+async def test_a_leader_with_a_spec_without_databases_applied_leaves_the_consensus_running(
+    tmp_path: Path,
+) -> None:
+    """A platform that ran with one controller hands over at ``up``: the spec its state
+    holds has no database yet, and the new leader reconciles against it until ``up``
+    applies the new one. It must not stop the etcd members and controllers it runs on."""
+    from tests.unit.test_controller import Lab
+
+    lab = Lab(tmp_path)
+    ctl = await lab.controller()
+    (tmp_path / "alwayson.yaml").write_text(SPEC)
+    await ctl.apply(SPEC, str(tmp_path / "alwayson.yaml"), "test")
+    state = tmp_path / ".alwayson"
+    desired = desire(load(tmp_path, SPEC + DATABASES), state)
+    kept = [s for s in desired.values() if s.kind in (Kind.ETCD, Kind.CONTROLLER)]
+    for spec in kept:
+        await ctl.runtime.start(spec)
+    for _ in range(5):
+        await ctl.turn()
+        await ctl.tasks.idle()
+        await asyncio.sleep(0)
+    running = {s.spec.id for s in ctl.runtime.statuses() if s.pid and s.phase.value != "exited"}
+    assert {s.id for s in kept} <= running
+    assert any(s.spec.kind is Kind.WORKLOAD for s in ctl.runtime.statuses())  # the spec runs
+
+
 def _client(handler: httpx.MockTransport, others: list[str]) -> ApiClient:
     client = ApiClient("127.0.0.1:7070", "t", "test", others=others)
     client._http = httpx.AsyncClient(

@@ -77,15 +77,18 @@ class Reconciler:
         return self.verdict
 
     async def cycle(self) -> Decision:
-        """While nothing is applied the etcd members and the site controllers are left
-        alone: ``up`` starts them before the spec it then applies through them."""
+        """While no spec with a consensus is applied the etcd members and the site
+        controllers are left alone: ``up`` starts them before the spec it then applies
+        through them, and the spec applied before may be one without databases (a
+        platform that ran with one controller, handing over)."""
         state = self.view.state()
+        consensus = state.loaded is not None and state.loaded.spec.has_consensus
         observed = {
             s.spec.id: Observed(
                 s.spec.id, s.spec.site, s.spec.service, s.spec.template_hash(), s.phase
             )
             for s in state.running()
-            if state.loaded is not None or s.spec.kind not in CONSENSUS
+            if consensus or s.spec.kind not in CONSENSUS
         }
         snap = Snapshot(
             now=state.now,
