@@ -23,8 +23,10 @@ import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from alwayson.runtime.base import (
     EventKind,
@@ -79,6 +81,20 @@ def forget_record(state_dir: Path, instance_id: str, pid: int) -> None:
             record.unlink()
     except (OSError, ValueError, KeyError, TypeError):
         pass
+
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def _pid_and_start(record: dict[str, Any]) -> tuple[int, float]:
+    return int(record["pid"]), float(record["start_time"])
+
+
+def _marker_and_at(record: dict[str, Any]) -> tuple[str, float]:
+    if not isinstance(record["marker"], str):
+        raise TypeError("the marker is not a string")
+    return record["marker"], float(record["at"])
 
 
 def _write_json(target: Path, record: dict[str, object]) -> None:
@@ -138,15 +154,8 @@ class LocalRuntime:
     async def adopt(self) -> list[InstanceStatus]:
         self._recover_launches()
         adopted: list[InstanceStatus] = []
-        for pidfile in sorted(self._run_dir.glob("*.json")):
-            try:
-                record = json.loads(pidfile.read_text())
-                spec = InstanceSpec.from_json(record["spec"])
-                pid, start_time = int(record["pid"]), float(record["start_time"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("ignoring unreadable pid file %s: %s", pidfile, exc)
-                pidfile.unlink(missing_ok=True)
-                continue
+        found = self._records(".json", "pid file", _pid_and_start)
+        for pidfile, record, spec, pid, start_time in found:
             if spec.id in self._watched:
                 continue
             if not LocalProcesses().alive(pid, start_time):
@@ -300,19 +309,28 @@ class LocalRuntime:
         }
         _write_json(self._run_dir / f"{status.spec.id}.json", record)
 
+    def _records(
+        self, suffix: str, what: str, fields: Callable[[dict[str, Any]], tuple[T, U]]
+    ) -> Iterator[tuple[Path, dict[str, Any], InstanceSpec, T, U]]:
+        """Each readable record ending in ``suffix``: its path, content, spec and the two
+        ``fields`` read from it. One that cannot be read is logged and removed."""
+        for path in sorted(self._run_dir.glob(f"*{suffix}")):
+            try:
+                record = json.loads(path.read_text())
+                spec = InstanceSpec.from_json(record["spec"])
+                first, second = fields(record)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring unreadable %s %s: %s", what, path, exc)
+                path.unlink(missing_ok=True)
+                continue
+            yield path, record, spec, first, second
+
     def _recover_launches(self) -> None:
         """Pid files for processes whose launcher died before writing one: found by the
         marker of their launch intent. An intent whose process is not found is dropped
         (the process never started, or has exited: nothing holds its address)."""
-        for intent in sorted(self._run_dir.glob(f"*{LAUNCHING}")):
-            try:
-                record = json.loads(intent.read_text())
-                spec = InstanceSpec.from_json(record["spec"])
-                marker, at = str(record["marker"]), float(record["at"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("ignoring unreadable launch intent %s: %s", intent, exc)
-                intent.unlink(missing_ok=True)
-                continue
+        intents = self._records(LAUNCHING, "launch intent", _marker_and_at)
+        for intent, _, spec, marker, at in intents:
             if not (self._run_dir / f"{spec.id}.json").exists():
                 found = LocalProcesses().find_by_env(LAUNCH_ENV, marker)
                 if found is not None:
