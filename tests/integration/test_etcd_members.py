@@ -123,8 +123,16 @@ def test_members_run_over_tls_are_restarted_when_killed_and_readopted(
     # `up` started it and the leader adopted it: not its parent, the leader cannot read its
     # exit status. Kept on etcd whoever leads (a restart count is a leader's own memory,
     # and losing raft's leader can hand the controllers' leadership on).
-    crashed = json.loads(platform.cli("events", "--kind", "crashed", "--json").stdout)
-    assert any(e["subject"] == "etcd@surabaya" for e in crashed), crashed
+    # An event the controller could not write while etcd was short of a member is kept and
+    # sent again (every 2 s): wait for it rather than read once.
+    wait_for(
+        "the crash of etcd@surabaya in events",
+        lambda: any(
+            e["subject"] == "etcd@surabaya"
+            for e in json.loads(platform.cli("events", "--kind", "crashed", "--json").stdout)
+        ),
+        timeout=15,
+    )
     assert put_get(platform, [members[1].endpoint], "/t/a") == b"1"
     assert put_get(platform, [members[1].endpoint], "/t/b", b"2") == b"2"
 
@@ -141,8 +149,14 @@ def test_members_run_over_tls_are_restarted_when_killed_and_readopted(
     )
     assert (members[1].data_dir / "member").is_dir()
     assert put_get(platform, [members[1].endpoint], "/t/b") == b"2"
-    events = platform.cli("events", "--kind", "etcd-member-rejoined", "--json").stdout
-    assert "lost its data folder" in events, events
+    wait_for(
+        "the rejoin in events",
+        lambda: (
+            "lost its data folder"
+            in platform.cli("events", "--kind", "etcd-member-rejoined", "--json").stdout
+        ),
+        timeout=15,
+    )
 
     # Two members hang: the third has no majority. No controller can lead (they keep their
     # state on etcd), so none acts: the status says why, and the third member is left

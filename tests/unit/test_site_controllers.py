@@ -19,7 +19,7 @@ from alwayson.api.client import NO_LEADER_HEADER, ApiClient
 from alwayson.control.desired import controller_id, daemon_argv
 from alwayson.control.reconciling import Start
 from alwayson.runtime.base import Kind
-from alwayson.runtime.memory import MemoryWorld
+from alwayson.runtime.memory import MemoryProcesses, MemoryWorld
 from alwayson.util.clocks import ManualClock
 from alwayson.util.errors import ConflictError
 
@@ -134,6 +134,48 @@ async def test_a_leader_with_a_spec_without_databases_applied_leaves_the_consens
     running = {s.spec.id for s in ctl.runtime.statuses() if s.pid and s.phase.value != "exited"}
     assert {s.id for s in kept} <= running
     assert any(s.spec.kind is Kind.WORKLOAD for s in ctl.runtime.statuses())  # the spec runs
+
+
+async def test_an_event_a_term_could_not_write_goes_out_with_the_sites_next_term(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI: a member's rejoin event, recorded while etcd was short of a member and the term
+    lapsed, was lost when the same site led again with a new controller object."""
+    from tests.unit.test_controller import Lab
+
+    from alwayson.control.controller import Controller
+    from alwayson.store.base import Event
+    from alwayson.store.memory import MemoryStore
+    from alwayson.util.errors import TemporaryError
+
+    kept: list[Event] = []  # what a SiteController shares across its terms
+    lab = Lab(tmp_path)
+    first = await lab.controller()
+    first._unsent = kept
+    refused = TemporaryError("controller in witness is not the leader")
+
+    async def refuse(self: MemoryStore, event: Event) -> None:
+        raise refused
+
+    real = MemoryStore.append_event
+    monkeypatch.setattr(MemoryStore, "append_event", refuse)
+    await first.record_event("etcd-member-rejoined", "etcd@surabaya", "lost its data folder")
+    monkeypatch.setattr(MemoryStore, "append_event", real)
+    assert [e.kind for e in kept] == ["etcd-member-rejoined"]
+
+    second = Controller(  # the site's next term
+        lab.store,
+        first.runtime,
+        MemoryProcesses(lab.world),
+        tmp_path / ".alwayson",
+        lab.clock,
+        lab.tables,
+        None,
+        unsent=kept,
+    )
+    await second._send_unsent()
+    assert [e.kind for e in await lab.store.list_events()] == ["etcd-member-rejoined"]
+    assert kept == []
 
 
 def _client(handler: httpx.MockTransport, others: list[str]) -> ApiClient:

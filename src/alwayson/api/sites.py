@@ -52,6 +52,7 @@ from alwayson.runtime.local import LocalRuntime, forget_record
 from alwayson.runtime.local_processes import LocalProcesses
 from alwayson.runtime.users import check_user_can_run
 from alwayson.spec.models import PlatformSpec
+from alwayson.store.base import Event
 from alwayson.store.etcd import Etcd
 from alwayson.store.etcd_store import EtcdStore
 from alwayson.util.addresses import split_hostport
@@ -223,6 +224,7 @@ class SiteController:
         self._leader_app: FastAPI | None = None
         self._term_task: asyncio.Task[None] | None = None
         self._prepared: _Parts | None = None
+        self._unsent: list[Event] = []  # kept across terms (Controller's unsent events)
         self._term = 0
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()
@@ -305,6 +307,7 @@ class SiteController:
             boards=boards,
             itself=controller_id(self.site),
             may_act=lambda: self._may_act(controller),
+            unsent=self._unsent,
         )
         controller.leader_view = self.leader_view
         controller.drills.serve_at(self.api, self.token)

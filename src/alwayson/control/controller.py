@@ -88,6 +88,7 @@ class Controller:
         boards: Boards | None = None,
         itself: str | None = None,
         may_act: Callable[[], bool] = lambda: True,
+        unsent: list[Event] | None = None,
     ) -> None:
         self.store = store
         self.itself = itself
@@ -101,7 +102,9 @@ class Controller:
         """Which controller leads and which ones there are (set by a site's controller)."""
         self.boards: Boards = boards or EtcdBoards(state_dir, clock)
         self._events_filed_at = float("-inf")
-        self._unsent: list[Event] = []
+        self._unsent: list[Event] = unsent if unsent is not None else []
+        """Events the store could not take yet. A site's controllers share one list across
+        their terms: an event of a term that ended goes out when that site leads again."""
         self.runtime = runtime
         self.state_dir = state_dir
         self.clock = clock
