@@ -38,7 +38,7 @@ from alwayson.control.desired import (
 from alwayson.control.preflight import check_addresses
 from alwayson.data.layout import etcd_members
 from alwayson.runtime.base import InstanceSpec, Kind, Phase
-from alwayson.runtime.local import LocalRuntime
+from alwayson.runtime.local import LocalRuntime, recorded_pids
 from alwayson.spec.loading import LoadedSpec
 from alwayson.store.base import StateStore
 from alwayson.store.etcd import Etcd
@@ -185,8 +185,6 @@ async def _wait_leader(runtime: LocalRuntime, apis: list[str], idents: list[str]
 
 def site_controller_pids(state_dir: Path) -> list[int]:
     """The pids the site controllers were recorded with (alive or not)."""
-    from alwayson.runtime.local import recorded_pids
-
     return recorded_pids(state_dir, "controller@*")
 
 
