@@ -93,6 +93,15 @@ def watchdog_must_stop(
     )
 
 
+def watch_for(tenure: Tenure | None, now: float, idle: float) -> float:
+    """How long the watchdog may sleep: until its tenure's fencing time, at most ``idle``
+    (a tenure whose time has passed, or none, leaves only ``idle``)."""
+    if tenure is None:
+        return idle
+    left = tenure.fence_at() - now
+    return min(idle, left) if left > 0 else idle
+
+
 def endpoint_open(writable: bool, tenure: Tenure | None, now: float) -> bool:
     """A primary's endpoint sends clients to it only while its lease view holds."""
     return writable and tenure is not None and not tenure.must_fence(now)

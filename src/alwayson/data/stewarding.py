@@ -35,6 +35,7 @@ from alwayson.data.deciding import (
     endpoint_open,
     renewal_due,
     report_due,
+    watch_for,
     watchdog_must_stop,
 )
 from alwayson.data.engines import Engine, Postmaster
@@ -46,6 +47,7 @@ from alwayson.data.promoting import acquire_and_promote, complete_record, promot
 from alwayson.data.starting import become_primary_again, clone_from, initialise
 from alwayson.data.switching import rejoin, switchover
 from alwayson.data.tending import Tender
+from alwayson.util.alarms import Alarm
 from alwayson.util.clocks import Clock
 from alwayson.util.errors import AlwaysonError, TemporaryError
 from alwayson.util.sitelinks import Partitions
@@ -56,7 +58,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("alwayson.agent")
 
 CYCLE = 0.25
-WATCHDOG = 0.02
+WATCHDOG_IDLE = 0.25
+"""The longest the watchdog sleeps: it wakes at its tenure's fencing time, when the
+postmaster exits (pidfd) or when poked (a new tenure, a stop), else this often."""
 RENEW_POLL = 0.05
 VIEW_DEADLINE = 1.0
 LONG_REQUESTS = ("backup", "verify", "restore", "drop-restore")
@@ -88,6 +92,7 @@ class Steward(Tender):
         self._stop = threading.Event()
         self._reported: dict[str, Any] | None = None  # the last report written, and when
         self._reported_at = 0.0
+        self._alarm = Alarm()
         self._watchdog = threading.Thread(target=self._watch, name=f"fence-{cfg.name}", daemon=True)
 
     def endpoint_target(self) -> Target | None:
@@ -109,19 +114,30 @@ class Steward(Tender):
     # -- the watchdog ------------------------------------------------------------------
 
     def _watch(self) -> None:
-        while not self._stop.wait(WATCHDOG):
-            tenure, pm = self.tenure, self.postmaster
-            alive = pm is not None and pm.alive()
-            exited = self.role is Role.PRIMARY and pm is not None and not alive
-            if exited and self.exit_seen_at is None:
-                self.exit_seen_at = self.clock.wall()
-            if pm is not None and watchdog_must_stop(
-                self.role, tenure, alive, self.clock.monotonic()
-            ):
-                self.writable = False
-                self.watchdog_fired = True
-                pm.signal(signal.SIGQUIT)
-                log.warning("%s: watchdog fenced the primary: lease not renewed in time", self.name)
+        try:
+            while not self._stop.is_set():
+                tenure, pm = self.tenure, self.postmaster
+                alive = pm is not None and pm.alive()
+                exited = self.role is Role.PRIMARY and pm is not None and not alive
+                if exited and self.exit_seen_at is None:
+                    self.exit_seen_at = self.clock.wall()
+                now = self.clock.monotonic()
+                if pm is not None and watchdog_must_stop(self.role, tenure, alive, now):
+                    self.writable = False
+                    self.watchdog_fired = True
+                    pm.signal(signal.SIGQUIT)
+                    log.warning(
+                        "%s: watchdog fenced the primary: lease not renewed in time", self.name
+                    )
+                self._alarm.wait(
+                    pm.pid if alive and pm is not None else None,
+                    watch_for(tenure, now, WATCHDOG_IDLE),
+                )
+        finally:
+            self._alarm.close()
+
+    def tenure_changed(self) -> None:
+        self._alarm.poke()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -134,6 +150,7 @@ class Steward(Tender):
                 group.create_task(self._restart_restores())
         finally:
             self._stop.set()
+            self._alarm.poke()
 
     async def _restart_restores(self) -> None:
         try:
@@ -149,6 +166,7 @@ class Steward(Tender):
 
     async def shutdown(self) -> None:
         self._stop.set()
+        self._alarm.poke()
         self.writable = False
         await self.settle()
         for pm in [self.postmaster, *self.restores.values()]:

@@ -166,6 +166,10 @@ class Tender:
         self.final_wal = None
         self._end_failsafe(f"a new tenure at epoch {lease.epoch}")
         self.save_epoch(lease.epoch)
+        self.tenure_changed()
+
+    def tenure_changed(self) -> None:
+        """A new tenure: whoever times its end (the steward's watchdog) looks again."""
 
     async def acquire(self, deadline: float) -> tuple[Lease, float]:
         """Ask etcd for the lease (epoch + 1); returns it and when the ask was sent.
