@@ -179,3 +179,24 @@ async def test_the_scraper_owns_and_closes_its_client() -> None:
     async with Scraper() as scraper:
         client = scraper.client
     assert client.is_closed
+
+
+async def test_an_unchanged_exposition_is_parsed_once_and_a_changed_one_again() -> None:
+    bodies = iter(["m 1\n", "m 1\n", "m 2\n", "m 2\n"])
+    async with client_for(
+        httpx.MockTransport(lambda r: httpx.Response(200, text=next(bodies)))
+    ) as client:
+        scraper = Scraper(client)
+        target = Target("http://h/metrics", {"instance": "a"})
+
+        async def values() -> list[Sample]:
+            return [s for s in await scraper.scrape_all([target], 1.0) if s.name == "m"]
+
+        first, second = await values(), await values()
+        assert first == second == [Sample("m", {"instance": "a"}, 1.0)]
+        assert first[0] is second[0]  # the same text: the last parse, not a new one
+        third = await values()
+        assert third == [Sample("m", {"instance": "a"}, 2.0)]
+        # The same text under new target labels is parsed again: labels are part of it.
+        target = Target("http://h/metrics", {"instance": "b"})
+        assert await values() == [Sample("m", {"instance": "b"}, 2.0)]

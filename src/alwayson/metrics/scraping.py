@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
 
 from alwayson.metrics.exposition import ExpositionError, parse_exposition
 from alwayson.metrics.model import Sample
+from alwayson.util.certs import web_context
 from alwayson.util.clocks import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -75,12 +76,16 @@ class _Failure(Exception):
     pass
 
 
+Parse = Callable[[str, Mapping[str, str]], list[Sample]]
+
+
 async def scrape_target(
     client: httpx.AsyncClient,
     target: Target,
     timeout: float,
     at: float,
     clock: Clock | None = None,
+    parse: Parse = parse_exposition,
 ) -> tuple[list[Sample], TargetHealth]:
     """Scrape one target: its samples plus ``up`` & co., and how the scrape went."""
     clock = clock or SystemClock()
@@ -90,7 +95,7 @@ async def scrape_target(
     try:
         async with asyncio.timeout(timeout):
             text = await _fetch(client, target.url, timeout)
-        samples = parse_exposition(text, target.labels)
+        samples = parse(text, target.labels)
     except (TimeoutError, httpx.TimeoutException):
         error = f"timed out after {timeout:g}s"
     except _Failure as exc:
@@ -143,11 +148,23 @@ class Scraper:
         self.client = client or httpx.AsyncClient(
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=KEPT_ALIVE),
             trust_env=False,
+            verify=web_context(),
         )
         self.timeout = timeout
         self.concurrency = concurrency
         self.clock = clock or SystemClock()
         self.health: dict[str, TargetHealth] = {}
+        self._parsed: dict[str, tuple[str, dict[str, str], list[Sample]]] = {}
+        """Each target's last exposition and its samples: an idle target prints the same
+        text scrape after scrape, and parsing is most of a scrape's CPU."""
+
+    def _parse(self, url: str, text: str, labels: Mapping[str, str]) -> list[Sample]:
+        last = self._parsed.get(url)
+        if last is not None and last[0] == text and last[1] == labels:
+            return last[2]
+        samples = parse_exposition(text, labels)
+        self._parsed[url] = (text, dict(labels), samples)
+        return samples
 
     async def scrape_all(self, targets: Sequence[Target], at: float) -> list[Sample]:
         """Every target's samples (and ``up`` & co.), all stamped ``at``."""
@@ -156,7 +173,12 @@ class Scraper:
         async def one(target: Target) -> list[Sample]:
             async with gate:
                 samples, health = await scrape_target(
-                    self.client, target, self.timeout, at, self.clock
+                    self.client,
+                    target,
+                    self.timeout,
+                    at,
+                    self.clock,
+                    lambda text, labels: self._parse(target.url, text, labels),
                 )
             self.health[target.url] = health
             return samples
@@ -166,6 +188,8 @@ class Scraper:
         wanted = {t.url for t in targets}
         for url in [u for u in self.health if u not in wanted]:
             del self.health[url]
+        for url in [u for u in self._parsed if u not in wanted]:
+            del self._parsed[url]
         return [sample for task in tasks for sample in task.result()]
 
     async def aclose(self) -> None:
