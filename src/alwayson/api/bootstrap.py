@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from alwayson.api.sites import Cluster, write_cluster
+from alwayson.api.records import Cluster, write_cluster
 from alwayson.control.boards import EtcdBoards
 from alwayson.control.consensus import (
     find_etcd,
@@ -43,7 +43,7 @@ from alwayson.spec.loading import LoadedSpec
 from alwayson.store.base import StateStore
 from alwayson.store.etcd import Etcd
 from alwayson.store.etcd_store import EtcdStore
-from alwayson.util.certs import CLIENT, leaf_paths
+from alwayson.util.certs import CLIENT, leaf_paths, web_context
 from alwayson.util.clocks import SystemClock
 from alwayson.util.errors import NotFoundError, PermanentError
 
@@ -59,7 +59,7 @@ class BringUpFailed(PermanentError):
 
 async def leader_of(apis: list[str], timeout: float = 1.0) -> dict[str, object] | None:
     """The leader's view as a controller that leads gives it, or None when none does."""
-    async with httpx.AsyncClient(timeout=timeout, trust_env=False) as http:
+    async with httpx.AsyncClient(timeout=timeout, trust_env=False, verify=web_context()) as http:
 
         async def ask(api: str) -> dict[str, object] | None:
             try:
@@ -195,7 +195,7 @@ async def _retire_only_controller(state_dir: Path, say: Callable[[str], None]) -
     import os
     import signal
 
-    from alwayson.api.daemon import controller_record
+    from alwayson.api.records import controller_record
 
     record = controller_record(state_dir)
     if record is None:

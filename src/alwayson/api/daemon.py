@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,9 +20,9 @@ import psutil
 import uvicorn
 
 from alwayson.api.app import create_app
+from alwayson.api.records import PID_FILE, controller_record
 from alwayson.api.tokens import ensure_token
 from alwayson.control.controller import Controller
-from alwayson.control.desired import daemon_argv
 from alwayson.control.pushing import RoutePusher
 from alwayson.runtime.local import LocalRuntime
 from alwayson.runtime.local_processes import LocalProcesses
@@ -32,39 +31,7 @@ from alwayson.store.sqlite import SQLiteStore
 from alwayson.util.addresses import split_hostport
 from alwayson.util.clocks import SystemClock
 
-PID_FILE = "controller.json"
-LOG_FILE = "controller.log"
 DEFAULT_ROOT_USER = "nobody"
-
-
-def controller_record(state_dir: Path) -> dict[str, object] | None:
-    """The running controller's pid record, or None when no live controller owns it."""
-    try:
-        record = json.loads((state_dir / PID_FILE).read_text())
-        proc = psutil.Process(int(record["pid"]))
-        if abs(proc.create_time() - float(record["start_time"])) > 0.05:
-            return None
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-    except (OSError, ValueError, KeyError, psutil.Error):
-        return None
-    return dict(record)
-
-
-def spawn(state_dir: Path, api: str) -> int:
-    """Start the daemon in its own session; returns its pid (readiness is polled by caller)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    log = (state_dir / LOG_FILE).open("ab")
-    with log:
-        proc = subprocess.Popen(
-            daemon_argv(state_dir, api),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
-    return proc.pid
 
 
 async def serve(state_dir: Path, api: str) -> None:
@@ -137,11 +104,15 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stdout,
     )
     logging.Formatter.converter = time.gmtime
+    # httpx logs every request at INFO: a line per scrape target every scrape interval
+    # (the sample bank: 13 lines a second, all day) and per route push.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     state_dir = args.state_dir.resolve()
     if args.site is None:
         asyncio.run(serve(state_dir, args.api))
         return
-    from alwayson.api.sites import SiteController, read_cluster
+    from alwayson.api.records import read_cluster
+    from alwayson.api.sites import SiteController
 
     async def serve_site() -> None:
         default_user = DEFAULT_ROOT_USER if os.geteuid() == 0 else None

@@ -22,7 +22,6 @@ release or a drill from its stored step.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
@@ -41,84 +40,28 @@ from starlette.types import Receive, Scope, Send
 from alwayson import __version__
 from alwayson.api.app import answer_errors, bearer_check, create_app
 from alwayson.api.client import NO_LEADER_HEADER
+from alwayson.api.records import Cluster
 from alwayson.api.tokens import ensure_token
 from alwayson.control.boards import EtcdBoards
 from alwayson.control.controller import Controller
 from alwayson.control.desired import controller_id
 from alwayson.control.leadership import Leadership
 from alwayson.control.pushing import RoutePusher
-from alwayson.data.layout import etcd_members, etcd_root, write_private
 from alwayson.runtime.local import LocalRuntime, forget_record
 from alwayson.runtime.local_processes import LocalProcesses
 from alwayson.runtime.users import check_user_can_run
-from alwayson.spec.models import PlatformSpec
 from alwayson.store.base import Event
 from alwayson.store.etcd import Etcd
 from alwayson.store.etcd_store import EtcdStore
 from alwayson.util.addresses import split_hostport
-from alwayson.util.certs import CLIENT, leaf_paths
+from alwayson.util.certs import CLIENT, leaf_paths, web_context
 from alwayson.util.clocks import Clock, SystemClock
 
 log = logging.getLogger("alwayson.controller")
 
-CLUSTER_FILE = Path("control") / "cluster.json"
 STAND_DOWN_DEADLINE = 20.0
 PROXY_TIMEOUT = httpx.Timeout(connect=2.0, read=600.0, write=30.0, pool=5.0)
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """What a site's controller needs before it can read anything from etcd: where the
-    members are, the platform's root key and every controller's address. ``alwayson up``
-    writes it from the spec (``<state>/control/cluster.json``)."""
-
-    platform: str
-    root: str
-    endpoints: dict[str, str]
-    apis: dict[str, str]
-
-    def endpoints_from(self, site: str) -> list[str]:
-        """Every member's address, the site's own first."""
-        return sorted(self.endpoints.values(), key=lambda e: e != self.endpoints.get(site))
-
-    @classmethod
-    def of(cls, spec: PlatformSpec, state_dir: Path) -> Cluster:
-        members = etcd_members(spec, state_dir)
-        return cls(
-            platform=spec.platform,
-            root=etcd_root(spec),
-            endpoints={m.name: m.endpoint for m in members},
-            apis=spec.controller_apis(),
-        )
-
-    def json(self) -> dict[str, Any]:
-        return {
-            "platform": self.platform,
-            "root": self.root,
-            "endpoints": self.endpoints,
-            "apis": self.apis,
-        }
-
-
-def write_cluster(state_dir: Path, cluster: Cluster) -> None:
-    path = state_dir / CLUSTER_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_private(path, json.dumps(cluster.json(), indent=1))
-
-
-def read_cluster(state_dir: Path) -> Cluster:
-    path = state_dir / CLUSTER_FILE
-    try:
-        data = json.loads(path.read_text())
-        return Cluster(
-            str(data["platform"]), str(data["root"]), dict(data["endpoints"]), dict(data["apis"])
-        )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SystemExit(
-            f"{path}: cannot read the cluster this controller belongs to ({exc}); "
-            "`alwayson up` writes it from the spec"
-        ) from exc
 
 
 @dataclass
@@ -230,7 +173,9 @@ class SiteController:
         self._changed = asyncio.Event()
         self._downed = False
         self._server: uvicorn.Server | None = None
-        self._proxy = httpx.AsyncClient(timeout=PROXY_TIMEOUT, trust_env=False)
+        self._proxy = httpx.AsyncClient(
+            timeout=PROXY_TIMEOUT, trust_env=False, verify=web_context()
+        )
         self._follower_app = self._make_follower_app()
 
     # ------------------------------------------------------------ the process

@@ -81,7 +81,7 @@ async def _ensure_controller(loaded: LoadedSpec, quiet: bool) -> None:
     """Start the controller daemon unless one already answers for this state directory."""
     import asyncio
 
-    from alwayson.api.daemon import LOG_FILE, controller_record, spawn
+    from alwayson.api.records import LOG_FILE, controller_record, spawn
 
     if loaded.spec.has_consensus:  # a controller in every site, on etcd
         from alwayson.api.bootstrap import bring_up
@@ -302,7 +302,7 @@ def down(
         async def flow() -> str:
             import asyncio
 
-            from alwayson.api.daemon import controller_record
+            from alwayson.api.records import controller_record
 
             await _ensure_controller(loaded, quiet=True)
             record = controller_record(loaded.state_dir)

@@ -21,6 +21,7 @@ import httpx
 from alwayson.control.routing import Table, frontdoor_table, same_table, site_table
 from alwayson.control.state import PlatformState
 from alwayson.runtime.base import InstanceSpec, InstanceStatus, Kind
+from alwayson.util.certs import web_context
 from alwayson.util.clocks import Clock
 from alwayson.util.errors import TemporaryError
 
@@ -40,7 +41,10 @@ class RoutePusher:
 
     def __init__(self, token: str, timeout: float = 2.0) -> None:
         self._client = httpx.AsyncClient(
-            timeout=timeout, headers={"Authorization": f"Bearer {token}"}, trust_env=False
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {token}"},
+            trust_env=False,
+            verify=web_context(),
         )
 
     async def push(self, admin: str, table: Table) -> None:

@@ -27,6 +27,7 @@ import httpx
 from fastapi import APIRouter, Depends, Header, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
+from alwayson.util.certs import web_context
 from alwayson.util.errors import TemporaryError
 
 PATH = "/v1/failsafe/{db}"
@@ -112,6 +113,7 @@ class HttpAsker:
             trust_env=False,
             limits=httpx.Limits(max_keepalive_connections=0),
             transport=transport,  # tests: an agent's app in process
+            verify=web_context(),
         )
 
     async def ask(

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from alwayson.util.certs import web_context
 from alwayson.util.errors import TemporaryError
 
 
@@ -20,7 +21,10 @@ class ControllerApi:
         base = api if api.startswith("http") else f"http://{api}"
         self.addresses = [base, *(f"http://{a}" for a in others if f"http://{a}" != base)]
         self.http = httpx.AsyncClient(
-            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+            base_url=base,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            verify=web_context(),
         )
 
     def _next(self) -> None:

@@ -22,12 +22,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator
+
+if TYPE_CHECKING:  # matplotlib is imported by the plot only: it costs 0.3 s to import
+    from matplotlib.figure import Figure
 
 __all__ = [
     "FaultRow",
@@ -426,6 +426,10 @@ def timeline_plot(result: Mapping[str, Any]) -> str | None:
             v = _number(r.get(key))
             out.append(math.nan if v is None or (positive and v <= 0) else v * scale)
         return [*out, out[-1]]
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     figure = Figure(figsize=(10.0, 5.6), dpi=96)
     FigureCanvasAgg(figure)

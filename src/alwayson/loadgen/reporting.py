@@ -20,16 +20,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from alwayson.loadgen.histograms import REPORTED_PERCENTILES, percentile_name
 from alwayson.loadgen.recording import SecondRow
 from alwayson.loadgen.results import RunResult
 from alwayson.loadgen.thresholds import Outcome
+
+if TYPE_CHECKING:  # matplotlib is imported by the plots only: it costs 0.3 s to import
+    from matplotlib.figure import Figure
 
 
 def ms_text(value: float | None) -> str:
@@ -139,6 +140,9 @@ def verdict(result: RunResult, outcomes: Sequence[Outcome]) -> str:
 
 
 def _figure() -> tuple[Figure, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(10.0, 3.2), dpi=96)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)

@@ -34,6 +34,7 @@ from alwayson.observe.alerting import Notification, NotifiedAlert, label_set_tex
 from alwayson.observe.rules import go_float
 from alwayson.spec.observing import Email, Receiver
 from alwayson.util.addresses import split_hostport
+from alwayson.util.certs import web_context
 from alwayson.util.errors import PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,9 @@ class Dispatcher:
         self._max_delay = max_delay
         self._attempts: deque[dict[str, Any]] = deque(maxlen=keep_attempts)
         self._tasks: set[asyncio.Task[bool]] = set()
-        self._http = httpx.AsyncClient(transport=transport, follow_redirects=False)
+        self._http = httpx.AsyncClient(
+            transport=transport, follow_redirects=False, verify=web_context()
+        )
         self._closed = False
 
     def send(

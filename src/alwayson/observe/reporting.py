@@ -52,9 +52,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import jinja2
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-from matplotlib.figure import Figure
 
 from alwayson.metrics.model import Line
 
@@ -709,6 +706,11 @@ def _plot(report: Report, name: str) -> str | None:
     lines = report.series.get(name) or []
     if not any(ln.points for ln in lines):
         return None
+    # matplotlib is imported here only: it costs 0.3 s, which every controller start paid.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.figure import Figure
+
     title, scale = _PLOT_TITLES[name]
     figure = Figure(figsize=(4.2 * max(1, len(report.sites)) + 1.8, 3.0), dpi=96)
     FigureCanvasAgg(figure)

@@ -14,8 +14,10 @@ is kept, so the others stay valid.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import os
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,3 +187,20 @@ CLIENT = "client"
 def client_files(state_dir: Path, platform: str) -> TlsFiles:
     """The one client certificate the platform's own processes use with etcd."""
     return ensure_leaf(state_dir, platform, CLIENT, server=False)
+
+
+@functools.cache
+def web_context() -> ssl.SSLContext:
+    """The CA-verifying TLS context every HTTP client of the platform shares.
+
+    httpx builds one per client unless given one, reading the whole CA bundle each time
+    (50-100 ms on this machine): every CLI command and every controller start paid it
+    once per client. Same bundle as httpx: ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` when set,
+    else certifi's."""
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
