@@ -2,9 +2,10 @@
 
 Operators type these commands all day, so a command imports only what it uses: the
 modules below are light, and the controller daemon, the spec's models, asyncio and the
-HTTP client are imported inside the commands that need them. ``alwayson.api.daemon``
-(which drags the whole control plane in) is imported only by ``up`` and ``down``: the one
-exception import-linter allows in the CLI's contract.
+HTTP client are imported inside the commands that need them. The CLI never imports the
+controller daemon: ``up`` and ``down`` find and spawn it through ``alwayson.api.records``
+(its records and its command line), and ``up`` of a platform on etcd through
+``alwayson.api.bootstrap``: the exceptions import-linter allows in the CLI's contract.
 """
 
 from __future__ import annotations
