@@ -30,6 +30,13 @@ them (no ``PYTHONPATH``), so they run the ``alwayson`` this interpreter imports 
 it: to measure a source tree other than the installed one, run this script with an
 interpreter (a throw-away venv) whose path puts that tree first. ``--hold SECONDS`` keeps
 the platform up after the window and prints the pids, to attach a profiler.
+
+What the platform does at rest is partly fixed (etcd's raft, leases, reports) and partly
+what the spec asks for: a health probe of every instance every ``interval`` and a scrape
+of every target every ``scrape_interval``. ``--probe-every 10s --scrape-every 15s`` runs
+the same bank with Kubernetes' default probe period and a common Prometheus interval, to
+tell the two parts apart. The etcd members' ``/metrics`` are read at both ends of the
+window: requests served a second by gRPC method, and raft proposals committed.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from reporting import finish
 from ruamel.yaml import YAML
 
@@ -73,11 +82,19 @@ def log(text: str) -> None:
 class Bank:
     """The sample bank in ``folder`` on private subnets and ports."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(
+        self, folder: Path, probe_every: str | None = None, scrape_every: str | None = None
+    ) -> None:
         shutil.copytree(SAMPLE, folder, ignore=shutil.ignore_patterns(".alwayson", "__pycache__"))
         yaml = YAML()
         self.spec_path = folder / "alwayson.yaml"
         data = isolate(yaml.load(self.spec_path.read_text()))
+        if probe_every:  # the services' health probes, as a spec might set them
+            for service in data.get("services", []):
+                if "health" in service:
+                    service["health"]["interval"] = probe_every
+        if scrape_every:
+            data.setdefault("metrics", {})["scrape_interval"] = scrape_every
         with self.spec_path.open("w") as out:
             yaml.dump(data, out)
         self.state_dir = folder / ".alwayson"
@@ -261,14 +278,69 @@ class Sampler:
         return {name: max(0.0, cpu) / seconds for name, cpu in used.items()}
 
 
-def measure(roots: list[Root], seconds: float, every: float) -> dict[str, Any]:
+def etcd_metrics_urls(state_dir: Path) -> list[str]:
+    """Each etcd member's plain-HTTP ``/metrics`` (its instance is probed there)."""
+    urls = []
+    for path in sorted(state_dir.glob("run/instances/etcd@*.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            spec = json.loads(path.read_text())["spec"]
+            urls.append(f"http://{spec['host']}:{spec['port']}/metrics")
+    return urls
+
+
+def etcd_counts(urls: list[str]) -> dict[str, float]:
+    """Requests the members served, by gRPC method (summed over members), and raft
+    proposals committed (the most any member counts: each commits every one)."""
+    counts: dict[str, float] = defaultdict(float)
+    proposals = 0.0
+    for url in urls:
+        try:
+            text = httpx.get(url, timeout=5.0).text
+        except httpx.HTTPError:
+            continue
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "grpc_server_handled_total":
+                    method = f"{sample.labels['grpc_service']}/{sample.labels['grpc_method']}"
+                    counts[method] += sample.value
+                elif sample.name == "etcd_server_proposals_committed_total":
+                    proposals = max(proposals, sample.value)
+    counts["raft proposals committed"] = proposals
+    return counts
+
+
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time by state (``/proc/stat``'s first line, in ticks)."""
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+
+
+def steal_share(first: list[int], last: list[int]) -> float:
+    """Of the machine's CPU time in a window, the share the hypervisor took (steal): on a
+    shared VM it slows every process alike and inflates what each one is measured to use,
+    so two runs compare only when their steal is alike."""
+    spent = [b - a for a, b in zip(first, last, strict=True)]
+    return spent[7] / sum(spent) if sum(spent) else 0.0
+
+
+def measure(
+    roots: list[Root], seconds: float, every: float, etcd_urls: list[str] | None = None
+) -> dict[str, Any]:
     sampler = Sampler(roots)
+    before = etcd_counts(etcd_urls or [])
+    ticks = cpu_ticks()
     started = time.monotonic()
     sampler.sample(first=True)
     while (left := seconds - (time.monotonic() - started)) > 0:
         time.sleep(min(every, left))
         sampler.sample(first=False)
     window = time.monotonic() - started
+    after = etcd_counts(etcd_urls or [])
+    steal = steal_share(ticks, cpu_ticks())
+    etcd_rates = {
+        name: round((after[name] - before.get(name, 0.0)) / window, 2)
+        for name in sorted(after)
+        if after[name] > before.get(name, 0.0)
+    }
     cores = sampler.cores(window)
     role_of = {r.name: r.role for r in roots}
     used = {name: round(cores.get(name, 0.0), 4) for name in sampler.by_pid.values()}
@@ -284,6 +356,8 @@ def measure(roots: list[Root], seconds: float, every: float) -> dict[str, Any]:
         "processes": processes,
         "roles": roles,
         "platform_cores": round(platform_cores, 4),
+        "etcd_per_second": etcd_rates,
+        "steal": round(steal, 3),
         "missing": sampler.missing,
     }
 
@@ -294,7 +368,7 @@ def measure(roots: list[Root], seconds: float, every: float) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="alwayson-idle-") as tmp:
         os.chmod(tmp, 0o755)
-        bank = Bank(Path(tmp) / "digital-bank")
+        bank = Bank(Path(tmp) / "digital-bank", args.probe_every, args.scrape_every)
         try:
             started = time.monotonic()
             bank.cli("up", "--timeout", "180", timeout=300)
@@ -305,7 +379,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(args.settle)
             roots = recorded_roots(bank.state_dir)
             log(f"sampling {len(roots)} recorded processes for {args.seconds:g}s")
-            figures = measure(roots, args.seconds, args.every)
+            figures = measure(roots, args.seconds, args.every, etcd_metrics_urls(bank.state_dir))
             if args.hold:
                 pids = {r.name: r.pid for r in roots if r.role in PLATFORM_ROLES}
                 log(f"holding the platform up {args.hold:g}s more (pids: {pids})")
@@ -315,6 +389,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "idle",
         "spec": "examples/digital-bank/alwayson.yaml",
+        "probe_every": args.probe_every or "as the spec says (1s)",
+        "scrape_every": args.scrape_every or "as the spec says (5s, the default)",
         "seconds": args.seconds,
         "settle_seconds": args.settle,
         "every_seconds": args.every,
@@ -341,6 +417,11 @@ def print_report(report: dict[str, Any]) -> None:
         f"\nplatform (controller + agents + etcd members): {report['platform_cores']:.3f} cores; "
         f"{verdict} the target of <= {report['target_platform_cores']:g}"
     )
+    print(f"CPU time the hypervisor took (steal) in the window: {report.get('steal', 0):.0%}")
+    if report.get("etcd_per_second"):
+        print("\netcd requests served a second (all members), and raft proposals committed:")
+        for name, rate in sorted(report["etcd_per_second"].items(), key=lambda kv: -kv[1]):
+            print(f"  {rate:8.2f}  {name}")
     if report["missing"]:
         print(f"recorded but not running at the start: {', '.join(report['missing'])}")
 
@@ -353,6 +434,16 @@ def main() -> int:
     parser.add_argument("--converge-timeout", type=float, default=180.0)
     parser.add_argument(
         "--hold", type=float, default=0.0, help="keep it up this long after, for a profiler"
+    )
+    parser.add_argument(
+        "--probe-every",
+        metavar="DURATION",
+        help="set every service's health probe interval (e.g. 10s, Kubernetes' default)",
+    )
+    parser.add_argument(
+        "--scrape-every",
+        metavar="DURATION",
+        help="set metrics.scrape_interval (e.g. 15s, a common Prometheus setting)",
     )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--save", metavar="FILE", help="also write the JSON report here")
