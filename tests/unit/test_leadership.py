@@ -198,3 +198,34 @@ def test_never_two_candidates_act_at_once(moves: list[tuple[str, object]]) -> No
             assert len(terms) <= 1
 
     asyncio.run(run())
+
+
+async def test_steps_while_a_leader_is_known_only_read(
+    etcd: MemoryEtcd, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A campaign is a transaction with a put: etcd commits it through raft (an fsync on
+    every member) even when its compare fails. Once a leader is known, a step reads."""
+    witness, jakarta, surabaya = candidates(etcd, clock)
+    assert await witness.step()
+    assert not await jakarta.step() and not await surabaya.step()
+    sent: list[str] = []
+    real_txn = etcd.txn
+
+    async def counted(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        sent.append("txn")
+        return await real_txn(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(etcd, "txn", counted)
+    for _ in range(5):
+        clock.advance(0.5)
+        assert await witness.step()
+        assert not await jakarta.step() and not await surabaya.step()
+    assert sent == []
+    assert jakarta.leader is not None and jakarta.leader.term == witness.term
+    # The key gone (the leader resigned): the next step campaigns, and wins.
+    await witness.resign()
+    sent.clear()
+    assert await jakarta.step()
+    assert sent == ["txn"]
+    assert not await surabaya.step()
+    assert surabaya.leader is not None and surabaya.leader.site == "jakarta"

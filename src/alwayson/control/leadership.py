@@ -174,6 +174,18 @@ class Leadership:
         return self.leads()
 
     async def _campaign(self, deadline: float) -> None:
+        """Take the key if nobody holds it, else learn who does.
+
+        While a leader is known, a plain (linearizable) read tells whether its key is still
+        there: a campaign's transaction holds a put, so etcd commits it through raft, an
+        fsync on every member, even when its compare fails, and three controllers stepping
+        twice a second made most of an idle platform's raft proposals. Only when the key
+        is gone (or no leader is known) does a candidate send the transaction."""
+        if self.leader is not None:
+            found = await self.etcd.get(self.key, timeout=deadline)
+            if found is not None:
+                self._found(found)
+                return
         since = self.clock.wall()
         body = {"site": self.site, "api": self.api, "pid": self.pid, "since": since}
         ok, reads, revision = await self.etcd.txn(
@@ -191,6 +203,10 @@ class Leadership:
         if found is None:  # gone between the compare and the read: next turn
             self.leader = None
             return
+        self._found(found)
+
+    def _found(self, found: Kv) -> None:
+        """The leader key as read: who leads, and whether it is still this candidate."""
         self.leader = leader_of(found)
         if found.lease == self.lease:  # ours: a retried campaign, or a turn while leading
             self.term = found.create_revision
