@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the tests' helpers: subnets, ports, the echo app, cleanup
+from benchmarks.cli import figures  # noqa: E402
 from tests.support import (  # noqa: E402
     APPS,
     isolate,
@@ -73,14 +73,6 @@ def one_run() -> tuple[float, float]:
     return up, down
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "median": round(statistics.median(values), 2),
-        "min": round(min(values), 2),
-        "max": round(max(values), 2),
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="fresh platforms to time")
@@ -96,8 +88,8 @@ def main() -> int:
         "benchmark": "up_down",
         "python": sys.executable,
         "runs": args.runs,
-        "up_seconds": summary(ups),
-        "down_seconds": summary(downs),
+        "up_seconds": figures(ups),
+        "down_seconds": figures(downs),
     }
     if args.json:
         print(json.dumps(report, indent=1))

@@ -12,8 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -28,6 +26,7 @@ from alwayson.runtime.local import LocalRuntime
 from alwayson.runtime.local_processes import LocalProcesses
 from alwayson.runtime.users import check_user_can_run
 from alwayson.store.sqlite import SQLiteStore
+from alwayson.util import logs
 from alwayson.util.addresses import split_hostport
 from alwayson.util.clocks import SystemClock
 
@@ -98,15 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         help="run as this site's controller, one of several elected on etcd (api/sites.py)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
-    logging.Formatter.converter = time.gmtime
-    # httpx logs every request at INFO: a line per scrape target every scrape interval
-    # (the sample bank: 13 lines a second, all day) and per route push.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.setup()
     state_dir = args.state_dir.resolve()
     if args.site is None:
         asyncio.run(serve(state_dir, args.api))

@@ -24,7 +24,6 @@ import contextlib
 import logging
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from alwayson.data.layout import AgentConfig
 from alwayson.data.links import Relay, Target, sweep_forever
 from alwayson.data.stewarding import Role, Steward
 from alwayson.store.etcd import Etcd
+from alwayson.util import logs
 from alwayson.util.addresses import split_hostport
 from alwayson.util.certs import TlsFiles
 from alwayson.util.clocks import Clock, SystemClock
@@ -275,13 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m alwayson.data.agent")
     parser.add_argument("--config", required=True, type=Path)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
-    logging.Formatter.converter = time.gmtime
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.setup()
     try:
         cfg = AgentConfig.model_validate_json(args.config.read_text())
         agent = Agent(cfg, SystemClock())
