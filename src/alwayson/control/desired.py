@@ -296,7 +296,7 @@ def workload_instance(
         site=site,
         service=svc.name,
         version=svc.version,
-        argv=resolve_command(svc.run, ctx.spec_folder),
+        argv=resolve_command(svc.run, ctx.spec_folder, env),  # $HOST, $PORT... expanded
         cwd=str(ctx.spec_folder),
         env=env,
         host=host,

@@ -13,7 +13,7 @@ the stored stage.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from alwayson.release.stepping import (
     promote,
     start,
 )
-from alwayson.spec.commands import CommandNotFound, resolve_command
+from alwayson.spec.commands import CommandNotFound, check_run, service_variables
 from alwayson.spec.loading import LoadedSpec
 from alwayson.spec.models import PlatformSpec, ReleasePolicy, Service
 from alwayson.spec.observing import check_expr_problem
@@ -219,7 +219,7 @@ class ReleaseDriver:
             raise PermanentError(
                 f"{service} already runs version {version} with `{run}`; nothing to release"
             )
-        check_command(run, folder or self.view.spec_folder(), service)
+        check_command(run, folder or self.view.spec_folder(), service, service_variables(spec, svc))
         policy = policy or svc.release
         for index, check in enumerate(policy.analysis.checks):
             why = check_expr_problem(check)
@@ -490,9 +490,10 @@ def _find(spec: PlatformSpec, service: str) -> Service:
     raise NotFoundError(f"unknown service {service!r} (services: {known})")
 
 
-def check_command(run: str, spec_folder: Path, service: str) -> None:
-    """The program of a run command must exist (a typo fails here, not as a crash loop)."""
+def check_command(run: str, spec_folder: Path, service: str, known: Collection[str]) -> None:
+    """The program of a run command must exist and its variables be ``known`` ones (a typo
+    fails here, not as a crash loop)."""
     try:
-        resolve_command(run, spec_folder)
+        check_run(run, spec_folder, known)
     except CommandNotFound as exc:
         raise PermanentError(f"{service}: run command {run!r}: {exc}; nothing changed") from exc

@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
-from alwayson.spec.commands import CommandNotFound, resolve_command
+from alwayson.spec.commands import CommandNotFound, check_run, service_variables
 from alwayson.spec.models import Location, PlatformSpec, consistency_problems
 from alwayson.util.errors import SpecError, SpecProblem
 
@@ -80,7 +80,7 @@ def load_spec_text(
     if check_commands:
         for index, svc in enumerate(spec.services):
             try:
-                resolve_command(svc.run, path.parent)
+                check_run(svc.run, path.parent, service_variables(spec, svc))
             except CommandNotFound as exc:
                 located.append(_problem(name, document, ("services", index, "run"), str(exc)))
     if located:

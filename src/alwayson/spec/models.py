@@ -263,7 +263,8 @@ class Service(Strict):
     run: str = Field(
         min_length=1,
         description="Command line, run in the spec's folder; a leading 'python' is the "
-        "Python environment alwayson itself runs in.",
+        "Python environment alwayson itself runs in. $HOST, $PORT, $ALWAYSON_*, env: keys and "
+        "DATABASE_URL (as $NAME or ${NAME}) are replaced per instance; $$ is a literal $.",
     )
     port: int = Field(ge=1, le=65535)
     env: dict[str, str] = Field(default_factory=dict)
