@@ -16,6 +16,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
+from alwayson.spec.bounds import check_bounds
 from alwayson.spec.commands import CommandNotFound, check_run, service_variables
 from alwayson.spec.models import Location, PlatformSpec, consistency_problems
 from alwayson.util.errors import SpecError, SpecProblem
@@ -60,6 +61,7 @@ def load_spec_text(
     name = display or str(path)
     yaml = YAML(typ="rt")
     try:
+        check_bounds(text, name)
         document = yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

@@ -80,7 +80,11 @@ def _parse(text: str) -> Any:
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
 
+    from alwayson.spec.bounds import check_size
+    from alwayson.util.errors import SpecError
+
     try:
+        check_size(text, "spec")  # the safe loader shares aliased nodes: no bomb here
         return YAML(typ="safe").load(text)
-    except (YAMLError, ValueError):
+    except (YAMLError, ValueError, SpecError, RecursionError):
         return None

@@ -7,6 +7,7 @@ generated from them (``alwayson schema``).
 from __future__ import annotations
 
 import ipaddress
+import pwd
 import re
 from typing import Annotated, Any, Literal
 
@@ -32,6 +33,7 @@ from alwayson.spec.observing import (
     rule_expr_problem,
 )
 from alwayson.spec.types import Duration, Name
+from alwayson.util.addresses import is_loopback
 
 ListenAddress = Annotated[
     str,
@@ -418,8 +420,24 @@ CONTROLLER_HOST = 6
 
 class Controller(Strict):
     api: ListenAddress = Field(default=DEFAULT_API, description="REST API and dashboard.")
+    allow_remote_api: bool = Field(
+        default=False,
+        description="Let `api` listen on a non-loopback address. The API speaks plain HTTP "
+        "with a bearer token: only on a management network you trust, or behind a TLS proxy.",
+    )
     state_dir: str = Field(default=DEFAULT_STATE_DIR, description="Relative to the spec's folder.")
     reconcile_interval: Duration = 1.0
+
+    @model_validator(mode="after")
+    def _api_on_loopback(self) -> Controller:
+        host = self.api.rpartition(":")[0].strip("[]")
+        if not self.allow_remote_api and not is_loopback(host):
+            raise ValueError(
+                f"api {self.api} is not a loopback address: anyone who reaches it can try "
+                "the token over plain HTTP. Bind 127.0.0.1 and reach it through SSH or a TLS "
+                "proxy, or set allow_remote_api: true to accept that"
+            )
+        return self
 
 
 class FrontDoor(Strict):
@@ -438,6 +456,29 @@ class Runtime(Strict):
         description="Unprivileged user for workloads when alwayson runs as root "
         "(default 'nobody').",
     )
+    allow_root: bool = Field(
+        default=False,
+        description="Let `user` be root (uid 0): every workload then owns the machine.",
+    )
+
+    @model_validator(mode="after")
+    def _not_root(self) -> Runtime:
+        if self.user is not None and not self.allow_root and _is_root(self.user):
+            raise ValueError(
+                f"user {self.user!r} is root: every service would run with full power over "
+                "the machine, the database and each other. Name an unprivileged user (or "
+                "leave it out for 'nobody'), or set allow_root: true to accept that"
+            )
+        return self
+
+
+def _is_root(user: str) -> bool:
+    if user == "root" or user == "0":
+        return True
+    try:
+        return pwd.getpwnam(user).pw_uid == 0
+    except KeyError:
+        return False  # a missing user is refused at `up`, where it would be used
 
 
 class PlatformSpec(Strict):
