@@ -8,7 +8,9 @@ single connection is never shared across threads. SQLite serialises writers, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +51,15 @@ class SQLiteStore:
 
     def _connect(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        # The spec (with its secrets) and the audit live here: 0600 before SQLite opens it,
+        # so its -wal and -shm files, which SQLite makes with the database's mode, are too.
+        try:
+            os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(f"{self._path}{suffix}", 0o600)
+        except OSError as exc:  # as SQLite would fail on it: temporary, with the path
+            raise sqlite3.OperationalError(f"cannot open {self._path}: {exc}") from exc
         conn = sqlite3.connect(
             self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
         )
