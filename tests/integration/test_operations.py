@@ -69,10 +69,13 @@ def test_logs_show_every_instance_and_follow_new_lines(running_small: Platform) 
     assert unknown.returncode == 1 and "unknown service 'nope'" in unknown.stderr
 
 
-def test_every_change_is_audited_with_its_command(running_small: Platform) -> None:
+def test_every_change_is_audited_with_its_token_and_command(running_small: Platform) -> None:
     running_small.cli("scale", "accounts", "2", "--site", "jakarta")
     entries = json.loads(running_small.cli("audit", "--json").stdout)
-    assert [(e["actor"], e["action"]) for e in entries][:2] == [("scale", "scale"), ("up", "apply")]
+    assert [(e["actor"], e["action"]) for e in entries][:2] == [
+        ("owner (scale)", "scale"),
+        ("owner (up)", "apply"),
+    ]
     assert entries[0]["detail"] == {"service": "accounts", "replicas": 2, "site": "jakarta"}
     assert any("service accounts" in c for c in entries[1]["detail"]["changes"])
 

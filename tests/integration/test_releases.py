@@ -426,7 +426,7 @@ def test_apply_of_a_new_version_in_the_spec_starts_its_release(
     finally:
         wrk.kill()
     assert release["phase"] == "succeeded", release["message"]
-    assert release["strategy"] == "canary" and release["actor"] == "apply"
+    assert release["strategy"] == "canary" and release["actor"] == "owner (apply)"
     assert load.failed == 0, load.output
     assert _versions(platform) == {"2.0.0": 4}
     assert "no changes" in platform.cli("plan").stdout.lower()

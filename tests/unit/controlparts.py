@@ -7,11 +7,13 @@ from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from alwayson.control.controller import Controller
 from alwayson.control.observing import Observatory
 from alwayson.control.ports import DatabaseReports
+from alwayson.control.routing import Table
 from alwayson.control.state import PlatformState
 from alwayson.runtime.base import InstanceStatus
-from alwayson.runtime.memory import MemoryRuntime, MemoryWorld
+from alwayson.runtime.memory import MemoryProcesses, MemoryRuntime, MemoryWorld
 from alwayson.spec.models import PlatformSpec
 from alwayson.store.memory import MemoryStore
 from alwayson.util.clocks import ManualClock
@@ -98,3 +100,32 @@ def observatory(
         parts,
         state_dir,
     )
+
+
+class NoGateways:
+    """Gateways that take every table pushed to them (the controller's RoutePusher port)."""
+
+    async def push(self, admin: str, table: Table) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def memory_controller(tmp_path: Path, store: MemoryStore | None = None) -> Controller:
+    """A real Controller on the in-memory store, runtime and clock, state in
+    ``tmp_path/.alwayson``, loaded (nothing applied yet)."""
+    clock = ManualClock(autojump=True)
+    world = MemoryWorld(clock, log_dir=tmp_path / "logs")
+    controller = Controller(
+        store or MemoryStore(),
+        MemoryRuntime(world),
+        MemoryProcesses(world),
+        tmp_path / ".alwayson",
+        clock,
+        NoGateways(),
+        None,
+        address_free=lambda host, port: True,
+    )
+    await controller.load()
+    return controller

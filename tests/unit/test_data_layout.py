@@ -125,7 +125,7 @@ def test_the_agent_and_its_links_in_the_first_site(spec: PlatformSpec, state_dir
     # failsafe questions go to the other workload site's agent through slot 97
     assert cfg.peer_agents == {"east": "127.1.0.3:20297"}
     assert cfg.state_dir == str(state_dir)
-    assert cfg.token_file == str(state_dir / "token")
+    assert cfg.token_file == str(state_dir / "run" / "agents.token")  # not the API's
     assert cfg.partitions_file == str(state_dir / "data" / "partitions.json")
 
 

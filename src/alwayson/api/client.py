@@ -151,10 +151,10 @@ class ApiClient:
             (await self._request("POST", "/api/v1/plan", json=body)).json()
         )
 
-    async def apply(self, text: str, path: str) -> ChangesOut:
+    async def apply(self, text: str, path: str, allow_destroy: bool = False) -> ChangesOut:
         from alwayson.api.schemas import ChangesOut, SpecBody
 
-        body = SpecBody(text=text, path=path).model_dump()
+        body = SpecBody(text=text, path=path, allow_destroy=allow_destroy).model_dump()
         response = await self._request("POST", "/api/v1/apply", json=body)
         return ChangesOut.model_validate(response.json())
 

@@ -19,7 +19,7 @@ import uvicorn
 
 from alwayson.api.app import create_app
 from alwayson.api.records import PID_FILE, controller_record
-from alwayson.api.tokens import ensure_token
+from alwayson.api.tokens import TokenBook, ensure_token
 from alwayson.control.controller import Controller
 from alwayson.control.pushing import RoutePusher
 from alwayson.runtime.local import LocalRuntime
@@ -29,6 +29,7 @@ from alwayson.store.sqlite import SQLiteStore
 from alwayson.util import logs
 from alwayson.util.addresses import split_hostport
 from alwayson.util.clocks import SystemClock
+from alwayson.util.credentials import GATEWAY_TOKEN_FILE, ensure_secret
 
 DEFAULT_ROOT_USER = "nobody"
 
@@ -39,7 +40,7 @@ async def serve(state_dir: Path, api: str) -> None:
     host, port = split_hostport(api)
     store = await SQLiteStore(state_dir / "state.db").open()
     runtime = LocalRuntime(state_dir)
-    pusher = RoutePusher(token)
+    pusher = RoutePusher(ensure_secret(state_dir / GATEWAY_TOKEN_FILE))
     default_user = DEFAULT_ROOT_USER if os.geteuid() == 0 else None
     controller = Controller(
         store,
@@ -58,15 +59,16 @@ async def serve(state_dir: Path, api: str) -> None:
     logging.getLogger("alwayson.controller").info(
         "controller pid %d: adopted %d running processes", os.getpid(), len(adopted)
     )
+    book = TokenBook(state_dir, token)
     config = uvicorn.Config(
-        create_app(controller, token), host=host, port=port, log_level="warning", lifespan="off"
+        create_app(controller, book), host=host, port=port, log_level="warning", lifespan="off"
     )
     server = uvicorn.Server(config)
 
     def stop() -> None:
         server.should_exit = True
 
-    config.app = create_app(controller, token, on_down=stop)
+    config.app = create_app(controller, book, on_down=stop)
     proc = psutil.Process(os.getpid())
     (state_dir / PID_FILE).write_text(
         json.dumps({"pid": os.getpid(), "start_time": proc.create_time(), "api": api})

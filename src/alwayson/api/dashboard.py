@@ -23,6 +23,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from alwayson.api.schemas import ERROR_ANSWERS
 from alwayson.control.databases import STALE_AFTER
 from alwayson.util.replication import slot_name
 
@@ -515,7 +516,7 @@ def mount_dashboard(app: FastAPI, controller: Controller, guarded: list[Any]) ->
     async def page() -> FileResponse:
         return FileResponse(index, media_type="text/html", headers=PAGE_HEADERS)
 
-    @app.get("/api/v1/dashboard", dependencies=guarded)
+    @app.get("/api/v1/dashboard", dependencies=guarded, responses=ERROR_ANSWERS)
     async def dashboard(response: Response) -> dict[str, Any]:
         """Everything the dashboard shows, in one document (polled every second)."""
         response.headers["Cache-Control"] = "no-store"

@@ -10,6 +10,11 @@ from pydantic import BaseModel, Field
 class SpecBody(BaseModel):
     text: str = Field(description="The spec file's text.")
     path: str = Field(description="Absolute path of the spec file (its folder is the root).")
+    allow_destroy: bool = Field(
+        default=False,
+        description="Apply destructive changes (a database removed, its primary_site or "
+        "replication changed); without it such a spec is refused with 409.",
+    )
 
 
 class ChangesOut(BaseModel):
@@ -56,3 +61,45 @@ class PromoteBody(BaseModel):
 
 class RollbackBody(BaseModel):
     to: str | None = None
+
+
+MAX_BODY_BYTES = 1024 * 1024
+"""The largest request body the API reads (1 MiB; a spec file is a few hundred KB at most).
+A larger one is answered 413 before it is read whole."""
+
+
+class ProblemOut(BaseModel):
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """The body of every error answer: what is wrong and how to fix it."""
+
+    error: str = Field(description="What is wrong, naming the field or thing, and the fix.")
+    problems: list[ProblemOut] | None = Field(
+        default=None, description="A spec's faults, one per problem (422 of plan and apply)."
+    )
+
+
+def _answer(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
+ERROR_ANSWERS: dict[int | str, dict[str, Any]] = {
+    400: _answer("Bad input: the error names the field and how to fix it."),
+    401: _answer("No bearer token, or a wrong one (the token is in `.alwayson/token`)."),
+    403: _answer("The token's role may not make this request (read < operate < admin)."),
+    404: _answer("No such service, site, database, release, drill, silence or record."),
+    409: _answer(
+        "The request conflicts with what runs (a release, drill or database request in "
+        "progress, a silence already expired)."
+    ),
+    413: _answer(f"The request body is larger than {MAX_BODY_BYTES} bytes (1 MiB)."),
+    422: _answer("The body or a parameter does not validate; for a spec, `problems` lists each."),
+    503: _answer("Not now (the store is out of reach, no controller leads): see Retry-After."),
+}
+"""The error answers of a route behind the bearer token, for its OpenAPI ``responses``."""

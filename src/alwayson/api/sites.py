@@ -40,8 +40,10 @@ from starlette.types import Receive, Scope, Send
 from alwayson import __version__
 from alwayson.api.app import answer_errors, bearer_check, create_app
 from alwayson.api.client import NO_LEADER_HEADER
+from alwayson.api.limits import BodyLimit
 from alwayson.api.records import Cluster
-from alwayson.api.tokens import ensure_token
+from alwayson.api.schemas import ERROR_ANSWERS
+from alwayson.api.tokens import TokenBook, ensure_token
 from alwayson.control.boards import EtcdBoards
 from alwayson.control.controller import Controller
 from alwayson.control.desired import controller_id
@@ -56,6 +58,7 @@ from alwayson.store.etcd_store import EtcdStore
 from alwayson.util.addresses import split_hostport
 from alwayson.util.certs import CLIENT, leaf_paths, web_context
 from alwayson.util.clocks import Clock, SystemClock
+from alwayson.util.credentials import GATEWAY_TOKEN_FILE, ensure_secret
 
 log = logging.getLogger("alwayson.controller")
 
@@ -148,6 +151,8 @@ class SiteController:
         self.default_user = default_user
         self.clock = clock or SystemClock()
         self.token = ensure_token(state_dir)
+        self.book = TokenBook(state_dir, self.token)
+        self.gateway_token = ensure_secret(state_dir / GATEWAY_TOKEN_FILE)
         endpoints = cluster.endpoints_from(site)
         tls = leaf_paths(state_dir, CLIENT)
         # The candidacy has a client, a thread and an event loop of its own (Candidacy).
@@ -238,7 +243,7 @@ class SiteController:
         """A term's controller and its API, built before the term begins: a follower has
         them ready, so taking over costs only reading the state and adopting processes."""
         runtime = LocalRuntime(self.state_dir)
-        pusher = RoutePusher(self.token)
+        pusher = RoutePusher(self.gateway_token)
         boards = EtcdBoards(self.state_dir, self.clock, site=self.site)
         controller = Controller(
             self.store,
@@ -256,7 +261,7 @@ class SiteController:
         )
         controller.leader_view = self.leader_view
         controller.drills.serve_at(self.api, self.token)
-        app = create_app(controller, self.token, on_down=self._on_down)
+        app = create_app(controller, self.book, on_down=self._on_down)
         return _Parts(controller, runtime, pusher, boards, app)
 
     def _may_act(self, controller: Controller) -> bool:
@@ -339,7 +344,14 @@ class SiteController:
         await (app or self._follower_app)(scope, receive, send)
 
     def _make_follower_app(self) -> FastAPI:
-        app = FastAPI(title="alwayson (site controller)", version=__version__)
+        # /docs is the leader's (passed on); FastAPI's own would load Swagger UI from a CDN.
+        app = FastAPI(
+            title="alwayson (site controller)",
+            version=__version__,
+            docs_url=None,
+            redoc_url=None,
+        )
+        app.add_middleware(BodyLimit)
 
         @app.get("/healthz")
         async def healthz() -> dict[str, Any]:
@@ -353,15 +365,15 @@ class SiteController:
         async def leader() -> dict[str, Any]:
             return self.leader_view()
 
-        authorize = bearer_check(self.token)
+        authorize = bearer_check(self.book)
         answer_errors(app)
 
         # What happened is read from etcd by any controller, even while none leads.
-        @app.get("/api/v1/audit", dependencies=[Depends(authorize)])
+        @app.get("/api/v1/audit", dependencies=[Depends(authorize)], responses=ERROR_ANSWERS)
         async def audit(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
             return [e.__dict__ for e in await self.store.list_audit(limit)]
 
-        @app.get("/api/v1/events", dependencies=[Depends(authorize)])
+        @app.get("/api/v1/events", dependencies=[Depends(authorize)], responses=ERROR_ANSWERS)
         async def events(
             limit: int = Query(100, ge=1, le=10_000), kind: str | None = None
         ) -> list[dict[str, Any]]:

@@ -33,6 +33,12 @@ FILE_HELP = "The platform spec (alwayson.yaml)."
 JSON_HELP = "Print machine-readable JSON instead of tables."
 SpecOpt = typer.Option(Path("alwayson.yaml"), "--file", "-f", help=FILE_HELP)
 JsonOpt = typer.Option(False, "--json", help=JSON_HELP)
+AllowDestroyOpt = typer.Option(
+    False,
+    "--allow-destroy",
+    help="Also make destructive changes: remove a database, change its primary_site or "
+    "replication. Without it they are refused and nothing changes.",
+)
 
 
 class Failed(Exception):

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from alwayson.cli import databases, drills, gateways, loadtest, observing, releases
+from alwayson.cli import databases, drills, gateways, loadtest, observing, releases, tokens
 from alwayson.cli.common import (
+    AllowDestroyOpt,
     Failed,
     JsonOpt,
     SpecOpt,
@@ -51,6 +52,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"alwayson {version('alwayson')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print alwayson's version and exit.",
+    ),
+) -> None:
+    """Keep digital services always on across two datacenters, from one spec file."""
+
+
 app.add_typer(gateways.app, name="gateway")
 app.add_typer(releases.release_app, name="release")
 app.add_typer(releases.upgrade_app, name="upgrade")
@@ -60,6 +84,7 @@ app.add_typer(drills.drill_app, name="drill")
 app.add_typer(observing.silence_app, name="silence")
 app.add_typer(observing.autoscale_app, name="autoscale")
 app.add_typer(observing.export_app, name="export")
+app.add_typer(tokens.token_app, name="token")
 app.command()(observing.alerts)
 app.command()(observing.report)
 app.command()(observing.query)
@@ -222,6 +247,7 @@ def up(
     file: Path = SpecOpt,
     as_json: bool = JsonOpt,
     timeout: float = typer.Option(60.0, help="Seconds to wait for every instance to be ready."),
+    allow_destroy: bool = AllowDestroyOpt,
 ) -> None:
     """Bring the whole platform up (or converge it) and return when every instance is ready.
 
@@ -245,7 +271,7 @@ def up(
                     if not as_json:
                         err.print("  the spec is applied as it is; nothing to change")
                 else:
-                    result = await client.apply(loaded.text, str(loaded.path))
+                    result = await client.apply(loaded.text, str(loaded.path), allow_destroy)
                     if not as_json:
                         for change in result.changes:
                             err.print(f"  {change}", markup=False)
@@ -422,15 +448,20 @@ def apply(
     as_json: bool = JsonOpt,
     wait: bool = typer.Option(True, help="Wait until every instance is ready."),
     timeout: float = typer.Option(60.0, help="Seconds to wait with --wait."),
+    allow_destroy: bool = AllowDestroyOpt,
 ) -> None:
-    """Converge the platform to a changed spec (clears drift from `scale`)."""
+    """Converge the platform to a changed spec (clears drift from `scale`).
+
+    A destructive change (a database removed, its primary_site or replication changed) is
+    refused, and nothing changes, unless --allow-destroy is given; `alwayson plan` marks
+    them DESTRUCTIVE."""
 
     def go() -> None:
         loaded = _load(file)
 
         async def flow() -> tuple[list[str], dict[str, Any] | None]:
             async with _client(loaded, "apply") as client:
-                changes = (await client.apply(loaded.text, str(loaded.path))).changes
+                changes = (await client.apply(loaded.text, str(loaded.path), allow_destroy)).changes
                 if not as_json:
                     for change in changes or ["no changes"]:
                         err.print(f"  {change}", markup=False)
@@ -562,7 +593,7 @@ def validate(
             for problem in exc.problems:
                 err.print(str(problem), markup=False, highlight=False)
             err.print(f"[red]{len(exc.problems)} problem(s)[/red]")
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None  # as every command exits on an invalid spec
     if as_json:
         _emit_json({"valid": True, "platform": loaded.spec.platform, "digest": loaded.digest})
     else:

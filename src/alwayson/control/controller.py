@@ -43,7 +43,7 @@ from alwayson.runtime.base import InstanceSpec, Kind, Phase, Runtime
 from alwayson.runtime.processes import Processes
 from alwayson.spec.loading import load_spec_text
 from alwayson.spec.models import MAX_REPLICAS, PlatformSpec
-from alwayson.spec.planning import Change, Overrides, plan
+from alwayson.spec.planning import Change, Overrides, destructive, plan, refusal
 from alwayson.store.base import AuditEntry, Event, StateStore
 from alwayson.util.addresses import port_is_free
 from alwayson.util.clocks import Clock
@@ -274,13 +274,19 @@ class Controller:
         await self.applied.save(self.store, self.releases.dump_state(), self.clock.wall())
 
     async def plan(self, text: str, path: str) -> list[Change]:
-        loaded = load_spec_text(text, Path(path))
+        # Parsed on a worker thread: a slow spec must not stall the loop's restarts.
+        loaded = await asyncio.to_thread(load_spec_text, text, Path(path))
         current = self.spec_or_none()
         return plan(loaded.spec, current, self.applied.overrides, self.releases.versions)
 
-    async def apply(self, text: str, path: str, actor: str) -> ApplyResult:
-        """Validate everything first; only then replace the desired state (all or nothing)."""
-        loaded = load_spec_text(text, Path(path))
+    async def apply(
+        self, text: str, path: str, actor: str, allow_destroy: bool = False
+    ) -> ApplyResult:
+        """Validate everything first; only then replace the desired state (all or nothing).
+
+        A destructive change (a database removed, its primary site or replication changed)
+        is refused unless ``allow_destroy``: nothing changes, and the refusal lists them."""
+        loaded = await asyncio.to_thread(load_spec_text, text, Path(path))  # off the loop
         if loaded.spec.has_consensus and self.only_one:
             raise PermanentError(
                 f"{loaded.path}: databases: a platform with databases runs a controller in "
@@ -292,6 +298,8 @@ class Controller:
             applied = self.applied
             current = applied.spec_or_none()
             changes = plan(loaded.spec, current, applied.overrides, self.releases.versions)
+            if destructive(changes) and not allow_destroy:
+                raise ConflictError(refusal(destructive(changes)))
             slots = allocate_slots(loaded.spec, applied.slots)
             counts = replica_counts(loaded.spec, {}, applied.autoscaled)  # the file ends drift
             releases = self.releases.for_apply(current, loaded, counts, actor)

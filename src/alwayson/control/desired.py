@@ -30,6 +30,7 @@ from alwayson.spec.commands import resolve_command
 from alwayson.spec.models import PlatformSpec, Probe, Service
 from alwayson.spec.planning import Overrides, effective_replicas
 from alwayson.store.members import Member, member_argv
+from alwayson.util.credentials import GATEWAY_TOKEN_FILE
 
 COLOR_OFFSET = {"a": 0, "b": 100}  # ordinals 1..100 and 101..200: two versions side by side
 GATEWAY_ADDRESS = (0, 1)
@@ -332,7 +333,7 @@ def _component(
         "--routes-file",
         str(routes_file),
         "--token-file",
-        str(ctx.state_dir / "token"),
+        str(ctx.state_dir / GATEWAY_TOKEN_FILE),
         # The file the site agents' relays read: a drill's cut reaches the HTTP traffic
         # between sites too (a missing file cuts nothing).
         "--partitions",

@@ -44,6 +44,7 @@ from alwayson.util import logs
 from alwayson.util.addresses import split_hostport
 from alwayson.util.certs import TlsFiles
 from alwayson.util.clocks import Clock, SystemClock
+from alwayson.util.credentials import ensure_secret
 from alwayson.util.errors import AlwaysonError
 from alwayson.util.sitelinks import Partitions
 
@@ -106,6 +107,7 @@ class Agent:
         self.log_dir = Path(cfg.state_dir) / "logs" / cfg.site
         self.log_dir.mkdir(parents=True, exist_ok=True)
         ident = Identity.of(cfg.user)
+        ensure_secret(Path(cfg.token_file))  # the agents' own, not the API's token
         self.asker = HttpAsker(cfg.peer_agents, Path(cfg.token_file))
         self.stewards: list[Steward] = []
         self.relays: list[Relay] = []

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from alwayson.spec.models import Database, PlatformSpec
 from alwayson.store.members import Member
 from alwayson.util.certs import CLIENT, leaf_paths
+from alwayson.util.credentials import AGENT_TOKEN_FILE
 
 AGENT_PORT = 7400
 PG_PORT = 5432
@@ -284,7 +285,7 @@ def agent_config(
         witness=witness,
         admin=agent_address(spec, site),
         etcd=etcd_config(spec, state_dir, endpoints),
-        token_file=str(state_dir / "token"),
+        token_file=str(state_dir / AGENT_TOKEN_FILE),
         partitions_file=str(partitions_path(state_dir)),
         state_dir=str(state_dir),
         user=user,

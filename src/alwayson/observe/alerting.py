@@ -54,6 +54,9 @@ Matchers = Mapping[str, str]
 
 RESOLVED_RETENTION = 15 * 60.0
 SILENCE_RETENTION = 120 * 3600.0
+MAX_SILENCE = 30 * 86400.0
+"""The longest a silence can last (30 days): a longer mute is a rule to change, not a
+silence; one that is still needed is added again."""
 STATE_VERSION = 1
 
 
@@ -499,7 +502,7 @@ class AlertBook:
     ) -> Silence:
         """Mute matching alerts from ``now`` until ``ends_at``. Raises ValueError for no
         matchers, bad ones, matchers that would all match an empty label (a silence of
-        everything), or an end not after ``now``."""
+        everything), or an end not after ``now`` or more than :data:`MAX_SILENCE` after it."""
         if not matchers:
             raise ValueError("a silence needs at least one matcher, like alertname=InstanceDown")
         check_matchers(matchers)
@@ -507,6 +510,11 @@ class AlertBook:
             raise ValueError("at least one matcher must need a non-empty label value")
         if not ends_at > now:
             raise ValueError("a silence must end after it starts")
+        if ends_at - now > MAX_SILENCE:
+            raise ValueError(
+                f"a silence lasts at most {MAX_SILENCE / 86400:g} days (MAX_SILENCE); add it "
+                "again when it ends, or change the alert rule"
+            )
         silence = Silence(self._new_id(), dict(matchers), now, ends_at, comment, created_by)
         self._silences[silence.id] = silence
         return silence

@@ -23,10 +23,27 @@ class Change:
     kind: ChangeKind
     target: str
     detail: str
+    destroys: str | None = None
+    """Set on a change that can lose data or stop serving it: why, and the safe way."""
 
     def __str__(self) -> str:
         sign = {ChangeKind.ADD: "+", ChangeKind.REMOVE: "-", ChangeKind.CHANGE: "~"}[self.kind]
-        return f"{sign} {self.target}: {self.detail}"
+        guard = f" [DESTRUCTIVE: {self.destroys}]" if self.destroys else ""
+        return f"{sign} {self.target}: {self.detail}{guard}"
+
+
+def destructive(changes: list[Change]) -> list[Change]:
+    """The changes ``apply`` makes only when told ``--allow-destroy``."""
+    return [c for c in changes if c.destroys]
+
+
+def refusal(changes: list[Change]) -> str:
+    """Why ``apply`` refused: every destructive change, and how to go on."""
+    listed = "; ".join(str(c) for c in changes)
+    return (
+        f"refused: {len(changes)} destructive change(s): {listed}. Nothing was changed. "
+        "Apply again with --allow-destroy to do it anyway"
+    )
 
 
 Overrides = dict[tuple[str, str], int]
@@ -84,6 +101,7 @@ def plan(
         changes.extend(_service_changes(new, current, overrides, old, svc, deployed))
     for name in sorted(old_services):
         changes.append(Change(ChangeKind.REMOVE, f"service {name}", "every instance stops"))
+    changes.extend(_database_changes(new, current))
     for field in ("front_door", "gateway", "controller", "runtime"):
         if getattr(new, field) != getattr(current, field):
             changes.append(
@@ -94,7 +112,76 @@ def plan(
                     f"{getattr(new, field).model_dump(mode='json')}",
                 )
             )
+    for field in ("metrics", "alerts", "notifications", "drills"):
+        if getattr(new, field) != getattr(current, field):
+            changes.append(Change(ChangeKind.CHANGE, field, "changed (see the file's diff)"))
     return changes
+
+
+IDENTITY = {
+    "primary_site": (
+        "the running primary does not move: `alwayson db switchover NAME --to SITE` moves "
+        "it without losing a write; primary_site only says where a new database starts"
+    ),
+    "replication": (
+        "asynchronous replication can lose committed writes in a failover (RPO > 0); "
+        "synchronous can stop writes while the standby is away"
+    ),
+}
+"""A database's fields whose change is destructive, and why."""
+
+
+def _database_changes(new: PlatformSpec, current: PlatformSpec) -> list[Change]:
+    out: list[Change] = []
+    before = {d.name: d for d in current.databases}
+    for db in new.databases:
+        old = before.pop(db.name, None)
+        target = f"database {db.name}"
+        if old is None:
+            detail = f"primary in {db.primary_site}, {db.replication}, for {db.services}"
+            out.append(Change(ChangeKind.ADD, target, detail))
+            continue
+        for field in type(db).model_fields:
+            was, now = getattr(old, field), getattr(db, field)
+            if was == now:
+                continue
+            if field == "services":
+                out.extend(_database_users(db.name, was, now))
+                continue
+            out.append(
+                Change(
+                    ChangeKind.CHANGE,
+                    target,
+                    f"{field} {_show(was)} → {_show(now)}",
+                    destroys=IDENTITY.get(field),
+                )
+            )
+    for name, old in sorted(before.items()):
+        out.append(
+            Change(
+                ChangeKind.REMOVE,
+                f"database {name}",
+                f"both PostgreSQL servers stop; {', '.join(old.services) or 'no service'} "
+                "lose DATABASE_URL",
+                destroys=(
+                    "its data is no longer served and services that used it lose their "
+                    "writes; take a backup first (`alwayson backup create`)"
+                ),
+            )
+        )
+        out.extend(_database_users(name, old.services, []))
+    return out
+
+
+def _database_users(db: str, was: list[str], now: list[str]) -> list[Change]:
+    out = []
+    for svc in sorted(set(was) - set(now)):
+        detail = f"loses DATABASE_URL (database {db}): its instances are replaced without it"
+        out.append(Change(ChangeKind.CHANGE, f"service {svc}", detail))
+    for svc in sorted(set(now) - set(was)):
+        detail = f"gets DATABASE_URL (database {db}): its instances are replaced with it"
+        out.append(Change(ChangeKind.CHANGE, f"service {svc}", detail))
+    return out
 
 
 def _service_changes(
