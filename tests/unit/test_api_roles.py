@@ -13,6 +13,7 @@ from tests.unit.controlparts import memory_controller
 
 from alwayson.api.app import create_app
 from alwayson.api.tokens import TokenBook, create_token, revoke_token
+from alwayson.control.controller import Controller
 from alwayson.store.memory import MemoryStore
 
 OWNER = "owner-s3cret"
@@ -31,6 +32,7 @@ services:
 @dataclass
 class Lab:
     state_dir: Path
+    controller: Controller
     store: MemoryStore
     client: httpx.AsyncClient
     spec_path: Path
@@ -51,7 +53,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     app = create_app(controller, TokenBook(state_dir, OWNER))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://controller") as client:
-        yield Lab(state_dir, store, client, tmp_path / "alwayson.yaml")
+        yield Lab(state_dir, controller, store, client, tmp_path / "alwayson.yaml")
 
 
 async def test_a_read_token_reads_and_plans_but_changes_nothing(lab: Lab) -> None:
@@ -104,3 +106,45 @@ async def test_no_token_or_a_wrong_one_is_401_on_every_guarded_route(lab: Lab) -
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {OWNER}"}):
         answer = await lab.client.get("/api/v1/status", headers=headers)
         assert answer.status_code == 401
+
+
+DB_SPEC = SPEC + (
+    "  - {name: customers, version: '1.0.0', run: python -m x, port: 8001, replicas: 1}\n"
+    "databases:\n  - {name: bank, primary_site: jakarta, services: [customers]}\n"
+)
+
+
+async def test_database_credentials_need_an_admin_token_and_are_audited_without_secrets(
+    lab: Lab,
+) -> None:
+    lab.controller.only_one = False  # a site controller: the one kind that runs databases
+    owner = {"Authorization": f"Bearer {OWNER}"}
+    body = {"text": DB_SPEC, "path": str(lab.spec_path)}
+    assert (await lab.client.post("/api/v1/apply", json=body, headers=owner)).status_code == 200
+    url = "/api/v1/databases/bank/credentials"
+
+    operator = lab.token("ci", "operate")
+    refused = await lab.client.post(url, json={"role": "app"}, headers=operator)
+    assert refused.status_code == 403
+
+    admin = lab.token("dba", "admin")
+    app = (await lab.client.post(url, json={"role": "app"}, headers=admin)).json()
+    superuser = await lab.client.post(
+        url, json={"role": "admin", "site": "surabaya"}, headers=admin
+    )
+
+    assert (app["user"], app["dbname"], app["site"]) == ("bank", "bank", "jakarta")
+    assert app["url"] == (
+        f"postgresql://bank:{app['password']}@{app['host']}:{app['port']}/bank"
+    ) and app["host"].startswith("127.1.")
+    assert superuser.json()["user"] == "alwayson" and superuser.json()["site"] == "surabaya"
+    assert superuser.json()["password"] != app["password"]
+    assert app["psql"].endswith("/psql")
+    asked = [e for e in await lab.store.list_audit() if e.action == "db-credentials"]
+    assert [(e.actor, e.detail["role"], e.detail["site"]) for e in asked] == [
+        ("dba (api)", "admin", "surabaya"),
+        ("dba (api)", "app", "jakarta"),
+    ]
+    assert app["password"] not in repr(asked)
+    bad = await lab.client.post(url, json={"role": "root"}, headers=admin)
+    assert bad.status_code == 422

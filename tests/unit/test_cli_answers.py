@@ -43,3 +43,14 @@ def test_an_alias_bomb_is_an_invalid_spec(tmp_path: Path) -> None:
 
     assert result.exit_code == 2
     assert '"valid": false' in result.stdout and "more than 20,000 values" in result.stdout
+
+
+def test_up_says_what_isolation_is_lost() -> None:
+    from alwayson.cli.main import isolation_lost
+
+    assert isolation_lost(None, 0, "root") is None
+    not_root = isolation_lost(None, 1000, "alice")
+    assert not_root is not None and not_root.startswith("alwayson runs as alice, not root")
+    assert "Run as root for an identity per service" in not_root
+    named = isolation_lost("appuser", 0, "root")
+    assert named is not None and named.startswith("runtime.user is appuser: every service")

@@ -201,14 +201,38 @@ def test_overrides_win_over_the_spec(load_spec: LoadSpec, good_spec: str, desire
     ]
 
 
-def test_user_from_the_context(load_spec: LoadSpec, good_spec: str, tmp_path: Path) -> None:
-    loaded = load_spec(good_spec)
-    ctx = Context(loaded.folder, tmp_path / "state", "nobody", allocate_slots(loaded.spec, {}))
+def test_each_service_has_an_identity_of_its_own_when_users_can_be_switched(
+    load_spec: LoadSpec, good_spec: str, tmp_path: Path
+) -> None:
+    payments = "  - {name: payments, version: '1.0.0', run: python -m x, port: 8001}\n"
+    loaded = load_spec(good_spec + payments)
+    slots = allocate_slots(loaded.spec, {})
+    ctx = Context(loaded.folder, tmp_path / "state", "nobody", slots)
 
     desired = desired_instances(loaded.spec, {}, ctx)
 
-    assert desired["accounts-jakarta-1"].user == "nobody"
+    users = {i.service: i.user for i in desired.values() if i.kind is Kind.WORKLOAD}
+    assert users == {name: f"#{61184 + slot}" for name, slot in slots.items()}
+    assert len(set(users.values())) == len(users) >= 2  # one per service, none shared
+    accounts = desired["accounts-jakarta-1"]
+    assert desired["accounts-surabaya-1"].user == accounts.user  # a service's instances alike
+    private = str(tmp_path / "state" / "run" / "private" / "accounts")
+    assert accounts.env["RUNTIME_DIRECTORY"] == accounts.env["HOME"] == private
     assert desired[gateway_id("jakarta")].user is None
+
+
+def test_a_user_the_spec_names_runs_every_service_and_none_when_not_root(
+    load_spec: LoadSpec, good_spec: str, tmp_path: Path
+) -> None:
+    named = load_spec(good_spec + "runtime: {user: appuser}\n")
+    slots = allocate_slots(named.spec, {})
+    as_root = Context(named.folder, tmp_path / "state", "appuser", slots)
+    not_root = Context(named.folder, tmp_path / "state", None, slots)
+    plain = load_spec(good_spec)
+
+    assert desired_instances(named.spec, {}, as_root)["accounts-jakarta-1"].user == "appuser"
+    unswitched = desired_instances(plain.spec, {}, not_root)["accounts-jakarta-1"]
+    assert unswitched.user is None and "RUNTIME_DIRECTORY" not in unswitched.env
 
 
 def test_template_changes_with_the_version_only_for_that_service(

@@ -25,6 +25,7 @@ from alwayson.api.reference import mount_reference
 from alwayson.api.schemas import (
     ERROR_ANSWERS,
     ChangesOut,
+    CredentialsBody,
     DeployBody,
     MessageOut,
     PromoteBody,
@@ -193,6 +194,14 @@ def create_app(
     async def databases() -> list[dict[str, Any]]:
         """Every database: lease, per-site role, lag, endpoint, alerts, recent records."""
         return await controller.databases.status()
+
+    @app.post("/api/v1/databases/{db}/credentials", dependencies=guarded, responses=ERROR_ANSWERS)
+    async def db_credentials(
+        db: str, body: CredentialsBody, who: str = Depends(actor)
+    ) -> dict[str, Any]:
+        """The endpoint, user and password of a database's role, for an operator's psql
+        (admin tokens only; audited, never with the password)."""
+        return await controller.databases.credentials(db, body.role, body.site, who)
 
     @app.get("/api/v1/databases/{db}/records", dependencies=guarded, responses=ERROR_ANSWERS)
     async def db_records(db: str, limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -52,6 +52,15 @@ class DeployBody(BaseModel):
         default=None,
         description="Overrides of the service's release settings, shaped like the spec's "
         '`release:` (e.g. {"canary": {"steps": [10, 100]}}).',
+    )
+
+
+class CredentialsBody(BaseModel):
+    role: Literal["app", "admin"] = Field(
+        default="app", description="app: the services' role; admin: the superuser."
+    )
+    site: str | None = Field(
+        default=None, description="Whose endpoint (default: the primary site)."
     )
 
 

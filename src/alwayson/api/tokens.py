@@ -45,6 +45,7 @@ ROLES = ("read", "operate", "admin")
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$|^[a-z]$")
 READ_ONLY_POSTS = frozenset({"/api/v1/plan"})
 ADMIN_ONLY = frozenset({"/api/v1/apply", "/api/v1/down"})
+ADMIN_SUFFIXES = ("/credentials",)  # a database's passwords
 
 __all__ = [
     "AGENT_TOKEN_FILE",
@@ -90,7 +91,7 @@ class Principal:
 
 def needed_role(method: str, path: str) -> str:
     """The least role a request needs: the API's whole access policy."""
-    if path in ADMIN_ONLY:
+    if path in ADMIN_ONLY or path.endswith(ADMIN_SUFFIXES):
         return "admin"
     if method in ("GET", "HEAD") or path in READ_ONLY_POSTS:
         return "read"

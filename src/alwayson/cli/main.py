@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -259,6 +260,9 @@ def up(
     def go() -> None:
         loaded = _load(_pick(spec_path, file))
         started = time.monotonic()
+        lost = isolation_lost(loaded.spec.runtime.user, os.geteuid(), _me())
+        if lost and not as_json:
+            err.print(f"note: {lost}", markup=False, highlight=False)
 
         async def flow() -> dict[str, Any]:
             await _ensure_controller(loaded, as_json)
@@ -440,6 +444,33 @@ def plan(file: Path = SpecOpt, as_json: bool = JsonOpt) -> None:
                 console.print(f"  {change}", markup=False)
 
     _wrap(go)
+
+
+def _me() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def isolation_lost(user: str | None, euid: int, me: str) -> str | None:
+    """What `up` says when services will not each run as an identity of their own."""
+    if euid != 0:
+        return (
+            f"alwayson runs as {me}, not root, so every service, PostgreSQL and the platform "
+            f"itself run as {me}: a service can read another's environment and files, signal "
+            "its processes and reach the database's files. Run as root for an identity per "
+            "service."
+        )
+    if user:
+        return (
+            f"runtime.user is {user}: every service runs as it, so a service can read "
+            "another's environment and signal its processes. Leave runtime.user unset for "
+            "an identity per service."
+        )
+    return None
 
 
 @app.command()

@@ -129,7 +129,7 @@ class Controller:
             itself=itself,
             may_act=may_act,
         )
-        self.databases = DatabaseOps(store, self.applied, clock, self.boards)
+        self.databases = DatabaseOps(store, self.applied, clock, self.boards, state_dir)
         self.drills = DrillOps(
             store, self, self, self.applied, runtime, processes, state_dir, clock
         )

@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from alwayson.data.backups import check_restore_name
 from alwayson.data.board import Board
-from alwayson.data.layout import endpoint_address
+from alwayson.data.engines import find_binaries
+from alwayson.data.layout import SUPERUSER, endpoint_address, secrets_of
 from alwayson.spec.models import Database, PlatformSpec
 from alwayson.store.base import AuditEntry, Event, StateStore
 from alwayson.util.clocks import Clock
@@ -30,6 +33,9 @@ if TYPE_CHECKING:
 STALE_AFTER = 5.0
 
 
+CREDENTIAL_ROLES = ("app", "admin")
+
+
 def request_key(db: str) -> str:
     return f"db/{db}/request"
 
@@ -37,7 +43,15 @@ def request_key(db: str) -> str:
 class DatabaseOps:
     """``store`` is the controller's own (audit); every ``db/…`` key is on etcd (``boards``)."""
 
-    def __init__(self, store: StateStore, specs: SpecReader, clock: Clock, boards: Boards) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        specs: SpecReader,
+        clock: Clock,
+        boards: Boards,
+        state_dir: Path,
+    ) -> None:
+        self.state_dir = state_dir
         self.store = store
         self.specs = specs
         self.clock = clock
@@ -171,6 +185,51 @@ class DatabaseOps:
         if site not in workload:
             raise NotFoundError(f"unknown workload site {site!r} (sites: {', '.join(workload)})")
         return site
+
+    async def credentials(
+        self, name: str | None, role: str, site: str | None, actor: str
+    ) -> dict[str, Any]:
+        """How an operator reaches a database: its endpoint in ``site`` (default: the
+        primary site), the ``app`` role or the superuser (``admin``), with the password and
+        the psql to use. Audited with who, which role and where; never the password."""
+        db = self.database(name)
+        if role not in CREDENTIAL_ROLES:
+            raise PermanentError(f"role: {role!r} is not one of {', '.join(CREDENTIAL_ROLES)}")
+        spec = self._spec()
+        where = self._site(site) if site else db.primary_site
+        passwords = secrets_of(self.state_dir, spec)[db.name]
+        user, password = (
+            (db.name, passwords["app"])
+            if role == "app"
+            else (
+                SUPERUSER,
+                passwords["superuser"],
+            )
+        )
+        host, port = endpoint_address(spec, where, spec.databases.index(db)).rsplit(":", 1)
+        dbname = db.name
+        url = f"postgresql://{user}:{quote(password, safe='')}@{host}:{port}/{dbname}"
+        await self.store.append_audit(
+            AuditEntry(
+                at=self.clock.wall(),
+                actor=actor,
+                action="db-credentials",
+                detail={"database": db.name, "role": role, "site": where},
+            )
+        )
+        psql = find_binaries(db.bin_dir) / "psql"
+        return {
+            "database": db.name,
+            "role": role,
+            "site": where,
+            "host": host,
+            "port": int(port),
+            "user": user,
+            "dbname": dbname,
+            "password": password,
+            "url": url,
+            "psql": str(psql),
+        }
 
     async def request(self, name: str | None, op: str, actor: str, **params: Any) -> dict[str, Any]:
         db = self.database(name)

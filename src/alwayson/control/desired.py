@@ -26,12 +26,17 @@ from alwayson.data.layout import (
     partitions_path,
 )
 from alwayson.runtime.base import InstanceSpec, Kind
+from alwayson.runtime.users import DYNAMIC, PRIVATE_DIR_ENV, dynamic_user, private_dir
 from alwayson.spec.commands import resolve_command
 from alwayson.spec.models import PlatformSpec, Probe, Service
 from alwayson.spec.planning import Overrides, effective_replicas
 from alwayson.store.members import Member, member_argv
 from alwayson.util.credentials import GATEWAY_TOKEN_FILE
 
+POSTGRES_USER = "nobody"
+"""Who PostgreSQL runs as when the controller is root (a real user: initdb needs a passwd
+entry). No workload runs as it: they have identities of their own, and the spec refuses
+``runtime.user: nobody`` beside a database."""
 COLOR_OFFSET = {"a": 0, "b": 100}  # ordinals 1..100 and 101..200: two versions side by side
 GATEWAY_ADDRESS = (0, 1)
 FRONTDOOR_ADMIN_ADDRESS = (0, 2)
@@ -191,7 +196,9 @@ def agent_config_path(state_dir: Path, site: str) -> Path:
 
 def agent_config_text(spec: PlatformSpec, site: str, ctx: Context) -> str:
     passwords = {k: dict(v) for k, v in (ctx.db_passwords or {}).items()}
-    return agent_config(spec, site, ctx.state_dir, ctx.user, passwords).model_dump_json(indent=1)
+    # PostgreSQL's identity is its own: never a workload's, even one runtime.user names.
+    postgres = POSTGRES_USER if ctx.user is not None else None
+    return agent_config(spec, site, ctx.state_dir, postgres, passwords).model_dump_json(indent=1)
 
 
 def agent_instance(spec: PlatformSpec, site: str, ctx: Context) -> InstanceSpec:
@@ -291,6 +298,10 @@ def workload_instance(
     for db in spec.databases:
         if svc.name in db.services and ctx.db_passwords and db.name in ctx.db_passwords:
             env["DATABASE_URL"] = database_url(spec, db, site, ctx.db_passwords[db.name]["app"])
+    user = service_user(spec, svc, ctx)
+    if user is not None and user.startswith(DYNAMIC):
+        home = str(private_dir(ctx.state_dir, svc.name))
+        env |= {PRIVATE_DIR_ENV: home, "HOME": home}
     return InstanceSpec(
         id=ident,
         kind=Kind.WORKLOAD,
@@ -305,8 +316,18 @@ def workload_instance(
         readiness=svc.health,
         liveness=svc.liveness_probe(),
         stop_grace=svc.stop_grace,
-        user=ctx.user,
+        user=user,
     )
+
+
+def service_user(spec: PlatformSpec, svc: Service, ctx: Context) -> str | None:
+    """Who a service's instances run as: ``runtime.user`` when the spec names one; else,
+    when the controller may switch users (it runs as root: ``ctx.user`` is set), an
+    identity of the service's own, ``uid_base`` + its slot, shared with no other service
+    and with no platform process (PostgreSQL runs as ``nobody``)."""
+    if spec.runtime.user or ctx.user is None:
+        return spec.runtime.user or ctx.user
+    return dynamic_user(spec.runtime.uid_base + ctx.service_slots[svc.name])
 
 
 def _component(

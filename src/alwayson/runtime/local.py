@@ -46,7 +46,12 @@ from alwayson.runtime.local_processes import (
     usage_of,
 )
 from alwayson.runtime.probing import Thresholds, run_probe
-from alwayson.runtime.users import check_user_can_run, identity
+from alwayson.runtime.users import (
+    PRIVATE_DIR_ENV,
+    check_user_can_run,
+    ensure_private_dir,
+    identity,
+)
 from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
 
 __all__ = ["LocalRuntime", "check_user_can_run", "describe_exit"]
@@ -260,6 +265,8 @@ class LocalRuntime:
         ident = identity(spec.user)
         env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
         env.update(spec.env)
+        if PRIVATE_DIR_ENV in spec.env:
+            ensure_private_dir(Path(spec.env[PRIVATE_DIR_ENV]), ident)
         marker = secrets.token_hex(12)
         env[LAUNCH_ENV] = marker
         intent = self._run_dir / f"{spec.id}{LAUNCHING}"

@@ -6,6 +6,7 @@ import os
 import pwd
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from alwayson.util.errors import PermanentError
 
@@ -17,9 +18,39 @@ class Identity:
     extra_groups: list[int] | None = None
 
 
+DYNAMIC = "#"
+"""``#61185``: a numeric identity (uid and gid alike) with no passwd entry, as ``sudo -u``
+writes one; the controller gives each service one (``runtime.uid_base``)."""
+
+
+PRIVATE_DIR_ENV = "RUNTIME_DIRECTORY"
+"""Set (as systemd does) for an instance with an identity of its own: a folder only that
+identity may enter, made by the runtime before the process starts; also its ``HOME``."""
+
+
+def dynamic_user(uid: int) -> str:
+    return f"{DYNAMIC}{uid}"
+
+
+def private_dir(state_dir: Path, service: str) -> Path:
+    return state_dir / "run" / "private" / service
+
+
+def ensure_private_dir(path: Path, ident: Identity) -> None:
+    """``path`` made (parents 0755), owned by ``ident``, mode 0700."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    path.mkdir(exist_ok=True, mode=0o700)
+    if ident.uid is not None and ident.gid is not None:
+        os.chown(path, ident.uid, ident.gid)
+    path.chmod(0o700)
+
+
 def identity(user: str | None) -> Identity:
     if user is None or os.geteuid() != 0:
         return Identity()
+    if user.startswith(DYNAMIC) and user[1:].isdigit():
+        uid = int(user[1:])
+        return Identity(uid, uid, [])
     try:
         entry = pwd.getpwnam(user)
     except KeyError:

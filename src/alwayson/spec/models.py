@@ -449,16 +449,29 @@ class Gateway(Strict):
     admin_port: int = Field(default=9901, ge=1, le=65535, description="Metrics and routes.")
 
 
+DYNAMIC_UID_BASE = 61184
+"""systemd's first dynamic uid: a range no distribution gives to users or packages."""
+
+
 class Runtime(Strict):
     driver: Literal["local"] = "local"
     user: str | None = Field(
         default=None,
-        description="Unprivileged user for workloads when alwayson runs as root "
-        "(default 'nobody').",
+        description="One unprivileged user for every workload when alwayson runs as root. "
+        "Unset (the default), each service gets an identity of its own (see uid_base), so "
+        "no service can read another's environment or signal its processes.",
     )
     allow_root: bool = Field(
         default=False,
         description="Let `user` be root (uid 0): every workload then owns the machine.",
+    )
+    uid_base: int = Field(
+        default=DYNAMIC_UID_BASE,
+        ge=1000,
+        le=65535 - 251,
+        description="When alwayson runs as root and `user` is not set, each service runs as "
+        "its own uid and gid, uid_base + the service's slot (1-250), with no passwd entry "
+        "(like systemd's DynamicUser=); the default is systemd's dynamic range.",
     )
 
     @model_validator(mode="after")
@@ -555,6 +568,15 @@ def consistency_problems(spec: PlatformSpec) -> list[tuple[Location, str]]:
     problems: list[tuple[Location, str]] = []
     problems += _duplicates([s.name for s in spec.sites], "sites")
     problems += _duplicates([s.name for s in spec.services], "services")
+    if spec.databases and spec.runtime.user == "nobody":
+        problems.append(
+            (
+                ("runtime", "user"),
+                "'nobody' is PostgreSQL's identity: services running as it could read its "
+                "files and environment. Leave user unset (each service gets its own) or name "
+                "another unprivileged user",
+            )
+        )
     problems += _observing_problems(spec)
     workload = [s.name for s in spec.sites if not s.witness]
     for index, drill in enumerate(spec.drills.schedules):
