@@ -36,23 +36,40 @@ APPS = Path(__file__).resolve().parent / "apps"
 # Subnets no demo uses (127.1/127.2 belong to the sample bank's default sites), each held
 # by a lock file for the life of this test process so concurrent test runs never share one.
 _SUBNET_LOCKS = Path(tempfile.gettempdir()) / "alwayson-test-subnets"
-_held: list[int] = []
+_held: dict[int, int] = {}
+"""Subnet octet → the descriptor holding its lock file's flock."""
+_cursor = 0
 
 
 def reserve_subnet() -> int:
+    """A /16 of 127.20-249 no other test process holds, kept until ``release_subnet`` or
+    this process's exit. Taken round-robin, so a released one is reused as late as can be
+    (a process that outlived its test's teardown would meet the next one there)."""
+    global _cursor
     _SUBNET_LOCKS.mkdir(exist_ok=True)
     with contextlib.suppress(OSError):
         os.chmod(_SUBNET_LOCKS, 0o777)
-    for octet in range(20, 250):
+    for step in range(230):
+        octet = 20 + (_cursor + step) % 230
+        if octet in _held:
+            continue
         fd = os.open(_SUBNET_LOCKS / f"{octet}.lock", os.O_CREAT | os.O_RDWR, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             continue
-        _held.append(fd)  # released when this process exits
+        _held[octet] = fd
+        _cursor = (octet - 20 + 1) % 230
         return octet
     raise RuntimeError("no free test subnet in 127.20-249.0.0/16")
+
+
+def release_subnet(octet: int) -> None:
+    """Let other tests have the subnet again (after everything on it was stopped)."""
+    fd = _held.pop(octet, None)
+    if fd is not None:
+        os.close(fd)  # closing the only descriptor releases the flock
 
 
 def free_port() -> int:
@@ -215,6 +232,7 @@ def isolate(data: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def make_platform(tmp_path: Path) -> Iterator[Callable[..., Platform]]:
     made: list[Platform] = []
+    leased: list[int] = []
 
     def make(
         data: dict[str, Any], folder: Path | None = None, name: str = "alwayson.yaml"
@@ -222,9 +240,10 @@ def make_platform(tmp_path: Path) -> Iterator[Callable[..., Platform]]:
         root = folder or tmp_path
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o755)
-        # Workloads run as `nobody` under root: they must be able to enter the folder.
+        # Workloads run unprivileged under root: they must be able to enter the folder.
         open_to_workloads(tmp_path)
         data = isolate(data)
+        leased.extend(int(site["subnet"].split(".")[1]) for site in data["sites"])
         spec_path = root / name
         write_spec(spec_path, data)
         platform = Platform(
@@ -242,6 +261,8 @@ def make_platform(tmp_path: Path) -> Iterator[Callable[..., Platform]]:
             with contextlib.suppress(Exception):
                 platform.cli("down", check=False, timeout=60)
         platform.kill_everything()
+    for octet in leased:  # everything on them is stopped: other tests may have them
+        release_subnet(octet)
 
 
 def echo_service(name: str, port: int, replicas: Any = 2, **extra: Any) -> dict[str, Any]:

@@ -16,12 +16,13 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from tests.support import Platform
+from tests.support import Platform, echo_service, three_service_spec
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="identities need root to switch")
 
@@ -117,3 +118,44 @@ def test_a_service_reaches_no_other_service_nor_the_database(bank: Platform) -> 
     assert private == bank.state_dir / "run" / "private" / "onboarding"
     assert private.stat().st_uid == attacker and stat.S_IMODE(private.stat().st_mode) == 0o700
     assert env["HOME"] == str(private)
+
+
+def test_secrets_arrive_as_files_only_their_service_reads_and_rotate_with_apply(
+    make_platform: Callable[..., Platform], echo_folder: Path
+) -> None:
+    data = three_service_spec()
+    data["services"] = [
+        echo_service("accounts", 8000, replicas=1, secrets=[{"name": "ledger-key"}]),
+        echo_service("cards", 8001, replicas=1),
+    ]
+    data["secrets"] = [{"name": "ledger-key", "env": "LEDGER_KEY"}]
+    platform = make_platform(data, folder=echo_folder)
+    platform.env["LEDGER_KEY"] = "first-value"
+    platform.cli("up", "--timeout", "60")
+
+    accounts = psutil.Process(_pids(platform, "accounts")[0])
+    cards = psutil.Process(_pids(platform, "cards")[0])
+    folder = Path(accounts.environ()["CREDENTIALS_DIRECTORY"])
+    kept = folder / "ledger-key"
+    assert kept.read_text() == "first-value"
+    owner = accounts.uids().real
+    assert (kept.stat().st_uid, stat.S_IMODE(kept.stat().st_mode)) == (owner, 0o400)
+    assert (folder.stat().st_uid, stat.S_IMODE(folder.stat().st_mode)) == (owner, 0o500)
+    assert "first-value" not in json.dumps(accounts.environ())  # a file, not env, unless asked
+    seen = _as(
+        cards.uids().real,
+        {"read": {"another service's secret": str(kept)}, "signal": {}},
+        {"RUNTIME_DIRECTORY": cards.environ()["RUNTIME_DIRECTORY"]},
+    )
+    assert seen["another service's secret"] == "PermissionError"
+
+    platform.env["LEDGER_KEY"] = "second-value"
+    shown = platform.cli("plan")
+    planned = shown.stdout + shown.stderr
+    assert "secret ledger-key: (secret changed)" in planned and "second-value" not in planned
+    platform.cli("apply", "--timeout", "60")
+    after = _pids(platform, "accounts")
+    assert after and after[0] != accounts.pid  # the instance rolled onto the new value
+    assert kept.read_text() == "second-value"
+    audit = platform.cli("audit", "--json").stdout
+    assert "first-value" not in audit and "second-value" not in audit

@@ -31,11 +31,15 @@ def test_every_instance_ready_and_reachable_through_the_front_door(running: Plat
     assert len(workloads) == 3 * 2 * 2
     assert {i["site"] for i in workloads} == {"jakarta", "surabaya"}
     assert all(i["ready"] and i["pid"] for i in status["instances"])
+    uids: dict[str, set[int]] = {}
     for inst in workloads:
         proc = psutil.Process(inst["pid"])
         assert proc.pid == os.getsid(proc.pid), "each instance runs in its own session"
-        if os.geteuid() == 0:
-            assert proc.username() == "nobody", "workloads run unprivileged under root"
+        uids.setdefault(inst["service"], set()).add(proc.uids().real)
+    if os.geteuid() == 0:  # unprivileged, and each service an identity of its own
+        assert all(len(u) == 1 for u in uids.values()), uids
+        owners = [next(iter(u)) for u in uids.values()]
+        assert len(set(owners)) == 3 and all(61184 < uid < 65535 for uid in owners), uids
     seen: dict[str, set[str]] = {}
     with httpx.Client(base_url=running.front_door, trust_env=False, timeout=5) as client:
         for n in range(60):

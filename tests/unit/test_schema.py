@@ -42,6 +42,7 @@ def test_schema_describes_the_spec() -> None:
         "alerts",
         "notifications",
         "drills",
+        "secrets",
     }
 
 

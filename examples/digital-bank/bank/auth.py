@@ -22,7 +22,20 @@ from bank.web import App, HTTPError, Request, Response, json_response
 
 app = App("auth", "Customer credentials, signed access tokens and token introspection.")
 attempts = app.metrics.counter("bank_auth_logins_total", "Login attempts by outcome.")
-KEY = os.environ.get("AUTH_SIGNING_KEY", "dev-only-signing-key").encode()
+
+
+def _signing_key() -> bytes:
+    """The platform's secret file when there is one (alwayson's ``secrets:``, the same in
+    every instance, readable only by this service), else the environment (for a run by
+    hand)."""
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    if folder and os.path.isfile(os.path.join(folder, "auth-signing-key")):
+        with open(os.path.join(folder, "auth-signing-key"), "rb") as kept:
+            return kept.read().strip()
+    return os.environ.get("AUTH_SIGNING_KEY", "dev-only-signing-key").encode()
+
+
+KEY = _signing_key()
 ITERATIONS = int(os.environ.get("AUTH_PBKDF2_ITERATIONS", "20000"))
 TOKEN_TTL = 900
 MAX_FAILURES = 5

@@ -164,11 +164,12 @@ def create_app(
 
     @app.post("/api/v1/plan", dependencies=guarded, responses=ERROR_ANSWERS)
     async def plan(body: SpecBody) -> ChangesOut:
-        return ChangesOut(changes=[str(c) for c in await controller.plan(body.text, body.path)])
+        changes = await controller.plan(body.text, body.path, body.secrets)
+        return ChangesOut(changes=[str(c) for c in changes])
 
     @app.post("/api/v1/apply", dependencies=guarded, responses=ERROR_ANSWERS)
     async def apply(body: SpecBody, who: str = Depends(actor)) -> ChangesOut:
-        result = await controller.apply(body.text, body.path, who, body.allow_destroy)
+        result = await controller.apply(body.text, body.path, who, body.allow_destroy, body.secrets)
         return ChangesOut(changes=[str(c) for c in result.changes], digest=result.digest)
 
     @app.post("/api/v1/scale", dependencies=guarded, responses=ERROR_ANSWERS)

@@ -143,18 +143,26 @@ class ApiClient:
         data: dict[str, Any] = (await self._request("GET", "/api/v1/status")).json()
         return data
 
-    async def plan(self, text: str, path: str) -> ChangesOut:
+    async def plan(self, text: str, path: str, secrets: dict[str, str] | None = None) -> ChangesOut:
         from alwayson.api.schemas import ChangesOut, SpecBody
 
-        body = SpecBody(text=text, path=path).model_dump()
+        body = SpecBody(text=text, path=path, secrets=secrets or {}).model_dump()
         return ChangesOut.model_validate(
             (await self._request("POST", "/api/v1/plan", json=body)).json()
         )
 
-    async def apply(self, text: str, path: str, allow_destroy: bool = False) -> ChangesOut:
+    async def apply(
+        self,
+        text: str,
+        path: str,
+        allow_destroy: bool = False,
+        secrets: dict[str, str] | None = None,
+    ) -> ChangesOut:
         from alwayson.api.schemas import ChangesOut, SpecBody
 
-        body = SpecBody(text=text, path=path, allow_destroy=allow_destroy).model_dump()
+        body = SpecBody(
+            text=text, path=path, allow_destroy=allow_destroy, secrets=secrets or {}
+        ).model_dump()
         response = await self._request("POST", "/api/v1/apply", json=body)
         return ChangesOut.model_validate(response.json())
 

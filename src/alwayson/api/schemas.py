@@ -10,6 +10,12 @@ from pydantic import BaseModel, Field
 class SpecBody(BaseModel):
     text: str = Field(description="The spec file's text.")
     path: str = Field(description="Absolute path of the spec file (its folder is the root).")
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=256,
+        description="Values of the spec's secrets that come from the operator's environment "
+        "(`env:`), by secret name; kept 0600 by the platform, never shown or audited.",
+    )
     allow_destroy: bool = Field(
         default=False,
         description="Apply destructive changes (a database removed, its primary_site or "

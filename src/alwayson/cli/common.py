@@ -76,6 +76,30 @@ def _load(file: Path, check_commands: bool = True) -> LoadedSpec:
         raise Failed(2) from None
 
 
+def operator_secrets(loaded: LoadedSpec) -> dict[str, str]:
+    """The values of the spec's ``env:`` secrets from this command's environment, to send
+    with the spec (exit 2 naming each one that is not set)."""
+    import os
+
+    values: dict[str, str] = {}
+    missing = []
+    for index, secret in enumerate(loaded.spec.secrets):
+        if secret.env is None:
+            continue
+        if secret.env in os.environ:
+            values[secret.name] = os.environ[secret.env]
+        else:
+            missing.append(
+                f"{loaded.path}: secrets[{index}:{secret.name}].env: ${secret.env} is not set; "
+                "export it (the value goes to the controller, never into the spec)"
+            )
+    for line in missing:
+        err.print(line, markup=False, highlight=False)
+    if missing:
+        raise Failed(2)
+    return values
+
+
 def _pick(argument: Path | None, option: Path) -> Path:
     return argument if argument is not None else option
 

@@ -37,6 +37,7 @@ from alwayson.cli.common import (
     _wrap,
     console,
     err,
+    operator_secrets,
 )
 from alwayson.util.addresses import port_is_free, split_hostport
 from alwayson.util.errors import SpecError
@@ -275,7 +276,9 @@ def up(
                     if not as_json:
                         err.print("  the spec is applied as it is; nothing to change")
                 else:
-                    result = await client.apply(loaded.text, str(loaded.path), allow_destroy)
+                    result = await client.apply(
+                        loaded.text, str(loaded.path), allow_destroy, operator_secrets(loaded)
+                    )
                     if not as_json:
                         for change in result.changes:
                             err.print(f"  {change}", markup=False)
@@ -431,7 +434,8 @@ def plan(file: Path = SpecOpt, as_json: bool = JsonOpt) -> None:
 
         async def flow() -> list[str]:
             async with _client(loaded, "plan") as client:
-                return (await client.plan(loaded.text, str(loaded.path))).changes
+                secrets = operator_secrets(loaded)
+                return (await client.plan(loaded.text, str(loaded.path), secrets)).changes
 
         changes = _run(flow())
         if as_json:
@@ -492,7 +496,11 @@ def apply(
 
         async def flow() -> tuple[list[str], dict[str, Any] | None]:
             async with _client(loaded, "apply") as client:
-                changes = (await client.apply(loaded.text, str(loaded.path), allow_destroy)).changes
+                changes = (
+                    await client.apply(
+                        loaded.text, str(loaded.path), allow_destroy, operator_secrets(loaded)
+                    )
+                ).changes
                 if not as_json:
                     for change in changes or ["no changes"]:
                         err.print(f"  {change}", markup=False)

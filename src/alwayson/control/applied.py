@@ -19,6 +19,7 @@ from alwayson.control.desired import (
     agent_config_text,
     desired_instances,
 )
+from alwayson.control.secrets import load as kept_secrets
 from alwayson.control.state import replica_counts
 from alwayson.data.layout import secrets_of, write_private
 from alwayson.runtime.base import InstanceSpec, Kind
@@ -44,6 +45,8 @@ class Applied:
         self.autoscaled: Overrides = {}
         self.slots: dict[str, int] = {}
         self._cache: tuple[object, dict[str, InstanceSpec]] | None = None
+        self.secrets_version = 0
+        """Bumped when apply keeps new secret values: instances that use them change."""
         self.etcd_binary = find_etcd()
 
     # ------------------------------------------------------------ the SpecReader port
@@ -72,8 +75,17 @@ class Applied:
     def user_of(self, loaded: LoadedSpec) -> str | None:
         return loaded.spec.runtime.user or self.default_user
 
-    def context(self, loaded: LoadedSpec, slots: dict[str, int]) -> Context:
+    def context(
+        self,
+        loaded: LoadedSpec,
+        slots: dict[str, int],
+        secret_values: Mapping[str, str] | None = None,
+    ) -> Context:
+        """What the desired state depends on besides the spec; ``secret_values`` stands in
+        for the kept secrets while apply checks values it has not kept yet."""
         passwords = secrets_of(self.state_dir, loaded.spec) if loaded.spec.databases else {}
+        if secret_values is None:
+            secret_values = kept_secrets(self.state_dir, loaded.spec) if loaded.spec.secrets else {}
         return Context(
             loaded.folder,
             self.state_dir,
@@ -81,6 +93,7 @@ class Applied:
             slots,
             passwords,
             etcd_binary=self.etcd_binary,
+            secrets=secret_values,
         )
 
     def desired(
@@ -98,6 +111,7 @@ class Applied:
             tuple(self.slots.items()),
             release_key,
             tuple(sorted(down)),
+            self.secrets_version,
         )
         if self._cache is None or self._cache[0] != key:
             ctx = self.context(self.loaded, self.slots)

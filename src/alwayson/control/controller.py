@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,9 @@ from alwayson.control.ports import Boards
 from alwayson.control.preflight import AddressCheck, UserCheck, preflight
 from alwayson.control.pushing import RouteBook, TablePusher
 from alwayson.control.releasing import ReleaseDriver
+from alwayson.control.secrets import changes as secret_changes
+from alwayson.control.secrets import resolve as resolve_secrets
+from alwayson.control.secrets import save as save_secrets
 from alwayson.control.state import PlatformState, frozen_statuses, only_site, replica_counts
 from alwayson.control.statuses import status_view
 from alwayson.control.waiting import TaskOwner
@@ -273,14 +276,23 @@ class Controller:
     async def save_state(self) -> None:
         await self.applied.save(self.store, self.releases.dump_state(), self.clock.wall())
 
-    async def plan(self, text: str, path: str) -> list[Change]:
+    async def plan(
+        self, text: str, path: str, secrets: Mapping[str, str] | None = None
+    ) -> list[Change]:
         # Parsed on a worker thread: a slow spec must not stall the loop's restarts.
         loaded = await asyncio.to_thread(load_spec_text, text, Path(path))
         current = self.spec_or_none()
-        return plan(loaded.spec, current, self.applied.overrides, self.releases.versions)
+        changes = plan(loaded.spec, current, self.applied.overrides, self.releases.versions)
+        values = resolve_secrets(loaded.spec, loaded.folder, secrets or {}, self.state_dir)
+        return changes + secret_changes(loaded.spec, values, self.state_dir)
 
     async def apply(
-        self, text: str, path: str, actor: str, allow_destroy: bool = False
+        self,
+        text: str,
+        path: str,
+        actor: str,
+        allow_destroy: bool = False,
+        secrets: Mapping[str, str] | None = None,
     ) -> ApplyResult:
         """Validate everything first; only then replace the desired state (all or nothing).
 
@@ -298,12 +310,17 @@ class Controller:
             applied = self.applied
             current = applied.spec_or_none()
             changes = plan(loaded.spec, current, applied.overrides, self.releases.versions)
+            values = resolve_secrets(loaded.spec, loaded.folder, secrets or {}, self.state_dir)
+            rotated = secret_changes(loaded.spec, values, self.state_dir)
+            changes += rotated
             if destructive(changes) and not allow_destroy:
                 raise ConflictError(refusal(destructive(changes)))
             slots = allocate_slots(loaded.spec, applied.slots)
             counts = replica_counts(loaded.spec, {}, applied.autoscaled)  # the file ends drift
             releases = self.releases.for_apply(current, loaded, counts, actor)
-            new = desired_instances(loaded.spec, counts, applied.context(loaded, slots))
+            new = desired_instances(
+                loaded.spec, counts, applied.context(loaded, slots, secret_values=values)
+            )
             running = [s for s in self.runtime.statuses() if s.phase is not Phase.EXITED]
             user = applied.user_of(loaded)
             reshaped = reshaping(
@@ -312,6 +329,9 @@ class Controller:
             preflight(
                 loaded, new, running, user, self.can_run, self.address_free, reshaped=reshaped
             )
+            save_secrets(self.state_dir, values)  # 0600; instances get copies at start
+            if rotated:
+                applied.secrets_version += 1
             # In one step (no await in between): the new spec and the releases it starts, so
             # no turn ever sees the new version without its release (it would replace the
             # old instances in place).

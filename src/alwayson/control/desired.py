@@ -12,12 +12,14 @@ leases and the controllers' state live on, and one of the three controllers lead
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from alwayson.control.consensus import DEBIAN_ETCD, cluster_token, member_tls
+from alwayson.control.secrets import digest_of, secret_file
 from alwayson.data.layout import (
     AGENT_PORT,
     agent_config,
@@ -26,7 +28,14 @@ from alwayson.data.layout import (
     partitions_path,
 )
 from alwayson.runtime.base import InstanceSpec, Kind
-from alwayson.runtime.users import DYNAMIC, PRIVATE_DIR_ENV, dynamic_user, private_dir
+from alwayson.runtime.users import (
+    CREDENTIALS_ENV,
+    DYNAMIC,
+    PRIVATE_DIR_ENV,
+    credentials_dir,
+    dynamic_user,
+    private_dir,
+)
 from alwayson.spec.commands import resolve_command
 from alwayson.spec.models import PlatformSpec, Probe, Service
 from alwayson.spec.planning import Overrides, effective_replicas
@@ -60,6 +69,8 @@ class Context:
     db_passwords: Mapping[str, Mapping[str, str]] | None = None
     etcd_binary: str = DEBIAN_ETCD
     """Resolved once by the controller (``consensus.find_etcd``)."""
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    """The values of the spec's ``secrets:`` (kept 0600 by ``control.secrets``)."""
 
 
 @dataclass(frozen=True)
@@ -302,6 +313,16 @@ def workload_instance(
     if user is not None and user.startswith(DYNAMIC):
         home = str(private_dir(ctx.state_dir, svc.name))
         env |= {PRIVATE_DIR_ENV: home, "HOME": home}
+    files: dict[str, str] = {}
+    if svc.secrets:
+        used = {use.name: ctx.secrets.get(use.name, "") for use in svc.secrets}
+        env[CREDENTIALS_ENV] = str(credentials_dir(ctx.state_dir, svc.name))
+        # A digest, never a value: a rotated secret is a new template, so instances roll.
+        env["ALWAYSON_SECRETS"] = digest_of(json.dumps(sorted(used.items())))
+        for use in svc.secrets:
+            files[use.name] = str(secret_file(ctx.state_dir, use.name))
+            if use.env is not None:
+                env[use.env] = used[use.name]
     return InstanceSpec(
         id=ident,
         kind=Kind.WORKLOAD,
@@ -317,6 +338,7 @@ def workload_instance(
         liveness=svc.liveness_probe(),
         stop_grace=svc.stop_grace,
         user=user,
+        secrets=files,
     )
 
 

@@ -72,6 +72,9 @@ class InstanceSpec:
     liveness: Probe | None = None
     stop_grace: float = 10.0
     user: str | None = None
+    secrets: dict[str, str] = field(default_factory=dict)
+    """Secret name → the platform's 0600 copy; the runtime gives the instance its own
+    copies in ``$CREDENTIALS_DIRECTORY`` (the values' digest is in the environment)."""
 
     def template_hash(self) -> str:
         """Identity of what runs: a change of any of these means a new process.

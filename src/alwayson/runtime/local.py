@@ -47,8 +47,10 @@ from alwayson.runtime.local_processes import (
 )
 from alwayson.runtime.probing import Thresholds, run_probe
 from alwayson.runtime.users import (
+    CREDENTIALS_ENV,
     PRIVATE_DIR_ENV,
     check_user_can_run,
+    deliver_secrets,
     ensure_private_dir,
     identity,
 )
@@ -267,6 +269,13 @@ class LocalRuntime:
         env.update(spec.env)
         if PRIVATE_DIR_ENV in spec.env:
             ensure_private_dir(Path(spec.env[PRIVATE_DIR_ENV]), ident)
+        if spec.secrets:
+            try:
+                deliver_secrets(Path(spec.env[CREDENTIALS_ENV]), spec.secrets, ident)
+            except (OSError, KeyError) as exc:
+                raise PermanentError(
+                    f"{spec.service}: cannot give it its secrets ({exc}); apply the spec again"
+                ) from exc
         marker = secrets.token_hex(12)
         env[LAUNCH_ENV] = marker
         intent = self._run_dir / f"{spec.id}{LAUNCHING}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,40 @@ writes one; the controller gives each service one (``runtime.uid_base``)."""
 PRIVATE_DIR_ENV = "RUNTIME_DIRECTORY"
 """Set (as systemd does) for an instance with an identity of its own: a folder only that
 identity may enter, made by the runtime before the process starts; also its ``HOME``."""
+
+
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+"""Set (as systemd does) for an instance that uses secrets: a folder holding one file per
+secret, readable only by the instance's identity."""
+
+
+def credentials_dir(state_dir: Path, service: str) -> Path:
+    return state_dir / "run" / "credentials" / service
+
+
+def deliver_secrets(folder: Path, files: Mapping[str, str], ident: Identity) -> None:
+    """Copy each secret into ``folder`` as ``<name>``: the folder 0500 and the files 0400,
+    owned by ``ident``, written anew before every start (a rotated secret arrives)."""
+    folder.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    folder.mkdir(exist_ok=True, mode=0o700)
+    folder.chmod(0o700)
+    for name, source in files.items():
+        target = folder / name
+        scratch = folder / f".{name}.tmp"
+        data = Path(source).read_bytes()
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        if ident.uid is not None and ident.gid is not None:
+            os.chown(scratch, ident.uid, ident.gid)
+        os.chmod(scratch, 0o400)
+        os.replace(scratch, target)
+    for stale in folder.iterdir():
+        if stale.name not in files and not stale.name.startswith("."):
+            stale.unlink()
+    if ident.uid is not None and ident.gid is not None:
+        os.chown(folder, ident.uid, ident.gid)
+    folder.chmod(0o500)
 
 
 def dynamic_user(uid: int) -> str:

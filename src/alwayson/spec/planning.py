@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from alwayson.spec.models import PlatformSpec, Service
+from alwayson.spec.secrets import SECRET_LOOKING
 
 
 class ChangeKind(StrEnum):
@@ -219,10 +220,37 @@ def _service_changes(
             )
             if field in ("version", "run") and svc.replicas:
                 why += f"; apply releases it ({svc.release.strategy})"
+            if field == "env":
+                out.append(Change(ChangeKind.CHANGE, target, f"env {_env_diff(before, after)}"))
+                continue
             out.append(
                 Change(ChangeKind.CHANGE, target, f"{field} {_show(before)} → {_show(after)}{why}")
             )
+    if old.secrets != svc.secrets:
+        named = ", ".join(u.name for u in svc.secrets) or "none"
+        out.append(Change(ChangeKind.CHANGE, target, f"secrets used: {named}"))
     return out
+
+
+def _env_diff(before: dict[str, str], after: dict[str, str]) -> str:
+    """Each variable added, removed or changed; a value only when its name does not look
+    like a secret's (``KEY``, ``TOKEN``, ``PASSWORD``...: ``(secret changed)``)."""
+
+    def shown(name: str, value: str) -> str:
+        return "(secret)" if SECRET_LOOKING.search(name) else repr(value)
+
+    parts = []
+    for name in sorted(before.keys() | after.keys()):
+        if name not in after:
+            parts.append(f"-{name}")
+        elif name not in before:
+            parts.append(f"+{name}={shown(name, after[name])}")
+        elif before[name] != after[name]:
+            if SECRET_LOOKING.search(name):
+                parts.append(f"~{name} (secret changed)")
+            else:
+                parts.append(f"~{name} {before[name]!r} → {after[name]!r}")
+    return ", ".join(parts)
 
 
 def _show(value: object) -> str:
