@@ -28,6 +28,7 @@ from alwayson.data.board import Board
 from alwayson.data.deciding import Role
 from alwayson.data.engines import Engine, Identity, find_binaries, query
 from alwayson.data.failsafe import HttpAsker, failsafe_router
+from alwayson.data.layout import passfile_of
 from alwayson.data.stewarding import Steward
 from alwayson.store.etcd import Etcd
 from alwayson.util.clocks import SystemClock
@@ -118,6 +119,7 @@ async def sites(tmp_path: Path, etcd_cluster: Cluster) -> AsyncIterator[Sites]: 
             cfg.superuser_password,
             root / "tools.log",
             clock,
+            passfile=passfile_of(cfg),
         )
         board = Board(Etcd(etcd_cluster.endpoints(site), etcd_cluster.client), ROOT, clock)
         asker = HttpAsker({other: apis[other]}, token)

@@ -89,6 +89,16 @@ def test_a_service_reaches_no_other_service_nor_the_database(bank: Platform) -> 
     assert not {0, NOBODY} & set(owners.values()), owners
     postmaster = _postmaster(bank, "jakarta")
     assert psutil.Process(postmaster).uids().real == NOBODY
+    # The superuser's password is in a 0600 passfile of PostgreSQL's identity only: not in
+    # the servers' environment, not in their configuration (the standby's primary_conninfo).
+    passwords = json.loads((bank.state_dir / "data" / "secrets.json").read_text())["bank"]
+    for site in ("jakarta", "surabaya"):
+        server = psutil.Process(_postmaster(bank, site))
+        assert passwords["superuser"] not in json.dumps(server.environ()), site
+        conf = bank.state_dir / "data" / "bank" / site / "pgdata" / "alwayson.conf"
+        assert passwords["superuser"] not in conf.read_text(), site
+        passfile = bank.state_dir / "data" / "bank" / site / "pgpass"
+        assert passfile.stat().st_uid == NOBODY and stat.S_IMODE(passfile.stat().st_mode) == 0o600
 
     accounts = _pids(bank, "accounts")[0]
     attacker = owners["onboarding"]

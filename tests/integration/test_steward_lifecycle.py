@@ -24,6 +24,7 @@ from alwayson.data import switching
 from alwayson.data.board import Board
 from alwayson.data.deciding import Role
 from alwayson.data.engines import Engine, Identity, find_binaries
+from alwayson.data.layout import passfile_of
 from alwayson.data.stewarding import CYCLE, Steward
 from alwayson.util.clocks import SystemClock
 from alwayson.util.sitelinks import Partitions
@@ -62,6 +63,7 @@ async def stewards(tmp_path: Path) -> AsyncIterator[tuple[Steward, Steward, Fake
             cfg.superuser_password,
             root / "tools.log",
             clock,
+            passfile=passfile_of(cfg),
         )
         partitions = Partitions(tmp_path / "partitions.json")
         made.append(Steward(cfg, cast(Board, keeper), engine, partitions, root, clock))

@@ -319,10 +319,12 @@ def test_site_names_with_dashes_become_slot_names_with_underscores(state_dir: Pa
     assert lines["synchronous_standby_names"] == "'FIRST 1 (east_side)'"
     assert lines["cluster_name"] == "'bank@west-coast'"
     assert lines["primary_slot_name"] == "'west_coast'"
+    passfile = state_dir / "data" / "bank" / "west-coast" / "pgpass"
     assert lines["primary_conninfo"] == (
-        "'host=127.1.0.3 port=20200 user=alwayson password=su-bank "
+        f"'host=127.1.0.3 port=20200 user=alwayson passfile={passfile} "
         "application_name=west_coast connect_timeout=2'"
-    )
+    )  # the password itself is in no configuration file
+    assert "su-bank" not in "".join(lines.values())
 
 
 def test_a_restore_reads_the_repository_and_stops_at_the_target(
@@ -579,3 +581,16 @@ def test_an_agent_loses_its_own_etcd_member_only_when_its_site_is_cut_from_every
     write_partitions(path, [("west", "east"), ("west", "witness")])
     partitions.refresh()
     assert choose() is None
+
+
+def test_the_superuser_passfile_is_private_and_escaped(tmp_path: Path) -> None:
+    from alwayson.data.engines import Identity, write_passfile
+    from alwayson.data.settings import conninfo_value
+
+    path = tmp_path / "pgpass"
+    write_passfile(path, "a:b\\c", Identity(None, None, None, "/tmp"))
+
+    assert path.read_text() == "*:*:*:*:a\\:b\\\\c\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert conninfo_value("/state dir/pgpass") == "'/state dir/pgpass'"
+    assert conninfo_value("/plain/pgpass") == "/plain/pgpass"

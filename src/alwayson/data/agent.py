@@ -36,7 +36,7 @@ from alwayson.data import archives, backups
 from alwayson.data.board import Board
 from alwayson.data.engines import Engine, Identity, find_binaries
 from alwayson.data.failsafe import HttpAsker, failsafe_router
-from alwayson.data.layout import AgentConfig
+from alwayson.data.layout import AgentConfig, passfile_of
 from alwayson.data.links import Relay, Target, sweep_forever
 from alwayson.data.stewarding import Role, Steward
 from alwayson.store.etcd import Etcd
@@ -135,6 +135,7 @@ class Agent:
                 db.superuser_password,
                 self.log_dir / f"{db.name}@{db.site}.tools.log",
                 clock,
+                passfile=passfile_of(db),
             )
             steward = Steward(
                 db, self.board, engine, self.partitions, self.log_dir, clock, self.asker

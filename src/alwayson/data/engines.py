@@ -123,6 +123,21 @@ class Identity:
                 )
 
 
+def write_passfile(path: Path, password: str, ident: Identity) -> None:
+    """libpq's password file with the superuser's password: 0600, PostgreSQL's identity's
+    (libpq ignores a passfile others can read)."""
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.tmp")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"*:*:*:*:{escaped}\n")  # the tools connect only as the superuser
+    if ident.uid is not None and ident.gid is not None:
+        os.chown(scratch, ident.uid, ident.gid)
+    os.chmod(scratch, 0o600)
+    os.replace(scratch, path)
+
+
 class Engine:
     """Runs PostgreSQL's tools for one database in one site."""
 
@@ -133,19 +148,31 @@ class Engine:
         password: str,
         log_file: Path,
         clock: Clock | None = None,
+        passfile: Path | None = None,
     ) -> None:
         self.bin = bin_dir
         self.clock: Clock = clock or SystemClock()
         self.ident = ident
         self.password = password
         self.log_file = log_file
+        self.passfile = passfile
+        if passfile is not None:
+            write_passfile(passfile, password, ident)
 
     def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The tools' and the server's environment: the superuser's password reaches them
+        through a 0600 passfile of PostgreSQL's identity (``PGPASSFILE``), so it is in no
+        process's environment (``/proc/<pid>/environ``)."""
+        secret = (
+            {"PGPASSFILE": str(self.passfile)}
+            if self.passfile is not None
+            else {"PGPASSWORD": self.password}
+        )
         env = {
             "PATH": f"{self.bin}:/usr/bin:/bin",
             "HOME": self.ident.home,
             "LC_ALL": "C",
-            "PGPASSWORD": self.password,
+            **secret,
             "PGCONNECT_TIMEOUT": "3",
         }
         env.update(extra or {})
@@ -299,6 +326,13 @@ async def wait_backends_gone(data_dir: Path, timeout: float, clock: Clock) -> No
                     proc.kill()
             deadline = clock.monotonic() + 5.0
         await clock.sleep(BACKENDS_POLL)
+
+
+def tool_conninfo(address: str, user: str, dbname: str = "postgres") -> str:
+    """A connection string for a PostgreSQL tool's argv: no password (the tool reads the
+    engine's passfile), since every process may read another's command line."""
+    host, port = split_hostport(address)
+    return f"host='{host}' port='{port}' user='{user}' dbname='{dbname}'"
 
 
 def conninfo(address: str, user: str, password: str, dbname: str = "postgres", **extra: Any) -> str:

@@ -168,6 +168,12 @@ def database_url(spec: PlatformSpec, db: Database, site: str, password: str) -> 
     return f"postgresql://{db.name}:{password}@{endpoint_address(spec, site, index)}/{db.name}"
 
 
+def passfile_of(cfg: DatabaseConfig) -> Path:
+    """The superuser's libpq passfile (0600, PostgreSQL's identity), beside the data
+    directory: the password is in no environment and in no configuration file."""
+    return Path(cfg.data_dir).parent / "pgpass"
+
+
 def data_root(state_dir: Path) -> Path:
     return state_dir / "data"
 

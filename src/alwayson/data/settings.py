@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alwayson.data.layout import SUPERUSER, DatabaseConfig
+from alwayson.data.layout import SUPERUSER, DatabaseConfig, passfile_of
 from alwayson.util.addresses import split_hostport
 from alwayson.util.replication import slot_name
 
@@ -19,6 +19,13 @@ INCLUDE_LINE = "include_if_exists = 'alwayson.conf'\n"
 
 def quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def conninfo_value(value: str) -> str:
+    """A libpq connection-string value: quoted when it holds a space, quote or backslash."""
+    if value and not any(c in value for c in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def archive_command(repo: Path) -> str:
@@ -72,7 +79,8 @@ def postgresql_conf(
     if follow is not None:
         f_host, f_port = split_hostport(follow)
         lines["primary_conninfo"] = quote(
-            f"host={f_host} port={f_port} user={SUPERUSER} password={cfg.superuser_password} "
+            f"host={f_host} port={f_port} user={SUPERUSER} "
+            f"passfile={conninfo_value(str(passfile_of(cfg)))} "
             f"application_name={slot_name(cfg.site)} connect_timeout=2"
         )
         lines["primary_slot_name"] = quote(slot_name(cfg.site))

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from alwayson.data.deciding import Role
-from alwayson.data.engines import EngineError, conninfo, query
+from alwayson.data.engines import EngineError, query, tool_conninfo
 from alwayson.data.layout import SUPERUSER
 from alwayson.data.lsns import lsn_int, lsn_text
 from alwayson.data.starting import clone_from
@@ -127,7 +127,9 @@ async def rejoin(st: Tender) -> dict[str, Any]:
 
 async def _rejoin(st: Tender, holder: str, epoch: int | None) -> dict[str, Any]:
     await st.settle(wait=FAILBACK_SETTLE)  # the end of this site's WAL, for the record
-    source = conninfo(st.cfg.peers[holder], SUPERUSER, st.cfg.superuser_password)
+    # No password on pg_rewind's command line (any process may read /proc/<pid>/cmdline):
+    # the engine's PGPASSFILE gives it.
+    source = tool_conninfo(st.cfg.peers[holder], SUPERUSER)
     began = st.clock.wall()
     method = "rewind"
     output = ""
