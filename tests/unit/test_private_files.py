@@ -47,3 +47,22 @@ def test_an_instance_record_is_private_even_over_an_old_scratch_file(tmp_path: P
     _write_json(target, {"env": {"DATABASE_URL": "postgresql://app:pw@127.1.0.9/bank"}})
 
     assert mode(target) == 0o600
+
+
+def test_every_private_write_narrows_a_stale_scratch_and_can_set_an_owner(
+    tmp_path: Path,
+) -> None:
+    from alwayson.util.credentials import write_private
+
+    target = tmp_path / "deep" / "pgpass"
+    target.parent.mkdir()
+    stale = target.with_name(".pgpass.tmp")
+    stale.write_text("left by a crash")
+    os.chmod(stale, 0o666)
+
+    write_private(target, "*:*:*:*:pw\n", mode=0o400, owner=(os.getuid(), os.getgid()))
+
+    assert target.read_text() == "*:*:*:*:pw\n" and mode(target) == 0o400
+    assert not stale.exists()
+    write_private(target, b"bytes too")
+    assert target.read_bytes() == b"bytes too" and mode(target) == 0o600

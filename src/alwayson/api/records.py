@@ -18,8 +18,9 @@ from typing import Any
 import psutil
 
 from alwayson.control.desired import daemon_argv
-from alwayson.data.layout import etcd_members, etcd_root, write_private
+from alwayson.data.layout import etcd_members, etcd_root
 from alwayson.spec.models import PlatformSpec
+from alwayson.util.credentials import write_private
 
 CLUSTER_FILE = Path("control") / "cluster.json"
 PID_FILE = "controller.json"

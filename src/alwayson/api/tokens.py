@@ -36,7 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alwayson.util.credentials import AGENT_TOKEN_FILE, GATEWAY_TOKEN_FILE, ensure_secret
+from alwayson.util.credentials import (
+    AGENT_TOKEN_FILE,
+    GATEWAY_TOKEN_FILE,
+    ensure_secret,
+    write_private,
+)
 
 TOKEN_FILE = "token"
 TOKENS_FILE = "tokens.json"
@@ -157,12 +162,7 @@ def _locked(state_dir: Path) -> Iterator[list[dict[str, Any]]]:
         before = json.dumps(entries)
         yield entries
         if json.dumps(entries) != before:
-            scratch = path.with_suffix(".tmp")
-            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump({"tokens": entries}, out, indent=2)
-                out.write("\n")
-            os.replace(scratch, path)
+            write_private(path, json.dumps({"tokens": entries}, indent=2) + "\n")
     finally:
         os.close(lock)
 

@@ -21,12 +21,13 @@ from alwayson.control.desired import (
 )
 from alwayson.control.secrets import load as kept_secrets
 from alwayson.control.state import replica_counts
-from alwayson.data.layout import secrets_of, write_private
+from alwayson.data.layout import secrets_of
 from alwayson.runtime.base import InstanceSpec, Kind
 from alwayson.spec.loading import LoadedSpec, load_spec_text
 from alwayson.spec.models import PlatformSpec
 from alwayson.spec.planning import Overrides
 from alwayson.store.base import StateStore
+from alwayson.util.credentials import write_private
 from alwayson.util.errors import NotFoundError
 
 DESIRED_KEY = "desired"

@@ -11,13 +11,13 @@ identity. ``changes`` tells ``plan`` which secrets change, by digest, never by v
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets as random
 from collections.abc import Mapping
 from pathlib import Path
 
 from alwayson.spec.models import PlatformSpec
 from alwayson.spec.planning import Change, ChangeKind
+from alwayson.util.credentials import write_private
 from alwayson.util.errors import PermanentError
 
 SECRETS_DIR = "secrets"
@@ -108,8 +108,4 @@ def save(state_dir: Path, values: Mapping[str, str]) -> None:
         target = secret_file(state_dir, name)
         if target.exists() and target.read_text() == value:
             continue
-        scratch = target.with_name(f".{name}.tmp")
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(value)
-        os.replace(scratch, target)
+        write_private(target, value)

@@ -28,6 +28,7 @@ from psycopg.sql import SQL, Composed
 
 from alwayson.util.addresses import split_hostport
 from alwayson.util.clocks import Clock, SystemClock
+from alwayson.util.credentials import write_private
 from alwayson.util.errors import PermanentError, TemporaryError
 
 TOOLS = (
@@ -127,15 +128,9 @@ def write_passfile(path: Path, password: str, ident: Identity) -> None:
     """libpq's password file with the superuser's password: 0600, PostgreSQL's identity's
     (libpq ignores a passfile others can read)."""
     escaped = password.replace("\\", "\\\\").replace(":", "\\:")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.tmp")
-    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(f"*:*:*:*:{escaped}\n")  # the tools connect only as the superuser
-    if ident.uid is not None and ident.gid is not None:
-        os.chown(scratch, ident.uid, ident.gid)
-    os.chmod(scratch, 0o600)
-    os.replace(scratch, path)
+    owner = (ident.uid, ident.gid) if ident.uid is not None and ident.gid is not None else None
+    # The tools connect only as the superuser: any host, port, database and user.
+    write_private(path, f"*:*:*:*:{escaped}\n", owner=owner)
 
 
 class Engine:

@@ -17,7 +17,6 @@ Everything that leaves a site crosses one of its site links, which a drill can c
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from alwayson.spec.models import Database, PlatformSpec
 from alwayson.store.members import Member
 from alwayson.util.certs import CLIENT, leaf_paths
-from alwayson.util.credentials import AGENT_TOKEN_FILE
+from alwayson.util.credentials import AGENT_TOKEN_FILE, write_private
 
 AGENT_PORT = 7400
 PG_PORT = 5432
@@ -206,16 +205,6 @@ def secrets_of(state_dir: Path, spec: PlatformSpec) -> dict[str, dict[str, str]]
     if changed:
         write_private(path, json.dumps(known))
     return known
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write atomically, readable by the owner only (passwords inside)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    tmp.replace(path)
 
 
 def agent_config(

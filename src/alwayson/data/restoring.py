@@ -26,9 +26,10 @@ from alwayson.data.archives import (
     wait_archived,
 )
 from alwayson.data.engines import Postmaster, conninfo, query, wait_backends_gone
-from alwayson.data.layout import SUPERUSER, DatabaseConfig, write_private
+from alwayson.data.layout import SUPERUSER, DatabaseConfig
 from alwayson.data.settings import postgresql_conf
 from alwayson.util.addresses import split_hostport
+from alwayson.util.credentials import write_private
 from alwayson.util.errors import AlwaysonError, PermanentError, TemporaryError
 
 READY_TIMEOUT = 180.0

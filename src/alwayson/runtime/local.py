@@ -54,6 +54,7 @@ from alwayson.runtime.users import (
     ensure_private_dir,
     identity,
 )
+from alwayson.util.credentials import write_private
 from alwayson.util.errors import ConflictError, NotFoundError, PermanentError
 
 __all__ = ["LocalRuntime", "check_user_can_run", "describe_exit"]
@@ -106,12 +107,7 @@ def _marker_and_at(record: dict[str, Any]) -> tuple[str, float]:
 
 def _write_json(target: Path, record: dict[str, object]) -> None:
     """Atomically, mode 0600: a record holds the instance's environment (its secrets)."""
-    tmp = target.with_name(f"{target.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(json.dumps(record, indent=1))
-    os.chmod(tmp, 0o600)  # an old .tmp left by a crash may have had a wider mode
-    tmp.replace(target)
+    write_private(target, json.dumps(record, indent=1))
 
 
 STARTUP_PROBE_PERIOD = 0.1

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from alwayson.util.credentials import write_private
 from alwayson.util.errors import PermanentError
 
 
@@ -44,17 +45,9 @@ def deliver_secrets(folder: Path, files: Mapping[str, str], ident: Identity) -> 
     folder.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     folder.mkdir(exist_ok=True, mode=0o700)
     folder.chmod(0o700)
+    owner = (ident.uid, ident.gid) if ident.uid is not None and ident.gid is not None else None
     for name, source in files.items():
-        target = folder / name
-        scratch = folder / f".{name}.tmp"
-        data = Path(source).read_bytes()
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        if ident.uid is not None and ident.gid is not None:
-            os.chown(scratch, ident.uid, ident.gid)
-        os.chmod(scratch, 0o400)
-        os.replace(scratch, target)
+        write_private(folder / name, Path(source).read_bytes(), mode=0o400, owner=owner)
     for stale in folder.iterdir():
         if stale.name not in files and not stale.name.startswith("."):
             stale.unlink()

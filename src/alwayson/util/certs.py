@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from alwayson.util.credentials import write_private
+
 CLUSTER_NAME = "etcd.alwayson"
 """The name every etcd member's certificate carries, so one name checks every endpoint
 (clients connect to addresses and ask TLS for this name)."""
@@ -60,11 +62,7 @@ def leaf_paths(state_dir: Path, name: str) -> TlsFiles:
 
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    tmp.replace(path)
+    write_private(path, data)
 
 
 def _now() -> dt.datetime:

@@ -16,7 +16,35 @@ GATEWAY_TOKEN_FILE = "run/gateway.token"
 AGENT_TOKEN_FILE = "run/agents.token"
 """Relative to the state directory: what database agents show each other."""
 
-__all__ = ["AGENT_TOKEN_FILE", "GATEWAY_TOKEN_FILE", "ensure_secret", "read_secret"]
+__all__ = [
+    "AGENT_TOKEN_FILE",
+    "GATEWAY_TOKEN_FILE",
+    "ensure_secret",
+    "read_secret",
+    "write_private",
+]
+
+
+def write_private(
+    path: Path,
+    data: str | bytes,
+    *,
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
+) -> None:
+    """Replace ``path`` with ``data`` atomically, with ``mode`` (0600 unless told) and, as
+    root, ``owner`` (uid, gid): every file of the platform that holds a secret is written
+    here. The scratch file is made private before a byte is written, and narrowed again in
+    case one a crash left behind had a wider mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.tmp")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data.encode() if isinstance(data, str) else data)
+    if owner is not None:
+        os.chown(scratch, *owner)
+    os.chmod(scratch, mode)
+    os.replace(scratch, path)
 
 
 def ensure_secret(path: Path) -> str:
