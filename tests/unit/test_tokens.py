@@ -104,3 +104,33 @@ def test_a_platform_secret_is_made_once_private_and_kept(tmp_path: Path) -> None
 
     assert ensure_secret(path) == first and len(first) >= 40
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_processes_racing_to_make_a_secret_all_read_the_same_whole_one(tmp_path: Path) -> None:
+    """Three site controllers start at once and each calls ensure_token: a reader must
+    never see the file made but not yet written (a controller once kept an empty token
+    and refused the CLI's)."""
+    import multiprocessing
+
+    path = tmp_path / "token"
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        seen = pool.map(ensure_secret, [path] * 24)
+
+    assert len(set(seen)) == 1 and len(seen[0]) >= 40
+    assert [p.name for p in tmp_path.iterdir()] == ["token"]  # no scratch left behind
+
+
+def test_an_empty_token_never_authenticates(tmp_path: Path) -> None:
+    book = TokenBook(tmp_path, "")
+
+    assert book.authenticate("") is None
+    assert book.authenticate("anything") is None
+
+
+def test_an_empty_secret_file_is_refused_not_used(tmp_path: Path) -> None:
+    from alwayson.util.errors import PermanentError
+
+    (tmp_path / "token").write_text("")
+
+    with pytest.raises(PermanentError, match="is empty: delete it"):
+        ensure_token(tmp_path)

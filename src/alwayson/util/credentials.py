@@ -11,6 +11,8 @@ import os
 import secrets
 from pathlib import Path
 
+from alwayson.util.errors import PermanentError
+
 GATEWAY_TOKEN_FILE = "run/gateway.token"
 """Relative to the state directory: what a controller shows a gateway's admin API."""
 AGENT_TOKEN_FILE = "run/agents.token"
@@ -48,19 +50,30 @@ def write_private(
 
 
 def ensure_secret(path: Path) -> str:
-    """The secret in ``path``, made (random, 0600, never replaced) when it is missing."""
+    """The secret in ``path``, made (random, 0600, never replaced) when it is missing.
+
+    Several controllers start at once and each may be the first: the secret is written
+    whole to a scratch file of this process's and then hard-linked into place, which
+    fails if another got there first, so no process ever reads a half-written (empty)
+    secret and every one ends with the same."""
     found = read_secret(path)
     if found is not None:
         return found
     path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another controller made it first: use theirs
-        return path.read_text().strip()
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
-        out.write(token + "\n")
-    return token
+        out.write(secrets.token_urlsafe(32) + "\n")
+    try:
+        os.link(scratch, path)
+    except FileExistsError:
+        pass  # another process made it first: theirs is the secret
+    finally:
+        scratch.unlink(missing_ok=True)
+    made = read_secret(path)
+    if made is None:  # only a writer other than this one leaves it empty
+        raise PermanentError(f"{path} is empty: delete it and start again to make a new one")
+    return made
 
 
 def read_secret(path: Path) -> str | None:
