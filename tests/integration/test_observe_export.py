@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
+from alwayson.api.tokens import Principal, TokenBook
 from alwayson.observe.rules import all_rules
 from alwayson.spec.loading import load_spec_text
 
@@ -58,9 +59,6 @@ def tools() -> Path:
 
 def test_exported_files_pass_promtool_and_amtool(tmp_path: Path, tools: Path) -> None:
     (tmp_path / "alwayson.yaml").write_text(SPEC)
-    state = tmp_path / ".alwayson"
-    state.mkdir()
-    (state / "token").write_text("secret\n")
     out = tmp_path / "export"
     done = subprocess.run(
         [str(Path(sys.executable).parent / "alwayson"), "export", "prometheus", str(out), "--json"],
@@ -71,6 +69,7 @@ def test_exported_files_pass_promtool_and_amtool(tmp_path: Path, tools: Path) ->
     )
     files = {Path(p).name for p in json.loads(done.stdout)["files"]}
     assert files == {
+        "alwayson.token",
         "prometheus.yml",
         "alwayson.rules.yml",
         "alertmanager.yml",
@@ -92,6 +91,16 @@ def test_exported_files_pass_promtool_and_amtool(tmp_path: Path, tools: Path) ->
     assert [r["expr"] for r in rules] == [r.expr for r in expected]
     mine = next(r for r in rules if r["alert"] == "QueueDeep")
     assert mine["for"] == "90s" and mine["labels"]["severity"] == "critical"
+
+    # Prometheus scrapes with a read-only token of its own, never the owner's.
+    config = YAML(typ="safe").load((out / "prometheus.yml").read_text())
+    scrape = config["scrape_configs"][0]["authorization"]["credentials_file"]
+    assert scrape == str((out / "alwayson.token").resolve())
+    assert (out / "alwayson.token").stat().st_mode & 0o777 == 0o600
+    book = TokenBook(tmp_path / ".alwayson", "owner-token")
+    assert book.authenticate((out / "alwayson.token").read_text().strip()) == Principal(
+        "prometheus", "read"
+    )
 
     manager = YAML(typ="safe").load((out / "alertmanager.yml").read_text())
     assert [r["name"] for r in manager["receivers"]] == ["oncall", "sre-mail", "chat"]

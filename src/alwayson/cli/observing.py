@@ -282,21 +282,37 @@ def query(
     _wrap(body)
 
 
+PROMETHEUS_TOKEN = "prometheus"
+
+
 @export_app.command("prometheus")
 def export_prometheus_cmd(
     folder: Path = typer.Argument(..., help="Where to write the files (created if missing)."),
     file: Path = SpecOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """prometheus.yml, alert rules, alertmanager.yml and a Grafana dashboard for this spec."""
+    """prometheus.yml, alert rules, alertmanager.yml and a Grafana dashboard for this spec.
+
+    Prometheus gets a token of its own with the `read` role (named `prometheus`, made anew
+    by every export, so an older one stops working), in `FOLDER/alwayson.token` (0600):
+    never the platform owner's."""
 
     def body() -> None:
         # Works from the spec alone, no controller needed: the one import of `observe`
         # the CLI's import-linter contract allows (pyproject.toml).
+        from alwayson.api.tokens import create_token, revoke_token
         from alwayson.observe.exporting import export_prometheus
+        from alwayson.util.credentials import write_private
 
         loaded = _load(file, check_commands=False)
-        written = export_prometheus(loaded.spec, loaded.state_dir, folder)
+        revoke_token(loaded.state_dir, PROMETHEUS_TOKEN)
+        token = create_token(loaded.state_dir, PROMETHEUS_TOKEN, "read")
+        credentials = folder / "alwayson.token"
+        write_private(credentials, token + "\n")
+        written = [
+            credentials,
+            *export_prometheus(loaded.spec, credentials, folder),
+        ]
         if as_json:
             _emit_json({"files": [str(p) for p in written]})
             return

@@ -54,7 +54,9 @@ def _yaml(data: Any) -> str:
     return out.getvalue()
 
 
-def prometheus_config(spec: PlatformSpec, state_dir: Path) -> dict[str, Any]:
+def prometheus_config(spec: PlatformSpec, credentials: Path) -> dict[str, Any]:
+    """Prometheus's configuration; ``credentials`` is the file of the bearer token it
+    scrapes the controller with (a read-only token made for it by ``export``)."""
     interval = prom_duration(spec.metrics.scrape_interval)
     timeout = prom_duration(spec.metrics.scrape_timeout)
     return {
@@ -71,7 +73,7 @@ def prometheus_config(spec: PlatformSpec, state_dir: Path) -> dict[str, Any]:
                 "job_name": "alwayson",
                 "honor_labels": True,
                 "metrics_path": "/metrics",
-                "authorization": {"credentials_file": str((state_dir / "token").resolve())},
+                "authorization": {"credentials_file": str(credentials.resolve())},
                 "static_configs": [{"targets": [spec.controller.api]}],
             },
             {
@@ -277,12 +279,13 @@ def grafana_dashboard(spec: PlatformSpec) -> dict[str, Any]:
     }
 
 
-def export_prometheus(spec: PlatformSpec, state_dir: Path, folder: Path) -> list[Path]:
-    """Write the four files (and the gateways' file_sd targets); return their paths."""
+def export_prometheus(spec: PlatformSpec, credentials: Path, folder: Path) -> list[Path]:
+    """Write the four files (and the gateways' file_sd targets); return their paths.
+    ``credentials``: the token file Prometheus scrapes the controller with."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "targets").mkdir(exist_ok=True)
     files = {
-        folder / "prometheus.yml": _yaml(prometheus_config(spec, state_dir)),
+        folder / "prometheus.yml": _yaml(prometheus_config(spec, credentials)),
         folder / RULES_FILE: _yaml(rules_file(spec)),
         folder / "alertmanager.yml": _yaml(alertmanager_config(spec)),
         folder / "grafana-dashboard.json": json.dumps(grafana_dashboard(spec), indent=2) + "\n",
