@@ -46,7 +46,7 @@ def test_an_alias_bomb_is_an_invalid_spec(tmp_path: Path) -> None:
 
 
 def test_up_says_what_isolation_is_lost() -> None:
-    from alwayson.cli.main import isolation_lost
+    from alwayson.cli.isolation import isolation_lost
 
     assert isolation_lost(None, 0, "root") is None
     not_root = isolation_lost(None, 1000, "alice")

@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from alwayson.cli import databases, drills, gateways, loadtest, observing, releases, tokens
+from alwayson.cli import (
+    databases,
+    dbaccess,  # noqa: F401  (registers `db url` and `db connect`)
+    drills,
+    gateways,
+    loadtest,
+    observing,
+    releases,
+    tokens,
+)
 from alwayson.cli.common import (
     AllowDestroyOpt,
     Failed,
@@ -39,6 +48,7 @@ from alwayson.cli.common import (
     err,
     operator_secrets,
 )
+from alwayson.cli.isolation import isolation_lost, me
 from alwayson.util.addresses import port_is_free, split_hostport
 from alwayson.util.errors import SpecError
 
@@ -261,7 +271,7 @@ def up(
     def go() -> None:
         loaded = _load(_pick(spec_path, file))
         started = time.monotonic()
-        lost = isolation_lost(loaded.spec.runtime.user, os.geteuid(), _me())
+        lost = isolation_lost(loaded.spec.runtime.user, os.geteuid(), me())
         if lost and not as_json:
             err.print(f"note: {lost}", markup=False, highlight=False)
 
@@ -448,33 +458,6 @@ def plan(file: Path = SpecOpt, as_json: bool = JsonOpt) -> None:
                 console.print(f"  {change}", markup=False)
 
     _wrap(go)
-
-
-def _me() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return f"uid {os.geteuid()}"
-
-
-def isolation_lost(user: str | None, euid: int, me: str) -> str | None:
-    """What `up` says when services will not each run as an identity of their own."""
-    if euid != 0:
-        return (
-            f"alwayson runs as {me}, not root, so every service, PostgreSQL and the platform "
-            f"itself run as {me}: a service can read another's environment and files, signal "
-            "its processes and reach the database's files. Run as root for an identity per "
-            "service."
-        )
-    if user:
-        return (
-            f"runtime.user is {user}: every service runs as it, so a service can read "
-            "another's environment and signal its processes. Leave runtime.user unset for "
-            "an identity per service."
-        )
-    return None
 
 
 @app.command()
